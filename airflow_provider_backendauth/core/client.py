@@ -1,0 +1,300 @@
+"""``BackendAuthClient``: settings + profile -> signed assertions -> cached access tokens.
+
+Everything that can be checked without the network (key, algorithm, kid, URLs, lifetime)
+is checked in the constructor, so a bad connection fails before any request is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+from airflow_provider_backendauth.core.assertion import AssertionSpec, ClientAssertionSigner
+from airflow_provider_backendauth.core.auth import BackendAuth
+from airflow_provider_backendauth.core.discovery import SmartConfiguration, discover
+from airflow_provider_backendauth.core.errors import ConfigurationError, KeyLoadError
+from airflow_provider_backendauth.core.keys import (
+    SigningKey,
+    check_algorithm,
+    compatible_algorithms,
+    load_signing_key,
+    load_signing_key_file,
+)
+from airflow_provider_backendauth.core.profiles import Profile, get_profile
+from airflow_provider_backendauth.core.retry import RetryPolicy
+from airflow_provider_backendauth.core.settings import ClientSettings
+from airflow_provider_backendauth.core.token_client import AccessToken, TokenCache, TokenEndpoint
+from airflow_provider_backendauth.core.urls import check_url, origin_of
+
+log = logging.getLogger(__name__)
+
+# One token cache per (client configuration, process): hooks built for the same connection
+# in many tasks/threads of one worker share a token instead of each asking for their own.
+_shared_caches: dict[str, TokenCache] = {}
+_shared_caches_lock = threading.Lock()
+
+
+class BackendAuthClient:
+    """Obtains access tokens for one client with the client-assertion grant.
+
+    Args:
+        settings: the connection's settings.
+        on_token: called with every new token value (the Airflow hook masks it).
+    """
+
+    def __init__(
+        self,
+        settings: ClientSettings,
+        *,
+        on_token: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.profile: Profile = get_profile(settings.profile)
+        self._on_token = on_token
+        insecure = settings.allow_insecure_http
+        self.base_url = (
+            check_url(settings.base_url, "base URL", allow_insecure_http=insecure).rstrip("/")
+            if settings.base_url
+            else None
+        )
+        configured_token_url = settings.token_url or self.profile.token_url
+        self._token_url = (
+            check_url(configured_token_url, "token URL", allow_insecure_http=insecure)
+            if configured_token_url
+            else None
+        )
+        if self._token_url is None and self.base_url is None:
+            raise ConfigurationError(
+                f"Profile {self.profile.name!r} has no fixed token URL: set the connection's "
+                "base URL (host) so it can be discovered, or set the 'token_url' extra."
+            )
+        if not settings.client_id:
+            raise ConfigurationError("No client id: set the connection's Client ID (login) field.")
+        self.key = self._load_key()
+        self._explicit_algorithm = (
+            check_algorithm(settings.algorithm, self.key) if settings.algorithm else None
+        )
+        self.algorithm = self._explicit_algorithm or self._default_algorithm()
+        self.kid = self._key_id()
+        self.lifetime = self._lifetime()
+        self._certificate_headers()  # fail now if the profile needs a certificate
+        self.scope = settings.scope if settings.scope is not None else self.profile.scope
+        self.token_reuse = settings.token_reuse or self.profile.token_reuse
+        self.retry = RetryPolicy(attempts=settings.retries + 1)
+        self.allowed_origins = self._allowed_origins()
+        self._http = self._new_plain_session()
+        self._tokens: TokenCache | None = None
+        self._endpoint: TokenEndpoint | None = None
+        self._lock = threading.Lock()
+
+    # -- configuration checks (no network) ---------------------------------------------
+
+    def _load_key(self) -> SigningKey:
+        s = self.settings
+        if s.private_key and s.private_key_file:
+            raise ConfigurationError(
+                "Both a private key (password field) and 'private_key_file' are set; keep one."
+            )
+        if s.private_key_file:
+            return load_signing_key_file(
+                s.private_key_file, passphrase=s.private_key_passphrase, kid=s.key_id
+            )
+        if not s.private_key:
+            raise KeyLoadError(
+                "No private key: paste the PEM/JWK into the connection's password field or set "
+                "the 'private_key_file' extra."
+            )
+        return load_signing_key(s.private_key, passphrase=s.private_key_passphrase, kid=s.key_id)
+
+    def _default_algorithm(self) -> str:
+        if self.key.jwk_alg:
+            try:
+                return check_algorithm(self.key.jwk_alg, self.key)
+            except ConfigurationError:
+                pass
+        usable = compatible_algorithms(self.key, self.profile.algorithms)
+        if not usable:
+            raise KeyLoadError(
+                f"Profile {self.profile.name!r} signs with {', '.join(self.profile.algorithms)}, "
+                f"none of which works with the configured {self.key.describe()}. Use a key of "
+                "the right type, or set the 'algorithm' extra."
+            )
+        return usable[0]
+
+    def _key_id(self) -> str | None:
+        kid = self.settings.key_id or self.key.kid
+        if not kid and self.profile.kid_from_thumbprint:
+            kid = self.key.thumbprint()
+        if not kid and self.profile.kid_required:
+            raise ConfigurationError(
+                f"Profile {self.profile.name!r} requires a key id (kid): set the 'key_id' extra "
+                "to the kid registered with the vendor."
+            )
+        return kid
+
+    def _lifetime(self) -> int:
+        lifetime = self.settings.assertion_lifetime or self.profile.lifetime
+        if lifetime > self.profile.max_lifetime:
+            raise ConfigurationError(
+                f"assertion_lifetime {lifetime} s exceeds profile {self.profile.name!r}'s "
+                f"limit of {self.profile.max_lifetime} s; the server would reject it."
+            )
+        return lifetime
+
+    def _certificate_headers(self) -> dict[str, str]:
+        wanted = self.profile.certificate_header
+        if wanted is None:
+            return {}
+        thumbprint = self.key.certificate_thumbprint(sha256=wanted == "x5t#S256")
+        if thumbprint is None:
+            raise KeyLoadError(
+                f"Profile {self.profile.name!r} identifies the key by its certificate: put the "
+                "certificate PEM after the private key in the password field (or key file)."
+            )
+        return {"x5t_s256" if wanted == "x5t#S256" else "x5t": thumbprint}
+
+    def _allowed_origins(self) -> frozenset[str]:
+        origins = set()
+        if self.base_url:
+            origins.add(origin_of(self.base_url))
+        for entry in self.settings.allowed_hosts:
+            url = entry if "://" in entry else f"https://{entry}"
+            origins.add(origin_of(check_url(url, "allowed host", allow_insecure_http=self.settings.allow_insecure_http)))
+        return frozenset(origins)
+
+    def _new_plain_session(self) -> requests.Session:
+        session = requests.Session()
+        session.verify = self.settings.ca_bundle or self.settings.verify_ssl
+        return session
+
+    # -- network -----------------------------------------------------------------------
+
+    @property
+    def token_url(self) -> str:
+        """The token endpoint; discovered (once per process) when the profile has none."""
+        if self._token_url is None:
+            config = self.discover()
+            self._token_url = check_url(
+                config.token_endpoint,
+                "discovered token URL",
+                allow_insecure_http=self.settings.allow_insecure_http,
+            )
+            if self._explicit_algorithm is None and config.signing_algorithms:
+                preferred = [a for a in self.profile.algorithms if a in config.signing_algorithms]
+                usable = compatible_algorithms(self.key, tuple(preferred))
+                if usable:
+                    self.algorithm = usable[0]
+        return self._token_url
+
+    def discover(self) -> SmartConfiguration:
+        assert self.base_url is not None
+        return discover(
+            self.base_url,
+            path=self.profile.discovery_path,
+            session=self._http,
+            timeout=self.settings.timeout,
+        )
+
+    def assertion_spec(self) -> AssertionSpec:
+        token_url = self.token_url
+        audience = self.settings.audience or (
+            self.profile.issuer_url if self.profile.audience == "issuer" else None
+        )
+        return AssertionSpec(
+            client_id=self.settings.client_id,
+            audience=audience or token_url,
+            algorithm=self.algorithm,
+            lifetime=self.lifetime,
+            typ=self.profile.typ,
+            kid=self.kid,
+            jku=self.settings.jku,
+            include_iat=self.profile.include_iat,
+            include_nbf=self.profile.include_nbf,
+            extra_claims=self.settings.extra_claims,
+            **self._certificate_headers(),
+        )
+
+    @property
+    def endpoint(self) -> TokenEndpoint:
+        with self._lock:
+            if self._endpoint is None:
+                signer = ClientAssertionSigner(self.key, self.assertion_spec())
+                self._endpoint = TokenEndpoint(
+                    self.token_url,
+                    signer.sign,
+                    client_id=self.settings.client_id,
+                    scope=self.scope,
+                    client_id_in_form=self.profile.client_id_in_form,
+                    session=self._http,
+                    timeout=self.settings.timeout,
+                    retry=self.retry,
+                    hints=self.profile.notes,
+                    on_token=self._on_token,
+                )
+            return self._endpoint
+
+    @property
+    def tokens(self) -> TokenCache:
+        """The process-wide token cache for this client configuration."""
+        if self._tokens is None:
+            fingerprint = self._fingerprint()
+            with _shared_caches_lock:
+                cache = _shared_caches.get(fingerprint)
+                if cache is None:
+                    cache = TokenCache(self._request_token, reuse=self.token_reuse)
+                    _shared_caches[fingerprint] = cache
+            self._tokens = cache
+        return self._tokens
+
+    def _request_token(self) -> AccessToken:
+        token = self.endpoint.request_token()
+        log.info(
+            "Obtained an access token for client %r from %s (expires in %d s, scope %r)",
+            self.settings.client_id,
+            self.endpoint.token_url,
+            token.lifetime,
+            token.scope,
+        )
+        return token
+
+    def _fingerprint(self) -> str:
+        s = self.settings
+        parts: dict[str, Any] = {
+            "token_url": self.token_url,
+            "client_id": s.client_id,
+            "scope": self.scope,
+            "key": self.key.thumbprint(),
+            "kid": self.kid,
+            "alg": self.algorithm,
+            "aud": s.audience,
+            "reuse": self.token_reuse,
+            "claims": dict(s.extra_claims),
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+    def get_token(self) -> AccessToken:
+        """A valid access token (cached, renewed before expiry)."""
+        return self.tokens.get()
+
+    def auth(self) -> BackendAuth:
+        """A requests ``AuthBase`` for the configured origins (see ``BackendAuth``)."""
+        return BackendAuth(self.tokens, self.allowed_origins)
+
+    def new_session(self) -> requests.Session:
+        """A ``requests.Session`` that authenticates to the base URL's origin."""
+        session = self._new_plain_session()
+        session.auth = self.auth()
+        session.headers["User-Agent"] = "airflow-provider-backendauth"
+        return session
+
+
+def clear_token_caches() -> None:
+    """Forget every cached token in this process (tests; rotating keys)."""
+    with _shared_caches_lock:
+        _shared_caches.clear()

@@ -1,0 +1,93 @@
+"""SMART discovery: find the token endpoint from ``{base}/.well-known/smart-configuration``."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from airflow_provider_backendauth.core.errors import DiscoveryError
+from airflow_provider_backendauth.core.urls import join_url
+
+_cache: dict[tuple[str, str], SmartConfiguration] = {}
+_cache_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class SmartConfiguration:
+    """The parts of a SMART configuration document this client uses."""
+
+    token_endpoint: str
+    signing_algorithms: tuple[str, ...] = ()
+    scopes_supported: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    issuer: str | None = None
+
+    @classmethod
+    def from_document(
+        cls, document: dict[str, Any], source_url: str, base_url: str
+    ) -> SmartConfiguration:
+        endpoint = document.get("token_endpoint")
+        if not isinstance(endpoint, str) or not endpoint:
+            raise DiscoveryError(
+                f"{source_url} has no 'token_endpoint'; set the connection's 'token_url' extra."
+            )
+
+        def strings(name: str) -> tuple[str, ...]:
+            value = document.get(name) or ()
+            return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+        return cls(
+            # SMART: relative endpoint URLs resolve against the FHIR base URL.
+            token_endpoint=join_url(base_url, endpoint),
+            signing_algorithms=strings("token_endpoint_auth_signing_alg_values_supported"),
+            scopes_supported=strings("scopes_supported"),
+            capabilities=strings("capabilities"),
+            issuer=document.get("issuer") if isinstance(document.get("issuer"), str) else None,
+        )
+
+
+def discover(
+    base_url: str,
+    *,
+    path: str = ".well-known/smart-configuration",
+    session: requests.Session | None = None,
+    timeout: float = 30.0,
+) -> SmartConfiguration:
+    """Fetch (once per process and base URL) the server's discovery document."""
+    url = join_url(base_url, path)
+    key = (url, path)
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    http = session or requests.Session()
+    try:
+        response = http.get(url, headers={"Accept": "application/json"}, timeout=timeout)
+    except requests.RequestException as exc:
+        raise DiscoveryError(
+            f"Could not fetch {url} to discover the token URL ({type(exc).__name__}). Check the "
+            "base URL, or set the 'token_url' extra."
+        ) from None
+    if response.status_code != 200:
+        raise DiscoveryError(
+            f"{url} answered HTTP {response.status_code}; the server may not support SMART "
+            "discovery. Set the connection's 'token_url' extra."
+        )
+    try:
+        document = response.json()
+    except ValueError:
+        raise DiscoveryError(f"{url} did not return JSON; set the 'token_url' extra.") from None
+    if not isinstance(document, dict):
+        raise DiscoveryError(f"{url} did not return a JSON object; set the 'token_url' extra.")
+    config = SmartConfiguration.from_document(document, url, base_url)
+    with _cache_lock:
+        _cache[key] = config
+    return config
+
+
+def clear_discovery_cache() -> None:
+    with _cache_lock:
+        _cache.clear()

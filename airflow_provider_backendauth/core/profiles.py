@@ -1,0 +1,214 @@
+"""Provider profiles: what each vendor's token endpoint expects, as data.
+
+A profile is a preset, never a subclass: every value can be overridden from the connection.
+Values come from ``shared/reference/profiles.md`` and the vendor pages it cites; where a
+vendor's behaviour is unconfirmed the preset is the SMART default and says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+AudienceRule = Literal["token_url", "issuer"]
+TokenReuse = Literal["cache", "per_request"]
+CertificateHeader = Literal["x5t#S256", "x5t"]
+
+SMART_ALGORITHMS = ("RS384", "ES384")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A vendor preset for the client-assertion grant.
+
+    Attributes:
+        name: registry key, as stored in the connection's ``profile`` extra.
+        label: shown in the connection form.
+        token_url: fixed token endpoint, or None to discover it from the base URL.
+        algorithms: allowed signing algorithms, preferred first.
+        typ: the JWT header ``typ``; None leaves it out.
+        kid_required: refuse to sign without a key id (the vendor matches keys by kid).
+        kid_from_thumbprint: when no kid is configured, use the RFC 7638 thumbprint.
+        audience: ``token_url`` (the URL posted to) or ``issuer`` (``issuer_url``).
+        max_lifetime: the vendor's cap on ``exp - now`` in seconds.
+        lifetime: the default assertion lifetime (never above ``max_lifetime``).
+        scope: the default scope; "" means "send an empty scope", None means "omit it".
+        client_id_in_form: also post ``client_id`` in the form.
+        include_iat / include_nbf: send those claims.
+        token_reuse: ``cache`` until expiry, or ``per_request`` (a new token per API call).
+        certificate_header: send ``x5t#S256``/``x5t`` from the key's certificate.
+        discovery_path: where to discover the token endpoint relative to the base URL.
+        notes: troubleshooting lines shown when the vendor rejects a token request.
+    """
+
+    name: str
+    label: str
+    token_url: str | None = None
+    algorithms: tuple[str, ...] = SMART_ALGORITHMS
+    typ: str | None = "JWT"
+    kid_required: bool = True
+    kid_from_thumbprint: bool = True
+    audience: AudienceRule = "token_url"
+    issuer_url: str | None = None
+    max_lifetime: int = 300
+    lifetime: int = 300
+    scope: str | None = None
+    client_id_in_form: bool = False
+    include_iat: bool = True
+    include_nbf: bool = False
+    token_reuse: TokenReuse = "cache"
+    certificate_header: CertificateHeader | None = None
+    discovery_path: str = ".well-known/smart-configuration"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+_PROFILES: tuple[Profile, ...] = (
+    Profile(
+        name="smart",
+        label="SMART Backend Services v2 (discovers the token URL)",
+        scope="system/*.rs",
+    ),
+    Profile(
+        name="mydatahelps",
+        label="MyDataHelps (CareEvolution)",
+        token_url="https://mydatahelps.org/identityserver/connect/token",
+        algorithms=("RS256",),
+        kid_required=False,
+        kid_from_thumbprint=False,
+        lifetime=200,
+        scope="api",
+        notes=(
+            "the client id is the full service account name, e.g. MyDataHelps.1234.test",
+            "the private key must match the public key registered for the service account",
+            "only RS256 is supported",
+        ),
+    ),
+    Profile(
+        name="koppeltaal",
+        label="Koppeltaal 2.0",
+        token_url="https://auth-service.koppeltaal.headease.nl/oauth2/token",
+        algorithms=("RS512", "RS384", "ES384"),
+        kid_required=False,
+        scope="",
+        notes=(
+            "Koppeltaal answers failures with a plain-text '401 Access Denied'",
+            "keys registered as PEM must sign with RS512",
+        ),
+    ),
+    Profile(
+        name="helseid",
+        label="HelseID (Norsk helsenett)",
+        token_url="https://helseid-sts.nhn.no/connect/token",
+        issuer_url="https://helseid-sts.nhn.no",
+        algorithms=("RS512", "RS384", "RS256", "PS512", "PS384", "PS256", "ES512", "ES384", "ES256"),
+        typ="client-authentication+jwt",
+        max_lifetime=60,
+        lifetime=60,
+        client_id_in_form=True,
+        include_nbf=True,
+        discovery_path=".well-known/openid-configuration",
+        notes=(
+            "the test environment is https://helseid-sts.test.nhn.no/connect/token: set "
+            "'token_url' to it",
+            "the CPPA v1 API wants one token per request: set 'token_reuse' to 'per_request'",
+        ),
+    ),
+    Profile(
+        name="redox",
+        label="Redox (FHIR and Platform API)",
+        token_url="https://api.redoxengine.com/v2/auth/token",
+        notes=(
+            "Redox matches the key by kid: the kid defaults to the key's RFC 7638 thumbprint; "
+            "set 'key_id' if you registered another",
+        ),
+    ),
+    Profile(
+        name="nhs_england",
+        label="NHS England APIs (signed JWT)",
+        token_url="https://api.service.nhs.uk/oauth2/token",
+        algorithms=("RS512",),
+        notes=(
+            "the client id is the application's API key",
+            "the integration environment is https://int.api.service.nhs.uk/oauth2/token",
+            "the kid must be the one published in your JWKS for this application",
+        ),
+    ),
+    Profile(
+        name="epic",
+        label="Epic (Backend Services)",
+        token_url=None,
+        algorithms=("RS384", "ES384"),
+        scope="system/*.read",
+        notes=("Epic expects a hosted JWKS URL: set 'jku' to it if registered that way",),
+    ),
+    Profile(
+        name="oracle_health",
+        label="Oracle Health (Cerner) Backend Services",
+        algorithms=("RS384", "ES384"),
+        scope="system/*.read",
+    ),
+    Profile(
+        name="entra_id",
+        label="Microsoft Entra ID (certificate credentials)",
+        token_url=None,
+        algorithms=("PS256", "RS256"),
+        kid_required=False,
+        kid_from_thumbprint=False,
+        lifetime=300,
+        max_lifetime=600,
+        client_id_in_form=True,
+        certificate_header="x5t#S256",
+        notes=(
+            "set 'token_url' to https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token",
+            "set 'scope' to <resource>/.default, e.g. the FHIR service URL + '/.default'",
+            "the password field must hold the private key followed by its certificate PEM",
+        ),
+    ),
+    Profile(
+        name="medplum",
+        label="Medplum",
+        token_url="https://api.medplum.com/oauth2/token",
+        algorithms=("ES384", "ES256", "ES512", "RS256", "RS384", "RS512"),
+        kid_required=False,
+    ),
+    Profile(
+        name="athenahealth",
+        label="athenahealth (unconfirmed details)",
+        token_url="https://api.platform.athenahealth.com/oauth2/v1/token",
+        algorithms=("RS384", "ES384", "RS256"),
+        kid_required=False,
+        notes=("athenahealth rate-limits token requests: keep 'token_reuse' at 'cache'",),
+    ),
+    Profile(
+        name="cms_dpc",
+        label="CMS Data at the Point of Care (DPC)",
+        token_url="https://sandbox.dpc.cms.gov/api/v1/Token/auth",
+        algorithms=("RS384",),
+        kid_from_thumbprint=False,
+        scope="system/*.*",
+        notes=("the kid must be the public key id DPC returned when the key was registered",),
+    ),
+    Profile(
+        name="custom",
+        label="Custom (everything from the connection)",
+        algorithms=("RS384", "ES384", "RS256", "RS512", "PS256", "PS384", "PS512", "ES256", "ES512"),
+        kid_required=False,
+        max_lifetime=3600,
+    ),
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in _PROFILES}
+DEFAULT_PROFILE = "smart"
+
+
+def get_profile(name: str | None) -> Profile:
+    """Look up a profile by name (case-insensitive; ``-`` and ``_`` alike)."""
+    from airflow_provider_backendauth.core.errors import ConfigurationError
+
+    key = (name or DEFAULT_PROFILE).strip().lower().replace("-", "_")
+    try:
+        return PROFILES[key]
+    except KeyError:
+        raise ConfigurationError(
+            f"Unknown provider profile {name!r}; choose one of {', '.join(PROFILES)}."
+        ) from None

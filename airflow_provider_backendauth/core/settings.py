@@ -1,0 +1,223 @@
+"""Client settings: what a ``backendauth`` connection holds, parsed and validated.
+
+The extras' names here are the connection's stable interface (they are stored in users'
+connections and secrets backends): keep them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from airflow_provider_backendauth.core.errors import ConfigurationError
+
+EXTRA_KEYS = (
+    "profile",
+    "token_url",
+    "scope",
+    "algorithm",
+    "key_id",
+    "jku",
+    "private_key_file",
+    "private_key_passphrase",
+    "audience",
+    "assertion_lifetime",
+    "extra_claims",
+    "token_reuse",
+    "verify_ssl",
+    "ca_bundle",
+    "timeout",
+    "retries",
+    "allow_insecure_http",
+    "allowed_hosts",
+)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """One client's configuration. Unset values (None) fall back to the profile preset.
+
+    Attributes:
+        base_url: the API/FHIR base URL (connection host).
+        client_id: the registered client id (connection login).
+        private_key: PEM/JWK/JWKS text (connection password); or use ``private_key_file``.
+        profile: vendor preset name.
+        allowed_hosts: extra origins/hosts that may receive the bearer token (besides the
+            base URL's origin), e.g. a vendor's separate file server.
+    """
+
+    base_url: str | None = None
+    client_id: str = ""
+    private_key: str | None = field(default=None, repr=False)
+    profile: str | None = None
+    token_url: str | None = None
+    scope: str | None = None
+    algorithm: str | None = None
+    key_id: str | None = None
+    jku: str | None = None
+    private_key_file: str | None = None
+    private_key_passphrase: str | None = field(default=None, repr=False)
+    audience: str | None = None
+    assertion_lifetime: int | None = None
+    extra_claims: Mapping[str, Any] = field(default_factory=dict)
+    token_reuse: str | None = None
+    verify_ssl: bool = True
+    ca_bundle: str | None = None
+    timeout: float = 30.0
+    retries: int = 5
+    allow_insecure_http: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+
+    @classmethod
+    def from_connection_fields(
+        cls,
+        *,
+        host: str | None,
+        login: str | None,
+        password: str | None,
+        extra: Mapping[str, Any] | None,
+        schema: str | None = None,
+        port: int | None = None,
+    ) -> ClientSettings:
+        """Build settings from a connection's standard fields and extras (strings allowed:
+        UIs, URIs and secrets backends deliver everything as text)."""
+        extra = dict(extra or {})
+        unknown = sorted(set(extra) - set(EXTRA_KEYS))
+        if unknown:
+            raise ConfigurationError(
+                f"Unknown connection extra(s): {', '.join(unknown)}. Known extras: "
+                f"{', '.join(EXTRA_KEYS)}."
+            )
+        return cls(
+            base_url=_base_url(host, schema, port),
+            client_id=(login or "").strip(),
+            private_key=password or None,
+            profile=_text(extra, "profile"),
+            token_url=_text(extra, "token_url"),
+            scope=_scope(extra),
+            algorithm=_text(extra, "algorithm"),
+            key_id=_text(extra, "key_id"),
+            jku=_text(extra, "jku"),
+            private_key_file=_text(extra, "private_key_file"),
+            private_key_passphrase=_text(extra, "private_key_passphrase"),
+            audience=_text(extra, "audience"),
+            assertion_lifetime=_integer(extra, "assertion_lifetime", minimum=1),
+            extra_claims=_claims(extra.get("extra_claims")),
+            token_reuse=_choice(extra, "token_reuse", ("cache", "per_request")),
+            verify_ssl=_boolean(extra, "verify_ssl", True),
+            ca_bundle=_text(extra, "ca_bundle"),
+            timeout=float(_integer_or(extra, "timeout", minimum=1, default=30)),
+            retries=_integer_or(extra, "retries", minimum=0, default=5),
+            allow_insecure_http=_boolean(extra, "allow_insecure_http", False),
+            allowed_hosts=_list(extra.get("allowed_hosts")),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """A loggable view: secrets replaced by whether they are set."""
+        view: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("private_key", "private_key_passphrase"):
+                value = "***" if value else None
+            view[f.name] = value
+        return view
+
+
+def _base_url(host: str | None, schema: str | None, port: int | None) -> str | None:
+    host = (host or "").strip()
+    if not host:
+        return None
+    if "://" not in host:
+        # A connection URI splits "https://h:p/path" into schema, host and port: rebuild it.
+        scheme = schema if schema in ("http", "https") else "https"
+        netloc, slash, path = host.partition("/")
+        if port and ":" not in netloc:
+            netloc = f"{netloc}:{port}"
+        host = f"{scheme}://{netloc}{slash}{path}"
+    return host.rstrip("/")
+
+
+def _text(extra: Mapping[str, Any], name: str) -> str | None:
+    value = extra.get(name)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _scope(extra: Mapping[str, Any]) -> str | None:
+    # An explicitly empty scope is meaningful (Koppeltaal wants "scope=" sent).
+    if "scope" not in extra or extra["scope"] is None:
+        return None
+    value = extra["scope"]
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _boolean(extra: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = extra.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"Extra {name!r} must be true or false, not {value!r}.")
+
+
+def _integer(extra: Mapping[str, Any], name: str, *, minimum: int) -> int | None:
+    value = extra.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigurationError(f"Extra {name!r} must be a whole number, not {value!r}.") from None
+    if number < minimum:
+        raise ConfigurationError(f"Extra {name!r} must be at least {minimum}, not {number}.")
+    return number
+
+
+def _integer_or(extra: Mapping[str, Any], name: str, *, minimum: int, default: int) -> int:
+    value = _integer(extra, name, minimum=minimum)
+    return default if value is None else value
+
+
+def _choice(extra: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str | None:
+    value = _text(extra, name)
+    if value is not None and value not in choices:
+        raise ConfigurationError(
+            f"Extra {name!r} must be one of {', '.join(choices)}, not {value!r}."
+        )
+    return value
+
+
+def _claims(value: Any) -> Mapping[str, Any]:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigurationError(
+                "Extra 'extra_claims' must be a JSON object, e.g. {\"tenant\": \"x\"}."
+            ) from None
+    if not isinstance(value, Mapping):
+        raise ConfigurationError("Extra 'extra_claims' must be a JSON object.")
+    return dict(value)
+
+
+def _list(value: Any) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.replace(",", " ").split() if v.strip())
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v).strip() for v in value if str(v).strip())
+    raise ConfigurationError("Extra 'allowed_hosts' must be a list of origins or hosts.")

@@ -1,0 +1,322 @@
+"""The token exchange: post a signed assertion, get an access token, explain failures."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from airflow_provider_backendauth.core.assertion import CLIENT_ASSERTION_TYPE
+from airflow_provider_backendauth.core.errors import (
+    InvalidClientError,
+    InvalidScopeError,
+    TokenRequestError,
+)
+from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPIRES_IN = 300
+_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
+_SECRET_WORDS = re.compile(r"(access_token|client_assertion|assertion)\W+[^\s&\"',}]+", re.I)
+
+_INVALID_CLIENT_CHECKS = (
+    "the client id is exactly the one registered with the server",
+    "the private key is the pair of the public key/JWKS registered for this client",
+    "the signing algorithm is one the server accepts",
+    "the kid matches the registered key",
+    "the audience (aud) equals what the server expects (usually its token URL)",
+    "this machine's clock is correct (assertions are valid for minutes only)",
+)
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """An access token and when it stops being usable. ``repr`` never shows the value."""
+
+    value: str = field(repr=False)
+    expires_at: float
+    scope: str | None = None
+    obtained_at: float = field(default_factory=time.time)
+    token_type: str = "Bearer"
+
+    @property
+    def lifetime(self) -> float:
+        return self.expires_at - self.obtained_at
+
+    def expires_in(self, now: float | None = None) -> float:
+        return self.expires_at - (time.time() if now is None else now)
+
+    def is_fresh(self, leeway: float, now: float | None = None) -> bool:
+        """Usable for at least ``leeway`` more seconds (capped at a quarter of its life,
+        so that a 10-second token is not renewed on every call)."""
+        margin = min(leeway, self.lifetime / 4)
+        return self.expires_in(now) > margin
+
+
+def redact(text: str) -> str:
+    """Remove anything shaped like a JWT or a token/assertion value from server text."""
+    text = _JWT_LIKE.sub("[redacted]", text)
+    return _SECRET_WORDS.sub(lambda m: f"{m.group(1)}=[redacted]", text)
+
+
+class TokenEndpoint:
+    """Posts client-assertion grants to one token URL, with retries for transient failures.
+
+    Args:
+        token_url: where to post.
+        sign_assertion: returns a freshly signed assertion (new jti) per attempt.
+        client_id: posted as ``client_id`` when ``client_id_in_form``.
+        scope: None omits the parameter; "" sends an empty ``scope=``.
+        session: the requests session to use (TLS settings come with it).
+        timeout: seconds for connect and read.
+        retry: retry policy for transient failures.
+        hints: vendor-specific troubleshooting lines added to auth failures.
+        on_token: called with each token value obtained (Airflow registers it for masking).
+    """
+
+    def __init__(
+        self,
+        token_url: str,
+        sign_assertion: Callable[[], str],
+        *,
+        client_id: str,
+        scope: str | None = None,
+        client_id_in_form: bool = False,
+        session: requests.Session | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        hints: tuple[str, ...] = (),
+        on_token: Callable[[str], None] | None = None,
+    ) -> None:
+        self.token_url = token_url
+        self._sign = sign_assertion
+        self.client_id = client_id
+        self.scope = scope
+        self.client_id_in_form = client_id_in_form
+        self._session = session or requests.Session()
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.hints = hints
+        self._on_token = on_token
+        self.requests_made = 0
+
+    def request_token(self) -> AccessToken:
+        """Exchange a new assertion for a token, retrying what is worth retrying."""
+        import tenacity
+
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "Token request to %s failed (attempt %d of %d): %s; retrying",
+                self.token_url,
+                state.attempt_number,
+                self.retry.attempts,
+                exc,
+            )
+
+        retrying = tenacity.Retrying(
+            **self.retry.tenacity_kwargs(
+                is_retryable=lambda e: isinstance(e, TokenRequestError) and e.retryable,
+                retry_after_of=lambda e: getattr(e, "retry_after", None),
+                before_sleep=log_retry,
+            )
+        )
+        token: AccessToken = retrying(self._request_once)
+        return token
+
+    def _form(self) -> dict[str, str]:
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": self._sign(),
+        }
+        if self.scope is not None:
+            form["scope"] = self.scope
+        if self.client_id_in_form:
+            form["client_id"] = self.client_id
+        return form
+
+    def _request_once(self) -> AccessToken:
+        self.requests_made += 1
+        started = time.time()
+        try:
+            response = self._session.post(
+                self.token_url,
+                data=self._form(),
+                headers={"Accept": "application/json"},
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.exceptions.SSLError as exc:
+            raise TokenRequestError(
+                f"TLS verification failed for the token URL {self.token_url}: "
+                f"{_short(exc)}. If the server uses a private CA, set 'ca_bundle'."
+            ) from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TokenRequestError(
+                f"Could not reach the token URL {self.token_url}: {_short(exc)}.",
+                retryable=True,
+            ) from None
+        if response.status_code == 200:
+            return self._parse_success(response, started)
+        raise self._failure(response)
+
+    def _parse_success(self, response: requests.Response, started: float) -> AccessToken:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            raise TokenRequestError(
+                f"The token URL {self.token_url} answered 200 but without a JSON "
+                "'access_token'; is this really the token endpoint?",
+                status_code=200,
+            )
+        token_type = str(body.get("token_type") or "Bearer")
+        if token_type.lower() != "bearer":
+            raise TokenRequestError(
+                f"The server issued a {token_type!r} token; only Bearer tokens are supported.",
+                status_code=200,
+            )
+        value = body["access_token"]
+        if self._on_token is not None:
+            self._on_token(value)
+        scope = body.get("scope")
+        return AccessToken(
+            value=value,
+            expires_at=started + _parse_expires_in(body.get("expires_in")),
+            scope=scope if isinstance(scope, str) else None,
+            obtained_at=started,
+        )
+
+    def _failure(self, response: requests.Response) -> TokenRequestError:
+        status = response.status_code
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        error, description, text = _read_error_body(response)
+        if status in RETRYABLE_STATUS:
+            what = "is rate-limiting token requests" if status == 429 else "had a server error"
+            return TokenRequestError(
+                f"The token URL {self.token_url} {what} (HTTP {status}"
+                f"{': ' + (description or error or text) if (description or error or text) else ''}).",
+                status_code=status,
+                error=error,
+                error_description=description,
+                retryable=True,
+                retry_after=retry_after,
+            )
+        said = description or text
+        server_says = f"{error or 'HTTP ' + str(status)}" + (f": {said}" if said else "")
+        if error == "invalid_scope":
+            return InvalidScopeError(
+                f"The server refused the requested scope {self.scope!r} ({server_says}). Ask "
+                "for a scope granted to this client, or set 'scope' to what the vendor documents.",
+                status_code=status,
+                error=error,
+                error_description=description,
+            )
+        if error in ("invalid_client", "invalid_grant", "unauthorized_client") or status in (
+            400,
+            401,
+            403,
+        ):
+            checks = "; ".join((*_INVALID_CLIENT_CHECKS, *self.hints))
+            return InvalidClientError(
+                f"The token URL {self.token_url} rejected the client assertion for client id "
+                f"{self.client_id!r} ({server_says}). Check that: {checks}.",
+                status_code=status,
+                error=error,
+                error_description=description,
+            )
+        return TokenRequestError(
+            f"The token URL {self.token_url} answered HTTP {status} ({server_says}).",
+            status_code=status,
+            error=error,
+            error_description=description,
+        )
+
+
+def _read_error_body(response: requests.Response) -> tuple[str | None, str | None, str]:
+    """(OAuth error, error_description, short plain text) from an error response."""
+    error = description = None
+    text = ""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, Mapping):
+        error = str(body["error"]) if body.get("error") else None
+        description = str(body["error_description"]) if body.get("error_description") else None
+        if not error and not description:
+            text = redact(response.text.strip())[:300]
+    else:
+        # Some servers (Koppeltaal) answer failures in plain text such as "401 Access Denied".
+        text = redact(" ".join(response.text.split()))[:300]
+    return error, redact(description) if description else None, text
+
+
+def _parse_expires_in(value: Any) -> float:
+    """``expires_in`` as seconds: int, float or numeric string; missing/garbage -> default."""
+    try:
+        seconds = float(str(value).strip())
+    except (TypeError, ValueError):
+        return DEFAULT_EXPIRES_IN
+    return seconds if seconds > 0 else DEFAULT_EXPIRES_IN
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return redact(text if len(text) < 200 else text[:200] + "...")
+
+
+class TokenCache:
+    """Hands out a valid token, fetching one only when needed and one at a time.
+
+    Many threads asking at once trigger a single token request (single flight): the others
+    wait for it and reuse the result. ``per_request`` reuse fetches a new token every time,
+    for APIs that demand it.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], AccessToken],
+        *,
+        reuse: str = "cache",
+        leeway: float = 30.0,
+    ) -> None:
+        self._fetch = fetch
+        self.reuse = reuse
+        self.leeway = leeway
+        self._token: AccessToken | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> AccessToken:
+        if self.reuse == "per_request":
+            return self._fetch()
+        token = self._token
+        if token is not None and token.is_fresh(self.leeway):
+            return token
+        with self._lock:
+            token = self._token
+            if token is not None and token.is_fresh(self.leeway):
+                return token
+            token = self._fetch()
+            self._token = token
+            return token
+
+    def invalidate(self, value: str | None = None) -> None:
+        """Forget the cached token; with ``value``, only if it is still that token (so many
+        threads reporting the same rejected token cause one renewal, not many)."""
+        with self._lock:
+            if self._token is not None and (value is None or self._token.value == value):
+                self._token = None
+
+    @property
+    def current(self) -> AccessToken | None:
+        return self._token

@@ -1,0 +1,157 @@
+"""``BackendAuthHook``: the ``backendauth`` connection as tokens, sessions and requests."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+try:
+    from airflow.sdk import BaseHook
+except ImportError:  # Airflow 2.x
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
+
+if TYPE_CHECKING:
+    import requests
+
+    from airflow_provider_backendauth.core.auth import BackendAuth
+    from airflow_provider_backendauth.core.client import BackendAuthClient
+
+
+def _mask_secret(value: str) -> None:
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # Airflow 2.x
+        from airflow.utils.log.secrets_masker import mask_secret  # type: ignore[no-redef]
+    mask_secret(value)
+
+
+class BackendAuthHook(BaseHook):
+    """Access tokens and authenticated sessions for a ``backendauth`` connection.
+
+    The connection is read once, on first use; constructing the hook does no I/O (DAG files
+    may create hooks at parse time). Tokens are cached per connection and process, renewed
+    before they expire, registered with Airflow's secret masker, and never logged.
+
+    Args:
+        backendauth_conn_id: the connection id (may be passed positionally).
+    """
+
+    conn_name_attr = "backendauth_conn_id"
+    default_conn_name = "backendauth_default"
+    conn_type = "backendauth"
+    hook_name = "Backend Services Auth (signed JWT)"
+
+    def __init__(self, backendauth_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backendauth_conn_id = backendauth_conn_id
+
+    @functools.cached_property
+    def client(self) -> BackendAuthClient:
+        """The framework-free client built from the connection (validated, no network yet)."""
+        from airflow_provider_backendauth.core.client import BackendAuthClient
+        from airflow_provider_backendauth.core.settings import ClientSettings
+
+        conn = self.get_connection(self.backendauth_conn_id)
+        settings = ClientSettings.from_connection_fields(
+            host=conn.host,
+            login=conn.login,
+            password=conn.password,
+            extra=conn.extra_dejson,
+            schema=conn.schema,
+            port=conn.port,
+        )
+        return BackendAuthClient(settings, on_token=_mask_secret)
+
+    @property
+    def base_url(self) -> str | None:
+        return self.client.base_url
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        return self.client.allowed_origins
+
+    def get_token(self) -> str:
+        """A valid access token (cached and renewed before expiry). Keep it out of logs/XCom."""
+        return self.client.get_token().value
+
+    def get_auth(self) -> BackendAuth:
+        """A ``requests`` auth object usable with any session or the HTTP provider."""
+        return self.client.auth()
+
+    def get_session(self) -> requests.Session:
+        """A ``requests.Session`` whose requests to the base URL carry a valid bearer token;
+        a 401 renews the token and retries once."""
+        return self.client.new_session()
+
+    def get_conn(self) -> requests.Session:
+        return self.get_session()
+
+    def url_for(self, endpoint: str) -> str:
+        from airflow_provider_backendauth.core.errors import ConfigurationError
+        from airflow_provider_backendauth.core.urls import join_url
+
+        if self.base_url is None:
+            if "://" not in endpoint:
+                raise ConfigurationError(
+                    f"Endpoint {endpoint!r} is relative but connection "
+                    f"{self.backendauth_conn_id!r} has no base URL (host)."
+                )
+            return endpoint
+        return join_url(self.base_url, endpoint)
+
+    def run(
+        self,
+        method: str = "GET",
+        endpoint: str = "",
+        *,
+        session: requests.Session | None = None,
+        check_response: bool = True,
+        **request_kwargs: Any,
+    ) -> requests.Response:
+        """Send one authenticated request to ``{base URL}/{endpoint}``.
+
+        Args:
+            method: HTTP method.
+            endpoint: path relative to the base URL, or an absolute URL (which receives the
+                token only if its origin is the base URL's or an allowed host).
+            session: reuse a session from ``get_session()`` (keeps connections alive).
+            check_response: raise ``FhirError`` (quoting the OperationOutcome) on 4xx/5xx.
+            request_kwargs: passed to ``requests`` (params, json, data, headers, stream...).
+        """
+        from airflow_provider_backendauth.core.responses import check_response as check
+
+        http = session or self.get_session()
+        request_kwargs.setdefault("timeout", self.client.settings.timeout)
+        response = http.request(method.upper(), self.url_for(endpoint), **request_kwargs)
+        return check(response) if check_response else response
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Do a real token exchange (and a light GET of ``/metadata`` when a base URL is set)
+        and say in one sentence how it went."""
+        from airflow_provider_backendauth.core.errors import BackendAuthError
+
+        try:
+            client = self.client
+            token = client.get_token()
+        except BackendAuthError as exc:
+            return False, str(exc)
+        except Exception as exc:
+            return False, f"Unexpected {type(exc).__name__}: {exc}"
+        message = (
+            f"Token obtained from {client.endpoint.token_url} (expires in "
+            f"{int(token.lifetime)} s, scope {token.scope or 'not stated'!r})"
+        )
+        if client.base_url and client.profile.name not in ("mydatahelps",):
+            try:
+                response = self.run("GET", "metadata", check_response=False)
+            except Exception as exc:
+                return False, f"{message}, but GET {client.base_url}/metadata failed: {type(exc).__name__}."
+            if response.status_code in (401, 403):
+                return False, (
+                    f"{message}, but the API refused it: GET /metadata answered "
+                    f"{response.status_code}. Check the client's scopes."
+                )
+            if response.status_code == 200:
+                return True, f"{message}; GET /metadata answered 200."
+            return True, f"{message}; GET /metadata answered {response.status_code} (the API may not serve it)."
+        return True, message + "."
