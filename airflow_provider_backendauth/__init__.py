@@ -12,7 +12,10 @@ __version__ = "0.1.0"
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``)."""
+    """Provider metadata for Airflow (entry point ``apache_airflow_provider``)."""
+    import copy
+
     from airflow_provider_backendauth.provider_info import PROVIDER_INFO
 
-    return PROVIDER_INFO
+    # A copy: Airflow's ProvidersManager adds keys to the dict it receives.
+    return copy.deepcopy(PROVIDER_INFO)

@@ -15,7 +15,11 @@ _MODULE = "airflow_provider_backendauth"
 
 
 def _string(label: str, description: str, **schema: Any) -> dict[str, Any]:
-    return {"label": label, "description": description, "schema": {"type": ["string", "null"], **schema}}
+    return {
+        "label": label,
+        "description": description,
+        "schema": {"type": ["string", "null"], **schema},
+    }
 
 
 CONN_FIELDS: dict[str, Any] = {
@@ -42,7 +46,8 @@ CONN_FIELDS: dict[str, Any] = {
     ),
     "key_id": _string(
         "Key ID (kid)",
-        "The kid registered with the vendor. Empty: the JWK's kid or the key's RFC 7638 thumbprint.",
+        "The kid registered with the vendor. Empty: the JWK's kid or the key's RFC 7638 "
+        "thumbprint.",
     ),
     "jku": _string(
         "JWKS URL (jku)",
@@ -69,7 +74,7 @@ CONN_FIELDS: dict[str, Any] = {
     },
     "extra_claims": _string(
         "Extra claims (JSON)",
-        "Additional JWT claims as a JSON object, e.g. {\"tenant\": \"abc\"}.",
+        'Additional JWT claims as a JSON object, e.g. {"tenant": "abc"}.',
         format="multiline",
     ),
     "token_reuse": _string(
@@ -109,8 +114,9 @@ CONN_FIELDS: dict[str, Any] = {
 PROVIDER_INFO: dict[str, Any] = {
     "package-name": "airflow-provider-backendauth",
     "name": "Backend Services Auth (signed-JWT client assertions)",
-    "description": "Call healthcare REST and FHIR APIs secured by SMART Backend Services / RFC 7523 "
-    "private_key_jwt: connection, hook, REST and FHIR search operators, FHIR Bulk Data export.",
+    "description": "Call healthcare REST and FHIR APIs secured by SMART Backend Services / "
+    "RFC 7523 private_key_jwt: connection, hook, REST and FHIR search operators, "
+    "FHIR Bulk Data export.",
     "versions": [__version__],
     "integrations": [
         {
@@ -120,7 +126,10 @@ PROVIDER_INFO: dict[str, Any] = {
         }
     ],
     "hooks": [
-        {"integration-name": "Backend Services Auth", "python-modules": [f"{_MODULE}.hooks.backendauth"]}
+        {
+            "integration-name": "Backend Services Auth",
+            "python-modules": [f"{_MODULE}.hooks.backendauth"],
+        }
     ],
     "operators": [
         {
@@ -133,7 +142,10 @@ PROVIDER_INFO: dict[str, Any] = {
         }
     ],
     "triggers": [
-        {"integration-name": "Backend Services Auth", "python-modules": [f"{_MODULE}.triggers.bulk"]}
+        {
+            "integration-name": "Backend Services Auth",
+            "python-modules": [f"{_MODULE}.triggers.bulk"],
+        }
     ],
     "connection-types": [
         {

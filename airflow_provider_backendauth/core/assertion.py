@@ -45,9 +45,7 @@ class AssertionSpec:
 
     def __post_init__(self) -> None:
         if not self.client_id:
-            raise ConfigurationError(
-                "No client id: set the connection's Client ID (login) field."
-            )
+            raise ConfigurationError("No client id: set the connection's Client ID (login) field.")
         if self.lifetime <= 0:
             raise ConfigurationError("The assertion lifetime must be a positive number of seconds.")
         clash = _RESERVED_CLAIMS & set(self.extra_claims)
@@ -79,7 +77,8 @@ class ClientAssertionSigner:
         self.algorithm = check_algorithm(spec.algorithm, key)
 
     def __repr__(self) -> str:
-        return f"ClientAssertionSigner({self.spec.client_id!r}, {self.algorithm}, {self._key.describe()})"
+        key = self._key.describe()
+        return f"ClientAssertionSigner({self.spec.client_id!r}, {self.algorithm}, {key})"
 
     def sign(self, now: float | None = None) -> str:
         import jwt  # local: pyjwt + cryptography backends are not needed for DAG parsing

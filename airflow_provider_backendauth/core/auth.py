@@ -50,14 +50,18 @@ class BackendAuth(AuthBase):
         request.register_hook("response", self._reauthenticate_on_401)
         return request
 
-    def _reauthenticate_on_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+    def _reauthenticate_on_401(
+        self, response: requests.Response, **kwargs: Any
+    ) -> requests.Response:
         request = response.request
         if response.status_code != 401 or getattr(request, _RETRIED_MARK, False):
             return response
         body = request.body
         if body is not None and not isinstance(body, (bytes, str)):
             return response  # a generator or file body was consumed; cannot resend it
-        log.info("%s answered 401: renewing the access token and retrying once", origin_of(response.url))
+        log.info(
+            "%s answered 401: renewing the access token and retrying once", origin_of(response.url)
+        )
         self.tokens.invalidate(getattr(request, _TOKEN_MARK, None))
         response.content  # noqa: B018 - drain so the connection can be reused
         response.close()

@@ -165,7 +165,13 @@ class BackendAuthClient:
             origins.add(origin_of(self.base_url))
         for entry in self.settings.allowed_hosts:
             url = entry if "://" in entry else f"https://{entry}"
-            origins.add(origin_of(check_url(url, "allowed host", allow_insecure_http=self.settings.allow_insecure_http)))
+            origins.add(
+                origin_of(
+                    check_url(
+                        url, "allowed host", allow_insecure_http=self.settings.allow_insecure_http
+                    )
+                )
+            )
         return frozenset(origins)
 
     def _new_plain_session(self) -> requests.Session:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from airflow_provider_backendauth.core.errors import ConfigurationError, KeyLoadError
 
-PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 EC_ALGORITHMS = ("ES256", "ES384", "ES512")
@@ -33,9 +33,7 @@ _ALGORITHM_FOR_CURVE = {curve: alg for alg, curve in _CURVE_FOR_ALGORITHM.items(
 _JWK_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 MIN_RSA_BITS = 2048
 
-_PEM_BLOCK = re.compile(
-    r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL
-)
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -336,9 +334,7 @@ def _load_jwk(jwk: dict[str, Any]) -> SigningKey:
     except KeyLoadError:
         raise
     except Exception:
-        raise KeyLoadError(
-            f"The {kty} JWK is incomplete or damaged (check its members)."
-        ) from None
+        raise KeyLoadError(f"The {kty} JWK is incomplete or damaged (check its members).") from None
     jwk_alg = jwk.get("alg")
     return SigningKey(
         key=_require_supported(key),
@@ -360,9 +356,7 @@ def _require_supported(key: Any) -> PrivateKey:
                 f"EC curve {key.curve.name} is not supported; use P-256, P-384 or P-521."
             )
         return key
-    raise KeyLoadError(
-        f"Unsupported private key type {type(key).__name__}; use an RSA or EC key."
-    )
+    raise KeyLoadError(f"Unsupported private key type {type(key).__name__}; use an RSA or EC key.")
 
 
 def _b64url(data: bytes) -> str:

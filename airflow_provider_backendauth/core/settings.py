@@ -206,7 +206,7 @@ def _claims(value: Any) -> Mapping[str, Any]:
             value = json.loads(value)
         except json.JSONDecodeError:
             raise ConfigurationError(
-                "Extra 'extra_claims' must be a JSON object, e.g. {\"tenant\": \"x\"}."
+                'Extra \'extra_claims\' must be a JSON object, e.g. {"tenant": "x"}.'
             ) from None
     if not isinstance(value, Mapping):
         raise ConfigurationError("Extra 'extra_claims' must be a JSON object.")

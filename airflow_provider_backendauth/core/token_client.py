@@ -202,9 +202,11 @@ class TokenEndpoint:
         error, description, text = _read_error_body(response)
         if status in RETRYABLE_STATUS:
             what = "is rate-limiting token requests" if status == 429 else "had a server error"
+            detail = description or error or text
             return TokenRequestError(
                 f"The token URL {self.token_url} {what} (HTTP {status}"
-                f"{': ' + (description or error or text) if (description or error or text) else ''}).",
+                + (f": {detail}" if detail else "")
+                + ").",
                 status_code=status,
                 error=error,
                 error_description=description,

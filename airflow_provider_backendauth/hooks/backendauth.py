@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 try:
     from airflow.sdk import BaseHook
 except ImportError:  # Airflow 2.x
-    from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined,unused-ignore]
 
 if TYPE_CHECKING:
     import requests
@@ -145,7 +145,10 @@ class BackendAuthHook(BaseHook):
             try:
                 response = self.run("GET", "metadata", check_response=False)
             except Exception as exc:
-                return False, f"{message}, but GET {client.base_url}/metadata failed: {type(exc).__name__}."
+                return (
+                    False,
+                    f"{message}, but GET {client.base_url}/metadata failed: {type(exc).__name__}.",
+                )
             if response.status_code in (401, 403):
                 return False, (
                     f"{message}, but the API refused it: GET /metadata answered "
@@ -153,5 +156,9 @@ class BackendAuthHook(BaseHook):
                 )
             if response.status_code == 200:
                 return True, f"{message}; GET /metadata answered 200."
-            return True, f"{message}; GET /metadata answered {response.status_code} (the API may not serve it)."
+            return (
+                True,
+                f"{message}; GET /metadata answered {response.status_code} "
+                "(the API may not serve it).",
+            )
         return True, message + "."

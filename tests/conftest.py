@@ -1,0 +1,78 @@
+"""Shared test set-up: an isolated AIRFLOW_HOME, the sandbox server, and client keys.
+
+AIRFLOW_HOME must be set before anything imports airflow, hence at module import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="backendauth-airflow-home-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags_examples")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+os.environ["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated SQLite metadata database in the session's AIRFLOW_HOME (for dag.test())."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
+    return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def sandbox_session() -> Iterator[Any]:
+    """One sandbox server for the whole session (tests that need a private one start their own)."""
+    from airflow_provider_backendauth.sandbox import Sandbox
+
+    with Sandbox(patients=20, seed=7) as sb:
+        yield sb
+
+
+@pytest.fixture
+def sandbox(sandbox_session: Any) -> Iterator[Any]:
+    """The session sandbox with faults cleared and token lifetime reset after each test."""
+    yield sandbox_session
+    sandbox_session.faults.clear()
+    sandbox_session.token_lifetime = 300
+
+
+@pytest.fixture(autouse=True)
+def _fresh_token_caches() -> Iterator[None]:
+    from airflow_provider_backendauth.core.client import clear_token_caches
+    from airflow_provider_backendauth.core.discovery import clear_discovery_cache
+
+    yield
+    clear_token_caches()
+    clear_discovery_cache()
+
+
+def connection_json(*, host: str | None, login: str, password: str | None, **extra: Any) -> str:
+    """The JSON form of a backendauth connection for ``AIRFLOW_CONN_<ID>``."""
+    return json.dumps(
+        {
+            "conn_type": "backendauth",
+            "host": host,
+            "login": login,
+            "password": password,
+            "extra": extra,
+        }
+    )
