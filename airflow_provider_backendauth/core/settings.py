@@ -130,12 +130,15 @@ def _base_url(host: str | None, schema: str | None, port: int | None) -> str | N
     if not host:
         return None
     if "://" not in host:
-        # A connection URI splits "https://h:p/path" into schema, host and port: rebuild it.
+        # A connection URI such as backendauth://id:key@fhir.example.org:8443/api%2FR4 arrives
+        # as host, port and a path in "schema" (or "http"/"https" there, HttpHook style).
         scheme = schema if schema in ("http", "https") else "https"
-        netloc, slash, path = host.partition("/")
+        netloc, _, path = host.partition("/")
         if port and ":" not in netloc:
             netloc = f"{netloc}:{port}"
-        host = f"{scheme}://{netloc}{slash}{path}"
+        if not path and schema and schema not in ("http", "https"):
+            path = schema
+        host = f"{scheme}://{netloc}/{path.strip('/')}"
     return host.rstrip("/")
 
 

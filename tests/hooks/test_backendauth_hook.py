@@ -1,0 +1,142 @@
+"""The hook as a DAG author and the UI's Test button use it, with connections from env vars."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_backendauth.core.errors import FhirError
+from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
+from airflow_provider_backendauth.sandbox.testing import generate_client_key
+from tests.conftest import connection_json
+from tests.support.clients import register, vendor_extra
+
+
+@pytest.fixture
+def conn(sandbox, monkeypatch):
+    """Register a client and expose it as AIRFLOW_CONN_<ID>; returns a factory."""
+
+    def make(conn_id: str = "fhir", vendor: str = "smart", password: str | None = None, **extra):
+        client_id, key = register(sandbox, vendor)
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{conn_id.upper()}",
+            connection_json(
+                host=sandbox.fhir_base,
+                login=client_id,
+                password=password if password is not None else key.private_pem,
+                **{**vendor_extra(sandbox, vendor), **extra},
+            ),
+        )
+        return conn_id, client_id
+
+    return make
+
+
+def test_construction_does_no_io(sandbox):
+    before = sandbox.stats["requests"]
+    hook = BackendAuthHook("does_not_exist_yet")
+    assert hook.backendauth_conn_id == "does_not_exist_yet"
+    assert sandbox.stats["requests"] == before
+
+
+def test_default_conn_id_and_keyword():
+    assert BackendAuthHook().backendauth_conn_id == "backendauth_default"
+    assert BackendAuthHook(backendauth_conn_id="x").backendauth_conn_id == "x"
+
+
+def test_get_token_and_session(sandbox, conn):
+    conn_id, client_id = conn()
+    hook = BackendAuthHook(conn_id)
+    token = hook.get_token()
+    session = hook.get_session()
+    response = session.get(f"{hook.base_url}/metadata")
+    assert response.status_code == 200
+    assert hook.get_token() == token
+    assert sandbox.stats["token_requests_by_client"][client_id] == 1
+
+
+def test_connection_is_read_once(sandbox, conn, monkeypatch):
+    conn_id, _ = conn()
+    hook = BackendAuthHook(conn_id)
+    hook.get_token()
+    monkeypatch.delenv(f"AIRFLOW_CONN_{conn_id.upper()}")
+    assert hook.get_session() is not None  # still works: settings were read once
+
+
+def test_run_relative_endpoint_and_errors(sandbox, conn):
+    conn_id, _ = conn()
+    hook = BackendAuthHook(conn_id)
+    assert hook.run("GET", "metadata").json()["resourceType"] == "CapabilityStatement"
+    sandbox.faults.add("/fhir/metadata", status=422, body="the thing is broken", issue_code="processing")
+    with pytest.raises(FhirError, match="HTTP 422: error/processing: the thing is broken"):
+        hook.run("GET", "metadata")
+
+
+def test_tokens_are_masked(sandbox, conn):
+    from airflow.sdk._shared.secrets_masker import redact
+
+    conn_id, _ = conn()
+    token = BackendAuthHook(conn_id).get_token()
+    assert token not in str(redact(f"the token is {token}"))
+
+
+def test_test_connection_success(sandbox, conn):
+    conn_id, _ = conn(vendor="redox")
+    ok, message = BackendAuthHook(conn_id).test_connection()
+    assert ok, message
+    assert message.startswith(f"Token obtained from {sandbox.token_url} (expires in ")
+    assert "GET /metadata answered 200" in message
+
+
+def test_test_connection_wrong_key(sandbox, conn):
+    conn_id, _ = conn(vendor="nhs_england", password=generate_client_key("RSA").private_pem)
+    ok, message = BackendAuthHook(conn_id).test_connection()
+    assert not ok
+    assert "rejected the client assertion" in message
+    assert "application's API key" in message  # the NHS England hint
+
+
+def test_test_connection_bad_configuration(sandbox, conn):
+    conn_id, _ = conn(vendor="redox", algorithm="ES384")
+    ok, message = BackendAuthHook(conn_id).test_connection()
+    assert not ok and "needs an EC P-384 key" in message
+
+
+def test_test_connection_api_refuses_token(sandbox, conn):
+    conn_id, _ = conn(vendor="redox")
+    sandbox.faults.add("/fhir/metadata", status=403, times=2)
+    ok, message = BackendAuthHook(conn_id).test_connection()
+    assert not ok and "the API refused it" in message
+
+
+def test_test_connection_unknown_profile(monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_BAD",
+        connection_json(host="https://h.example", login="c", password="x", profile="nope"),
+    )
+    ok, message = BackendAuthHook("bad").test_connection()
+    assert not ok and "Unknown provider profile 'nope'" in message
+
+
+def test_connection_uri_form(sandbox, monkeypatch):
+    """AIRFLOW_CONN_* as a URI, the other form secrets backends use."""
+    from urllib.parse import quote
+
+    client_id, key = register(sandbox, "redox")
+    uri = (
+        f"backendauth://{quote(client_id, safe='')}:{quote(key.private_pem, safe='')}"
+        f"@{quote(sandbox.fhir_base, safe='')}"
+        f"?profile=redox&token_url={quote(sandbox.token_url, safe='')}"
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_URI_FORM", uri)
+    hook = BackendAuthHook("uri_form")
+    assert hook.base_url == sandbox.fhir_base
+    assert hook.get_token()
+    # host, port and path as separate URI parts: https unless the schema says otherwise
+    monkeypatch.setenv("AIRFLOW_CONN_URI_PARTS", "backendauth://c:k@fhir.example.org:8443/api%2FR4?profile=redox")
+    from airflow_provider_backendauth.core.settings import ClientSettings
+
+    c = BackendAuthHook.get_connection("uri_parts")
+    settings = ClientSettings.from_connection_fields(
+        host=c.host, login=c.login, password=c.password, extra=c.extra_dejson, schema=c.schema, port=c.port
+    )
+    assert settings.base_url == "https://fhir.example.org:8443/api/R4"
