@@ -336,7 +336,6 @@ def test_server_text_that_echoes_secrets_is_redacted(sandbox):
 
 def test_json_body_instead_of_form_is_what_the_server_rejects(sandbox):
     """The sandbox enforces the classic mistake the client must not make: posting JSON."""
-    client_id, key = register(sandbox, "mydatahelps")
     client = make_client(sandbox, "mydatahelps")
     form = client.endpoint._form()
     response = requests.post(sandbox.token_url, data=json.dumps(form), headers={"Content-Type": "application/json"})
