@@ -140,3 +140,18 @@ def test_connection_uri_form(sandbox, monkeypatch):
         host=c.host, login=c.login, password=c.password, extra=c.extra_dejson, schema=c.schema, port=c.port
     )
     assert settings.base_url == "https://fhir.example.org:8443/api/R4"
+
+
+def test_usable_as_the_http_providers_auth_type(sandbox, conn, monkeypatch):
+    import functools
+
+    from airflow.providers.http.hooks.http import HttpHook
+
+    from airflow_provider_backendauth.hooks.http_auth import BackendAuthHttpAuth
+
+    conn_id, client_id = conn()
+    monkeypatch.setenv("AIRFLOW_CONN_PLAIN_HTTP", f'{{"conn_type": "http", "host": "{sandbox.fhir_base}"}}')
+    http = HttpHook(method="GET", http_conn_id="plain_http", auth_type=functools.partial(BackendAuthHttpAuth, conn_id))
+    response = http.run("Patient", data={"_count": 2})
+    assert response.json()["resourceType"] == "Bundle"
+    assert sandbox.stats["token_requests_by_client"][client_id] == 1
