@@ -1,0 +1,220 @@
+"""``RestClient``: authenticated REST calls that retry transient failures.
+
+Retried: connection errors (refused, reset, dropped mid-response), timeouts, and the statuses
+in ``RETRYABLE_STATUS`` (429, 5xx...), with exponential backoff that honours the server's
+``Retry-After``. Non-idempotent methods (POST, PATCH) are only retried when the server says it
+did not process the request (429, 503) unless told otherwise. A 401 is not retried here: the
+session's ``BackendAuth`` already renewed the token and resent the request once.
+
+Failures raise ``FhirError`` quoting the server's OperationOutcome diagnostics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from airflow_provider_backendauth.core.errors import FhirError
+from airflow_provider_backendauth.core.responses import check_response
+from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
+from airflow_provider_backendauth.core.urls import join_url, origin_of
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Statuses meaning "not processed, come back later": safe to retry for any method.
+_NOT_PROCESSED_STATUS = frozenset({429, 503})
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.ConnectionError,  # refused, reset, dropped before/while answering
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,  # body cut off mid-stream
+    requests.exceptions.ContentDecodingError,
+)
+
+
+class TransientResponseError(Exception):
+    """A response worth retrying (a retryable status, or a 2xx body that is not valid JSON).
+
+    Raised inside the retry loop only; callers see the final response or a ``FhirError``.
+    """
+
+    def __init__(self, response: requests.Response, reason: str) -> None:
+        super().__init__(reason)
+        self.response = response
+        self.reason = reason
+        self.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TransientResponseError):
+        return exc.reason
+    return type(exc).__name__
+
+
+class RestClient:
+    """REST calls over a ``requests.Session`` (usually ``BackendAuthHook.get_session()``).
+
+    Args:
+        session: the session; its auth attaches (and renews) the bearer token.
+        base_url: what relative endpoints are joined to (``join_url`` rules: relative to the
+            base *path*). None: endpoints must be absolute URLs.
+        retry: the retry policy (attempts, backoff, Retry-After cap).
+        timeout: per-request timeout in seconds (connect and read).
+        retry_args: ``tenacity.Retrying`` arguments overriding the policy's (as in the HTTP
+            provider's ``retry_args``); ``stop``, ``wait`` or ``retry`` replace ours.
+        retry_unsafe_methods: also retry POST/PATCH after 5xx and connection errors (only
+            when the API is known to be idempotent for them, e.g. FHIR ``_search``).
+    """
+
+    def __init__(
+        self,
+        session: requests.Session,
+        base_url: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        retry_args: Mapping[str, Any] | None = None,
+        retry_unsafe_methods: bool = False,
+    ) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.retry_args = dict(retry_args or {})
+        self.retry_unsafe_methods = retry_unsafe_methods
+
+    def url_for(self, endpoint: str) -> str:
+        """The absolute URL of ``endpoint`` (absolute URLs are returned unchanged)."""
+        if "://" in endpoint:
+            return endpoint
+        if self.base_url is None:
+            raise FhirError(f"Endpoint {endpoint!r} is relative but no base URL is configured.")
+        return join_url(self.base_url, endpoint)
+
+    def request(
+        self,
+        method: str,
+        endpoint: str = "",
+        *,
+        check: bool = True,
+        what: str | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Send a request, retrying transient failures.
+
+        Args:
+            method: HTTP method.
+            endpoint: relative to the base URL, or absolute.
+            check: raise ``FhirError`` for a final 4xx/5xx answer (else return it).
+            what: how to name the call in errors (default ``"GET <url>"``).
+            kwargs: passed to ``requests`` (``params``, ``json``, ``data``, ``headers``...).
+
+        Returns:
+            The final response.
+
+        Raises:
+            FhirError: the call failed (with the OperationOutcome's diagnostics), or every
+                attempt hit a connection error.
+        """
+        return self._send(method, endpoint, check=check, what=what, parse_json=False, **kwargs)[0]
+
+    def get_json(
+        self, endpoint: str, *, what: str | None = None, **kwargs: Any
+    ) -> tuple[Any, requests.Response]:
+        """GET a JSON document; a 2xx answer whose body is not valid JSON (e.g. cut off by a
+        dropped connection) is retried like a 5xx.
+
+        Returns:
+            ``(parsed body, response)``.
+        """
+        body, response = self._send(
+            "GET", endpoint, check=True, what=what, parse_json=True, **kwargs
+        )
+        return body, response
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        check: bool,
+        what: str | None,
+        parse_json: bool,
+        **kwargs: Any,
+    ) -> tuple[Any, requests.Response]:
+        import tenacity
+
+        method = method.upper()
+        url = self.url_for(endpoint)
+        target = what or f"{method} {url}"
+        kwargs.setdefault("timeout", self.timeout)
+        safe = method in IDEMPOTENT_METHODS or self.retry_unsafe_methods
+
+        def attempt() -> tuple[Any, requests.Response]:
+            response = self.session.request(method, url, **kwargs)
+            status = response.status_code
+            if status in RETRYABLE_STATUS and (safe or status in _NOT_PROCESSED_STATUS):
+                response.content  # noqa: B018 - read the body so the connection can be reused
+                raise TransientResponseError(response, f"HTTP {status}")
+            if not parse_json or not response.ok:
+                return None, response
+            try:
+                return response.json(), response
+            except ValueError:
+                raise TransientResponseError(response, "a body that is not valid JSON") from None
+
+        def is_retryable(exc: BaseException) -> bool:
+            if isinstance(exc, TransientResponseError):
+                return True
+            if isinstance(exc, requests.exceptions.ConnectTimeout):
+                return True  # nothing reached the server
+            return safe and isinstance(exc, _TRANSIENT_ERRORS)
+
+        def retry_after_of(exc: BaseException) -> float | None:
+            return exc.retry_after if isinstance(exc, TransientResponseError) else None
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "%s answered %s; retrying in %.1f s (attempt %d failed)",
+                target,
+                _describe(exc) if exc is not None else "?",
+                wait,
+                state.attempt_number,
+            )
+
+        retry_kwargs = self.retry.tenacity_kwargs(is_retryable, retry_after_of, before_sleep)
+        retry_kwargs.update(self.retry_args)
+        retry_kwargs["reraise"] = True
+        try:
+            body, response = tenacity.Retrying(**retry_kwargs)(attempt)
+        except TransientResponseError as exc:
+            response = exc.response
+            if response.ok:  # valid status, unusable body
+                raise FhirError(
+                    f"{target} returned {exc.reason} (HTTP {response.status_code}), even after "
+                    "retrying; the server or a proxy cut the response short.",
+                    status_code=response.status_code,
+                ) from None
+            if check:
+                check_response(response, target)
+            return None, response
+        except _TRANSIENT_ERRORS as exc:
+            raise FhirError(
+                f"{target} failed: {type(exc).__name__} ({_short(exc)}); could not reach "
+                f"{origin_of(url)} even after retrying. Check the network and the base URL.",
+            ) from exc
+        if check:
+            check_response(response, target)
+        return body, response
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
