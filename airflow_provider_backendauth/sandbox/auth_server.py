@@ -139,9 +139,7 @@ class AuthServer:
 
     # --- request shape -------------------------------------------------------------------
 
-    def _read_form(
-        self, request: Request
-    ) -> tuple[dict[str, str], ClientRegistration | None, str]:
+    def _read_form(self, request: Request) -> tuple[dict[str, str], ClientRegistration | None, str]:
         """Parse and sanity-check the form; identify the client as early as possible."""
         body_text = request.body.decode("utf-8", "replace")
         if request.content_type in ("application/json", "application/fhir+json") or (
@@ -349,9 +347,7 @@ class AuthServer:
         if kid is not None:
             by_kid = [k for k in candidates if k.get("kid") == kid]
             if not by_kid and (rules.kid_required or all(k.get("kid") for k in candidates)):
-                raise TokenRequestRejected(
-                    "invalid_client", f"no registered key has kid '{kid}'"
-                )
+                raise TokenRequestRejected("invalid_client", f"no registered key has kid '{kid}'")
             candidates = by_kid or candidates
 
         thumbprint = header.get("x5t#S256") or header.get("x5t")
@@ -511,4 +507,3 @@ class AuthServer:
         reason = rejected.description.encode("ascii", "replace").decode("ascii")
         response.header("X-Sandbox-Reason", reason)
         return response
-

@@ -121,11 +121,15 @@ def make_registration(
             f"algorithms must be a non-empty subset of {', '.join(ASYMMETRIC_ALGS)}; "
             "'none' and HS* are never accepted"
         )
-    scope_tuple = tuple(scopes.split()) if isinstance(scopes, str) else (
-        None if scopes is None else tuple(scopes)
+    scope_tuple = (
+        tuple(scopes.split())
+        if isinstance(scopes, str)
+        else (None if scopes is None else tuple(scopes))
     )
-    limit = rules.token_requests_per_minute if token_requests_per_minute == -1 else (
-        token_requests_per_minute
+    limit = (
+        rules.token_requests_per_minute
+        if token_requests_per_minute == -1
+        else (token_requests_per_minute)
     )
     return ClientRegistration(
         client_id=client_id,

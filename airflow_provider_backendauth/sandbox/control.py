@@ -60,7 +60,7 @@ def _route(sandbox: Sandbox, request: Request) -> Response:
         body = _body(request)
         seconds = body.get("seconds", body.get("token_lifetime"))
         if not isinstance(seconds, int) or seconds < 0:
-            raise _BadControlRequest("send {\"seconds\": <non-negative integer>}")
+            raise _BadControlRequest('send {"seconds": <non-negative integer>}')
         sandbox.token_lifetime = seconds
         return json_response(200, {"token_lifetime": seconds})
     if path == "/expire-tokens" and method == "POST":
@@ -78,9 +78,7 @@ def _route(sandbox: Sandbox, request: Request) -> Response:
             return json_response(200, [c.describe() for c in sandbox.clients.all()])
         if method == "POST":
             body = _body(request)
-            keys = next(
-                (body[k] for k in ("public_jwks", "jwks", "jwk", "pem") if k in body), None
-            )
+            keys = next((body[k] for k in ("public_jwks", "jwks", "jwk", "pem") if k in body), None)
             if keys is None:
                 raise _BadControlRequest("send the client's public key as public_jwks or pem")
             registration = sandbox.register_client(

@@ -17,9 +17,7 @@ def dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def json_response(
-    status: int, data: Any, content_type: str = "application/json"
-) -> Response:
+def json_response(status: int, data: Any, content_type: str = "application/json") -> Response:
     return Response(status, dumps(data), content_type)
 
 

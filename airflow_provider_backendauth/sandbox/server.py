@@ -13,6 +13,8 @@ from .auth_server import AuthServer
 from .clients import ClientRegistration, ClientRegistry, KeyMaterial, make_registration
 from .discovery import openid_configuration, smart_configuration
 from .faults import FaultRule, Faults
+from .fhir_api import FhirApi
+from .fhir_store import FhirStore
 from .httpd import HttpServer, Request, Response
 from .responses import json_response, outcome_response
 from .settings import SandboxSettings
@@ -84,6 +86,15 @@ class Sandbox:
         self._server: HttpServer | None = None
         self._foreign: HttpServer | None = None
         self._lock = threading.Lock()
+        self.store = FhirStore(patients, seed)
+        self.fhir = FhirApi(
+            self.store,
+            self.tokens,
+            self.settings,
+            self._stats,
+            fhir_base=lambda: self.fhir_base,
+            token_url=lambda: self.token_url,
+        )
         self.auth = AuthServer(
             self.clients,
             self.tokens,
@@ -202,7 +213,9 @@ class Sandbox:
         return registration
 
     def issue_token(
-        self, client_id: str = "sandbox-test", scope: str = "system/*.rs",
+        self,
+        client_id: str = "sandbox-test",
+        scope: str = "system/*.rs",
         lifetime: float | None = None,
     ) -> str:
         """Mint an access token without the token endpoint (for tests of the FHIR side only)."""
@@ -269,13 +282,19 @@ class Sandbox:
             return self.auth.handle(request)
         if kind == "discovery":
             return self._discovery(request)
+        if kind in ("metadata", "fhir_search", "fhir_read"):
+            return self.fhir.handle(request)
+        if kind == "rest":
+            return self.fhir.handle_rest(request)
         return outcome_response(404, f"no such endpoint: {request.path}", code="not-found")
 
     def _discovery(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
             return json_response(405, {"error": "method not allowed"})
-        if request.path in ("/fhir/.well-known/smart-configuration",
-                            "/.well-known/smart-configuration"):
+        if request.path in (
+            "/fhir/.well-known/smart-configuration",
+            "/.well-known/smart-configuration",
+        ):
             return json_response(
                 200,
                 smart_configuration(

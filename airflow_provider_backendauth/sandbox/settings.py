@@ -54,9 +54,7 @@ class SandboxSettings:
             self.bulk_error_file is not None
             and self.bulk_error_file not in BULK_ERROR_FILE_SEVERITIES
         ):
-            raise ValueError(
-                f"bulk_error_file must be None or one of {BULK_ERROR_FILE_SEVERITIES}"
-            )
+            raise ValueError(f"bulk_error_file must be None or one of {BULK_ERROR_FILE_SEVERITIES}")
         if self.bulk_lines_per_file is not None and self.bulk_lines_per_file < 1:
             raise ValueError("bulk_lines_per_file must be >= 1")
         if self.bulk_resource_padding_bytes < 0:

@@ -176,9 +176,7 @@ def sign_assertion(
     return str(token.serialize(compact=True))
 
 
-def token_request_form(
-    assertion: str, scope: str | None = None, **extra: str
-) -> dict[str, str]:
+def token_request_form(assertion: str, scope: str | None = None, **extra: str) -> dict[str, str]:
     """The form of a client-credentials token request carrying ``assertion``."""
     form = {
         "grant_type": "client_credentials",

@@ -245,3 +245,15 @@ def grant_scope(
             if not any(smart_scope_covers(allowed, scope) for allowed in registered):
                 raise ScopeError(f"scope '{scope}' is not allowed for this client")
     return " ".join(wanted)
+
+
+def scope_permits_read(granted: str, resource_type: str) -> bool:
+    """Does a granted scope string allow reading/searching ``resource_type``?
+
+    Tokens whose scope holds no SMART scope at all (``api``, ``nhn:...``, empty) come from
+    vendors whose scopes say nothing about resource types: they may read everything.
+    """
+    parsed = [p for p in (parse_smart_scope(s) for s in granted.split()) if p is not None]
+    if not parsed:
+        return True
+    return any(t in ("*", resource_type) and set(perm) & {"r", "s"} for _, t, perm in parsed)

@@ -18,9 +18,16 @@ def control(sb: Sandbox, method: str, path: str, **kwargs: object) -> requests.R
 
 
 def test_register_client_and_get_token(sb: Sandbox, rsa_key: ClientKey) -> None:
-    created = control(sb, "POST", "/clients", json={
-        "client_id": "remote", "public_jwks": rsa_key.public_jwks, "vendor": "nhs_england",
-    })
+    created = control(
+        sb,
+        "POST",
+        "/clients",
+        json={
+            "client_id": "remote",
+            "public_jwks": rsa_key.public_jwks,
+            "vendor": "nhs_england",
+        },
+    )
     assert created.status_code == 201, created.text
     assert created.json()["algorithms"] == ["RS512"]
     assertion = sign_assertion(rsa_key, assertion_claims("remote", sb.token_url), "RS512")
@@ -32,17 +39,32 @@ def test_register_client_and_get_token(sb: Sandbox, rsa_key: ClientKey) -> None:
 
 
 def test_register_client_with_pem(sb: Sandbox, rsa_key: ClientKey) -> None:
-    created = control(sb, "POST", "/clients", json={
-        "client_id": "pem", "pem": rsa_key.public_pem, "vendor": "any", "scopes": ["x"],
-    })
+    created = control(
+        sb,
+        "POST",
+        "/clients",
+        json={
+            "client_id": "pem",
+            "pem": rsa_key.public_pem,
+            "vendor": "any",
+            "scopes": ["x"],
+        },
+    )
     assert created.status_code == 201, created.text
     assert created.json()["scopes"] == ["x"]
 
 
 def test_bad_control_requests(sb: Sandbox) -> None:
     assert control(sb, "POST", "/clients", json={"client_id": "x"}).status_code == 400
-    assert control(sb, "POST", "/clients", json={
-        "client_id": "x", "public_jwks": {"keys": []}, "vendor": "smart"}).status_code == 400
+    assert (
+        control(
+            sb,
+            "POST",
+            "/clients",
+            json={"client_id": "x", "public_jwks": {"keys": []}, "vendor": "smart"},
+        ).status_code
+        == 400
+    )
     assert control(sb, "POST", "/faults", json={"path": "/", "bogus": 1}).status_code == 400
     assert control(sb, "POST", "/settings", json={"nope": 1}).status_code == 400
     assert control(sb, "POST", "/settings", json={"bulk_file_origin": "mars"}).status_code == 400
@@ -51,8 +73,12 @@ def test_bad_control_requests(sb: Sandbox) -> None:
 
 
 def test_faults_via_control(sb: Sandbox) -> None:
-    created = control(sb, "POST", "/faults", json={
-        "path": "/fhir/.well-known", "status": 429, "retry_after": 3, "times": None})
+    created = control(
+        sb,
+        "POST",
+        "/faults",
+        json={"path": "/fhir/.well-known", "status": 429, "retry_after": 3, "times": None},
+    )
     assert created.status_code == 201, created.text
     rule_id = created.json()["id"]
     answer = requests.get(sb.fhir_base + "/.well-known/smart-configuration", timeout=10)
@@ -67,7 +93,8 @@ def test_faults_via_control(sb: Sandbox) -> None:
 
 def test_tokens_lifetime_settings_stats(sb: Sandbox) -> None:
     assert control(sb, "POST", "/token-lifetime", json={"seconds": 7}).json() == {
-        "token_lifetime": 7}
+        "token_lifetime": 7
+    }
     assert sb.token_lifetime == 7
     assert control(sb, "POST", "/token-lifetime", json={"seconds": "x"}).status_code == 400
     minted = control(sb, "POST", "/tokens", json={"client_id": "c", "scope": "system/*.rs"})

@@ -11,8 +11,12 @@ from airflow_provider_backendauth.sandbox.testing import generate_client_key
 
 @pytest.mark.parametrize(
     ("kind", "alg", "crv"),
-    [("RSA", "RS384", None), ("EC-P256", "ES256", "P-256"), ("EC-P384", "ES384", "P-384"),
-     ("EC-P521", "ES512", "P-521")],
+    [
+        ("RSA", "RS384", None),
+        ("EC-P256", "ES256", "P-256"),
+        ("EC-P384", "ES384", "P-384"),
+        ("EC-P521", "ES512", "P-521"),
+    ],
 )
 def test_generate_client_key(kind: str, alg: str, crv: str | None) -> None:
     key = generate_client_key(kind)

@@ -79,8 +79,13 @@ def test_smart_accepts_rs384_and_es384(smart: Sandbox, rsa_key: ClientKey, ec_ke
 def test_smart_accepts_pyjwt_signed_assertion(smart: Sandbox, rsa_key: ClientKey) -> None:
     now = int(time.time())
     assertion = pyjwt.encode(
-        {"iss": "smart-client", "sub": "smart-client", "aud": smart.token_url,
-         "exp": now + 300, "jti": "pyjwt-1"},
+        {
+            "iss": "smart-client",
+            "sub": "smart-client",
+            "aud": smart.token_url,
+            "exp": now + 300,
+            "jti": "pyjwt-1",
+        },
         rsa_key.private_pem,
         algorithm="RS384",
         headers={"kid": rsa_key.kid, "typ": "JWT"},
@@ -119,8 +124,9 @@ def test_smart_rejects(
     change = dict(change)
     alg = change.pop("alg", "RS384")
     header_kwargs = change.pop("header_kwargs", None)
-    assert_rejected(smart_request(smart, rsa_key, alg=alg, header_kwargs=header_kwargs, **change),
-                    fragment)
+    assert_rejected(
+        smart_request(smart, rsa_key, alg=alg, header_kwargs=header_kwargs, **change), fragment
+    )
     assert smart.stats["token_failures"] == 1
 
 
@@ -128,9 +134,7 @@ def test_smart_rejects_wrong_key(smart: Sandbox, other_rsa_key: ClientKey) -> No
     assert_rejected(smart_request(smart, other_rsa_key), "signature verification failed")
 
 
-def test_smart_rejects_key_type_mismatch(
-    smart: Sandbox, rsa_key: ClientKey, ec_keys: Any
-) -> None:
+def test_smart_rejects_key_type_mismatch(smart: Sandbox, rsa_key: ClientKey, ec_keys: Any) -> None:
     ec_kid = ec_keys["EC-P384"].kid
     response = smart_request(smart, rsa_key, alg="RS384", header_kwargs={"kid": ec_kid})
     assert_rejected(response, "does not fit the registered key type (EC)")
@@ -143,7 +147,9 @@ def test_smart_rejects_replayed_jti(smart: Sandbox, rsa_key: ClientKey) -> None:
 
 def test_smart_jku_must_match_registration(sb: Sandbox, rsa_key: ClientKey) -> None:
     sb.register_client("smart-client", rsa_key.public_jwks, jku="https://app.example/jwks.json")
-    good = smart_request(sb, rsa_key, header_kwargs={"headers": {"jku": "https://app.example/jwks.json"}})
+    good = smart_request(
+        sb, rsa_key, header_kwargs={"headers": {"jku": "https://app.example/jwks.json"}}
+    )
     assert good.status_code == 200, good.text
     bad = smart_request(sb, rsa_key, header_kwargs={"headers": {"jku": "https://evil.example/j"}})
     assert_rejected(bad, "does not match the registered JWKS URL")
@@ -151,13 +157,18 @@ def test_smart_jku_must_match_registration(sb: Sandbox, rsa_key: ClientKey) -> N
 
 def test_alg_none_and_hs256_never_accepted(smart: Sandbox, rsa_key: ClientKey) -> None:
     claims = assertion_claims("smart-client", smart.token_url)
-    header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT", "kid": "rsa-1"})
-                                      .encode()).rstrip(b"=").decode()
+    header = (
+        base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT", "kid": "rsa-1"}).encode())
+        .rstrip(b"=")
+        .decode()
+    )
     payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    assert_rejected(post(smart, token_request_form(f"{header}.{payload}.", "system/*.rs")),
-                    "never accepted")
-    hs = pyjwt.encode(claims, "secret-secret-secret-secret-secret!", algorithm="HS256",
-                      headers={"kid": "rsa-1"})
+    assert_rejected(
+        post(smart, token_request_form(f"{header}.{payload}.", "system/*.rs")), "never accepted"
+    )
+    hs = pyjwt.encode(
+        claims, "secret-secret-secret-secret-secret!", algorithm="HS256", headers={"kid": "rsa-1"}
+    )
     assert_rejected(post(smart, token_request_form(hs, "system/*.rs")), "never accepted")
 
 
@@ -219,11 +230,15 @@ def test_registered_scopes_limit_grant(sb: Sandbox, rsa_key: ClientKey) -> None:
     assert ok.json()["scope"] == "system/Patient.r"
     assert_rejected(
         smart_request(sb, rsa_key, scope="system/Observation.rs"),
-        "not allowed for this client", "invalid_scope", 400,
+        "not allowed for this client",
+        "invalid_scope",
+        400,
     )
     assert_rejected(
         smart_request(sb, rsa_key, scope="system/Patient.cruds"),
-        "not allowed for this client", "invalid_scope", 400,
+        "not allowed for this client",
+        "invalid_scope",
+        400,
     )
 
 
@@ -267,12 +282,22 @@ def test_mydatahelps(sb: Sandbox, rsa_key: ClientKey) -> None:
     ok = vendor_request(sb, rsa_key, cid, "RS256", scope="api", kid=False, lifetime=200)
     assert ok.status_code == 200, ok.text
     assert ok.json()["token_type"] == "Bearer"
-    assert_rejected(vendor_request(sb, rsa_key, cid, "RS384", scope="api"),
-                    "alg 'RS384' is not allowed", status=400)
-    assert_rejected(vendor_request(sb, rsa_key, cid, "RS256", scope="system/*.rs"),
-                    "exactly 'api'", "invalid_scope", 400)
-    assert_rejected(vendor_request(sb, rsa_key, cid, "RS256", scope="api", typ=None),
-                    "missing 'typ'", status=400)
+    assert_rejected(
+        vendor_request(sb, rsa_key, cid, "RS384", scope="api"),
+        "alg 'RS384' is not allowed",
+        status=400,
+    )
+    assert_rejected(
+        vendor_request(sb, rsa_key, cid, "RS256", scope="system/*.rs"),
+        "exactly 'api'",
+        "invalid_scope",
+        400,
+    )
+    assert_rejected(
+        vendor_request(sb, rsa_key, cid, "RS256", scope="api", typ=None),
+        "missing 'typ'",
+        status=400,
+    )
 
 
 def test_koppeltaal_plain_text_errors(sb: Sandbox, rsa_key: ClientKey) -> None:
@@ -295,8 +320,12 @@ def test_helseid(sb: Sandbox, rsa_key: ClientKey) -> None:
     sb.register_client("helse-1", rsa_key.public_jwks, vendor="helseid")
     now = int(time.time())
     good: dict[str, Any] = {
-        "scope": "nhn:cppa/access", "typ": "client-authentication+jwt",
-        "form_extra": {"client_id": "helse-1"}, "iat": now, "nbf": now, "lifetime": 60,
+        "scope": "nhn:cppa/access",
+        "typ": "client-authentication+jwt",
+        "form_extra": {"client_id": "helse-1"},
+        "iat": now,
+        "nbf": now,
+        "lifetime": 60,
     }
     ok = vendor_request(sb, rsa_key, "helse-1", "RS512", **good)
     assert ok.status_code == 200, ok.text
@@ -304,33 +333,53 @@ def test_helseid(sb: Sandbox, rsa_key: ClientKey) -> None:
     assert ok.status_code == 200, ok.text
     no_form_id = vendor_request(sb, rsa_key, "helse-1", "RS512", **{**good, "form_extra": {}})
     assert_rejected(no_form_id, "client_id must be sent as a form field", "invalid_request", 400)
-    other_id = vendor_request(sb, rsa_key, "helse-1", "RS512",
-                              **{**good, "form_extra": {"client_id": "x"}})
+    other_id = vendor_request(
+        sb, rsa_key, "helse-1", "RS512", **{**good, "form_extra": {"client_id": "x"}}
+    )
     assert_rejected(other_id, "does not match the assertion iss", status=400)
-    assert_rejected(vendor_request(sb, rsa_key, "helse-1", "RS512", **{**good, "nbf": None}),
-                    "missing the 'nbf' claim", status=400)
-    assert_rejected(vendor_request(sb, rsa_key, "helse-1", "RS512", **{**good, "iat": None}),
-                    "missing the 'iat' claim", status=400)
-    assert_rejected(vendor_request(sb, rsa_key, "helse-1", "RS512", **{**good, "lifetime": 200}),
-                    "allows at most 60 s", status=400)
-    assert_rejected(vendor_request(sb, rsa_key, "helse-1", "RS512", **{**good, "scope": "api"}),
-                    "not an nhn: scope", "invalid_scope", 400)
-    assert_rejected(vendor_request(sb, rsa_key, "helse-1", "RS512", kid=False, **good),
-                    "missing 'kid'", status=400)
+    assert_rejected(
+        vendor_request(sb, rsa_key, "helse-1", "RS512", **{**good, "nbf": None}),
+        "missing the 'nbf' claim",
+        status=400,
+    )
+    assert_rejected(
+        vendor_request(sb, rsa_key, "helse-1", "RS512", **{**good, "iat": None}),
+        "missing the 'iat' claim",
+        status=400,
+    )
+    assert_rejected(
+        vendor_request(sb, rsa_key, "helse-1", "RS512", **{**good, "lifetime": 200}),
+        "allows at most 60 s",
+        status=400,
+    )
+    assert_rejected(
+        vendor_request(sb, rsa_key, "helse-1", "RS512", **{**good, "scope": "api"}),
+        "not an nhn: scope",
+        "invalid_scope",
+        400,
+    )
+    assert_rejected(
+        vendor_request(sb, rsa_key, "helse-1", "RS512", kid=False, **good),
+        "missing 'kid'",
+        status=400,
+    )
 
 
 def test_redox(sb: Sandbox, rsa_key: ClientKey, ec_keys: Any) -> None:
-    sb.register_client("redox-1", {"keys": [rsa_key.public_jwk, ec_keys["EC-P384"].public_jwk]},
-                       vendor="redox")
+    sb.register_client(
+        "redox-1", {"keys": [rsa_key.public_jwk, ec_keys["EC-P384"].public_jwk]}, vendor="redox"
+    )
     now = int(time.time())
     assert vendor_request(sb, rsa_key, "redox-1", "RS384", iat=now).status_code == 200
     ok = vendor_request(sb, ec_keys["EC-P384"], "redox-1", "ES384", iat=now)
     assert ok.status_code == 200, ok.text
     assert_rejected(vendor_request(sb, rsa_key, "redox-1", "RS384"), "missing the 'iat' claim")
-    assert_rejected(vendor_request(sb, rsa_key, "redox-1", "RS384", kid=False, iat=now),
-                    "missing 'kid'")
-    assert_rejected(vendor_request(sb, rsa_key, "redox-1", "RS384", iat=now, lifetime=900),
-                    "at most 300 s")
+    assert_rejected(
+        vendor_request(sb, rsa_key, "redox-1", "RS384", kid=False, iat=now), "missing 'kid'"
+    )
+    assert_rejected(
+        vendor_request(sb, rsa_key, "redox-1", "RS384", iat=now, lifetime=900), "at most 300 s"
+    )
 
 
 def test_nhs_england(sb: Sandbox, rsa_key: ClientKey) -> None:
@@ -339,11 +388,11 @@ def test_nhs_england(sb: Sandbox, rsa_key: ClientKey) -> None:
     ok = vendor_request(sb, rsa_key, "nhs-api-key", "RS512", lifetime=305)
     assert ok.status_code == 200, ok.text
     assert ok.json()["expires_in"] == "599"
-    assert_rejected(vendor_request(sb, rsa_key, "nhs-api-key", "RS512", lifetime=320),
-                    "at most 300 s")
+    assert_rejected(
+        vendor_request(sb, rsa_key, "nhs-api-key", "RS512", lifetime=320), "at most 300 s"
+    )
     assert_rejected(vendor_request(sb, rsa_key, "nhs-api-key", "RS512", typ=None), "missing 'typ'")
-    assert_rejected(vendor_request(sb, rsa_key, "nhs-api-key", "RS512", kid=False),
-                    "missing 'kid'")
+    assert_rejected(vendor_request(sb, rsa_key, "nhs-api-key", "RS512", kid=False), "missing 'kid'")
     assert_rejected(vendor_request(sb, rsa_key, "nhs-api-key", "RS384"), "not allowed")
 
 
@@ -351,29 +400,38 @@ def test_entra_id(sb: Sandbox, rsa_cert_key: ClientKey) -> None:
     sb.register_client("entra-app", rsa_cert_key.public_jwks, vendor="entra_id")
     key = rsa_cert_key
     good: dict[str, Any] = {
-        "scope": "https://fhir.example/.default", "kid": False,
-        "headers": {"x5t#S256": key.x5t_s256}, "form_extra": {"client_id": "entra-app"},
+        "scope": "https://fhir.example/.default",
+        "kid": False,
+        "headers": {"x5t#S256": key.x5t_s256},
+        "form_extra": {"client_id": "entra-app"},
     }
     ok = vendor_request(sb, key, "entra-app", "PS256", **good)
     assert ok.status_code == 200, ok.text
     legacy = vendor_request(sb, key, "entra-app", "RS256", **{**good, "headers": {"x5t": key.x5t}})
     assert legacy.status_code == 200, legacy.text
-    assert_rejected(vendor_request(sb, key, "entra-app", "PS256", **{**good, "headers": {}}),
-                    "x5t#S256")
+    assert_rejected(
+        vendor_request(sb, key, "entra-app", "PS256", **{**good, "headers": {}}), "x5t#S256"
+    )
     assert_rejected(
         vendor_request(sb, key, "entra-app", "PS256", **{**good, "headers": {"x5t#S256": "AAAA"}}),
         "matches no registered certificate",
     )
     assert_rejected(
         vendor_request(sb, key, "entra-app", "PS256", **{**good, "scope": "https://fhir.example"}),
-        "/.default", "invalid_scope", 400,
+        "/.default",
+        "invalid_scope",
+        400,
     )
 
 
 def test_oracle_health_refuses_v2_scopes(sb: Sandbox, rsa_key: ClientKey) -> None:
     sb.register_client("cerner-1", rsa_key.public_jwks, vendor="oracle_health")
-    assert_rejected(vendor_request(sb, rsa_key, "cerner-1", "RS384", scope="system/*.rs"),
-                    "only supports SMART v1", "invalid_scope", 400)
+    assert_rejected(
+        vendor_request(sb, rsa_key, "cerner-1", "RS384", scope="system/*.rs"),
+        "only supports SMART v1",
+        "invalid_scope",
+        400,
+    )
     ok = vendor_request(sb, rsa_key, "cerner-1", "RS384", scope="system/Patient.read")
     assert ok.status_code == 200, ok.text
 
@@ -388,8 +446,13 @@ def test_oracle_health_refuses_v2_scopes(sb: Sandbox, rsa_key: ClientKey) -> Non
     ],
 )
 def test_other_vendors_accept(
-    sb: Sandbox, rsa_key: ClientKey, ec_keys: Any, vendor: str, alg: str,
-    scope: str | None, kid: bool,
+    sb: Sandbox,
+    rsa_key: ClientKey,
+    ec_keys: Any,
+    vendor: str,
+    alg: str,
+    scope: str | None,
+    kid: bool,
 ) -> None:
     key = ec_keys["EC-P384"] if alg.startswith("ES") else rsa_key
     sb.register_client("c", key.public_jwks, vendor=vendor)
@@ -399,13 +462,18 @@ def test_other_vendors_accept(
 
 def test_cms_dpc_scope(sb: Sandbox, rsa_key: ClientKey) -> None:
     sb.register_client("dpc", rsa_key.public_jwks, vendor="cms_dpc")
-    assert_rejected(vendor_request(sb, rsa_key, "dpc", "RS384", scope="system/*.rs"),
-                    "exactly 'system/*.*'", "invalid_scope", 400)
+    assert_rejected(
+        vendor_request(sb, rsa_key, "dpc", "RS384", scope="system/*.rs"),
+        "exactly 'system/*.*'",
+        "invalid_scope",
+        400,
+    )
 
 
 def test_token_rate_limit(sb: Sandbox, rsa_key: ClientKey) -> None:
-    sb.register_client("athena", rsa_key.public_jwks, vendor="athenahealth",
-                       token_requests_per_minute=2)
+    sb.register_client(
+        "athena", rsa_key.public_jwks, vendor="athenahealth", token_requests_per_minute=2
+    )
     for _ in range(2):
         assert vendor_request(sb, rsa_key, "athena", "RS384", scope="x").status_code == 200
     limited = vendor_request(sb, rsa_key, "athena", "RS384", scope="x")
