@@ -1,0 +1,535 @@
+"""Bulk Data file downloads: safe names, parallel streaming, per-file retries, verification.
+
+Each file is streamed in chunks to a temporary sibling name and renamed only when complete,
+so memory stays flat whatever the file size and the destination never holds a partial file
+under a final name. Lines are counted on the fly and checked against the manifest's
+``count``. gzip is accepted (``Content-Encoding: gzip``, or a gzip body served as is).
+
+Parallel downloads share an adaptive limit: a 429 halves the number of concurrent
+downloads, successes grow it back (AIMD), so a throttling server gets fewer connections.
+
+This module imports no Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import requests
+
+from airflow_provider_backendauth.core.bulk_export import BulkManifest, error_details
+from airflow_provider_backendauth.core.bulk_http import BulkHttp, display_url
+from airflow_provider_backendauth.core.errors import BulkExportError
+from airflow_provider_backendauth.core.responses import operation_outcome_text
+from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
+from airflow_provider_backendauth.core.storage import StoragePath, atomic_writer
+
+log = logging.getLogger(__name__)
+
+NDJSON = "application/fhir+ndjson"
+FILE_HEADERS = {
+    "Accept": f"{NDJSON}, application/ndjson;q=0.9, */*;q=0.1",
+    "Accept-Encoding": "gzip, deflate",
+}
+KIND_FOLDERS = {"output": "", "error": "error/", "deleted": "deleted/"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_GZIP_MAGIC = b"\x1f\x8b"
+DEFAULT_CHUNK_SIZE = 1 << 20
+
+
+# --- what to download, under which name ---------------------------------------------------
+
+
+def safe_type_name(resource_type: str) -> str:
+    """A file-name-safe form of a manifest ``type``: letters, digits, ``_`` and ``-`` only,
+    at most 64 characters. A hostile type such as ``../../etc/passwd`` becomes
+    ``etc_passwd``; an empty one ``Unknown``."""
+    cleaned = _UNSAFE.sub("_", resource_type).strip("_-")[:64]
+    return cleaned or "Unknown"
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    """One file to download.
+
+    Attributes:
+        kind: ``output``, ``error`` or ``deleted``.
+        type: the manifest's ``type`` (informational; never used raw in paths).
+        url: where to get it.
+        name: its path relative to the destination, e.g. ``Patient.000.ndjson``,
+            ``error/OperationOutcome.000.ndjson``, ``deleted/Bundle.000.ndjson``.
+        count: the manifest's ``count``, if given.
+    """
+
+    kind: str
+    type: str
+    url: str
+    name: str
+    count: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExportFile:
+        count = data.get("count")
+        return cls(
+            kind=str(data["kind"]),
+            type=str(data.get("type") or ""),
+            url=str(data["url"]),
+            name=str(data["name"]),
+            count=int(count) if count is not None else None,
+        )
+
+
+def plan_files(manifest: BulkManifest) -> list[ExportFile]:
+    """The manifest's files with their destination names (numbered per kind and type)."""
+    seen: dict[tuple[str, str], int] = {}
+    files = []
+    for entry in manifest.entries:
+        safe = safe_type_name(entry.type)
+        key = (entry.kind, safe.lower())  # case-insensitive filesystems
+        index = seen.get(key, 0)
+        seen[key] = index + 1
+        name = f"{KIND_FOLDERS[entry.kind]}{safe}.{index:03d}.ndjson"
+        files.append(ExportFile(entry.kind, entry.type, entry.url, name, entry.count))
+    return files
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """A file in the destination: ``count`` lines, ``bytes`` bytes (as stored, uncompressed).
+
+    ``skipped`` means it was already complete from an earlier try."""
+
+    name: str
+    kind: str
+    type: str
+    count: int
+    bytes: int
+    skipped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- adaptive concurrency -----------------------------------------------------------------
+
+
+class AdaptiveLimit:
+    """A concurrency limit that halves on throttling and grows back by one after a run of
+    successes (additive increase, multiplicative decrease)."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = max(1, maximum)
+        self.limit = self.maximum
+        self.active = 0
+        self.lowest = self.maximum
+        self._successes = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, stop: threading.Event | None = None) -> None:
+        with self._cond:
+            while self.active >= self.limit:
+                if stop is not None and stop.is_set():
+                    raise BulkExportError("Downloads were stopped.")
+                self._cond.wait(0.5)
+            self.active += 1
+
+    def release(self) -> None:
+        with self._cond:
+            self.active -= 1
+            self._cond.notify_all()
+
+    def throttled(self) -> None:
+        with self._cond:
+            before = self.limit
+            self.limit = max(1, self.limit // 2)
+            self.lowest = min(self.lowest, self.limit)
+            self._successes = 0
+            if self.limit != before:
+                log.warning(
+                    "The file server is throttling (429): %d parallel downloads instead of %d",
+                    self.limit,
+                    before,
+                )
+
+    def succeeded(self) -> None:
+        with self._cond:
+            self._successes += 1
+            if self.limit < self.maximum and self._successes >= self.limit:
+                self.limit += 1
+                self._successes = 0
+                self._cond.notify_all()
+
+
+# --- downloading --------------------------------------------------------------------------
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.throttled = throttled
+
+
+class _LineCounter:
+    """Counts NDJSON lines across chunks (a last line without newline counts too)."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.bytes = 0
+        self._last = b"\n"
+
+    def feed(self, chunk: bytes) -> None:
+        if chunk:
+            self.lines += chunk.count(b"\n")
+            self.bytes += len(chunk)
+            self._last = chunk[-1:]
+
+    @property
+    def total(self) -> int:
+        return self.lines + (0 if self._last == b"\n" else 1)
+
+
+def _decoded(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Pass chunks through, gunzipping them when the body itself is gzip (a ``.ndjson.gz``
+    served without ``Content-Encoding``)."""
+    first = b""
+    for chunk in chunks:
+        first += chunk
+        if len(first) >= 2:
+            break
+    if first[:2] != _GZIP_MAGIC:
+        if first:
+            yield first
+        yield from chunks
+        return
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    yield inflater.decompress(first)
+    for chunk in chunks:
+        yield inflater.decompress(chunk)
+    yield inflater.flush()
+    if not inflater.eof:
+        raise _Retryable("the gzip stream ended early")
+
+
+class BulkDownloader:
+    """Downloads export files to a destination, in parallel, with per-file retries.
+
+    Args:
+        http: sends the requests (token only to allowed origins, per redirect hop).
+        parallel: maximum concurrent downloads (reduced while the server answers 429).
+        retry: per-file attempts and backoff; a server's ``Retry-After`` wins, within
+            ``retry.max_retry_after``.
+        chunk_size: bytes per read/write; memory use is about ``parallel * chunk_size``.
+        check_counts: fail a file whose line count differs from the manifest's ``count``.
+        stop: set it to abort (``on_kill``).
+    """
+
+    def __init__(
+        self,
+        http: BulkHttp,
+        *,
+        parallel: int = 4,
+        retry: RetryPolicy | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        check_counts: bool = True,
+        stop: threading.Event | None = None,
+        read_timeout: float | None = None,
+    ) -> None:
+        self.http = http
+        self.parallel = max(1, parallel)
+        self.retry = retry or RetryPolicy(
+            attempts=5, initial_wait=1.0, max_wait=30.0, max_retry_after=300.0
+        )
+        self.chunk_size = chunk_size
+        self.check_counts = check_counts
+        self.stop = stop or threading.Event()
+        self.read_timeout = read_timeout
+        self.limit = AdaptiveLimit(self.parallel)
+        self.attempts_made = 0
+        self._counter_lock = threading.Lock()
+
+    def download(
+        self,
+        files: Sequence[ExportFile],
+        destination: StoragePath,
+        *,
+        requires_access_token: bool,
+        already_done: Callable[[ExportFile], FileResult | None] | None = None,
+        on_done: Callable[[ExportFile, FileResult], None] | None = None,
+    ) -> list[FileResult]:
+        """Download ``files`` into ``destination``; returns one result per file, in order.
+
+        Args:
+            files: from ``plan_files``.
+            destination: the folder.
+            requires_access_token: the manifest's ``requiresAccessToken``.
+            already_done: returns a result for a file complete from an earlier try (it is
+                then not downloaded again), or None.
+            on_done: called after each file is complete (record progress durably).
+
+        Raises:
+            BulkExportError: a file failed after its retries (the others are stopped).
+        """
+        results: dict[int, FileResult] = {}
+        todo: list[tuple[int, ExportFile]] = []
+        for position, file in enumerate(files):
+            done = already_done(file) if already_done is not None else None
+            if done is not None:
+                results[position] = done
+            else:
+                todo.append((position, file))
+        if len(results):
+            log.info("%d of %d files are already complete; skipping them", len(results), len(files))
+        if todo:
+            abort = threading.Event()
+
+            def run(file: ExportFile) -> FileResult:
+                result = self._download_with_retries(
+                    file, destination, requires_access_token, abort
+                )
+                if on_done is not None:
+                    on_done(file, result)
+                return result
+
+            workers = min(self.parallel, len(todo))
+            with ThreadPoolExecutor(workers, thread_name_prefix="bulk-download") as pool:
+                futures: dict[Future[FileResult], int] = {
+                    pool.submit(run, file): position for position, file in todo
+                }
+                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                failure = next((f.exception() for f in finished if f.exception()), None)
+                if failure is not None:
+                    abort.set()
+                    for future in futures:
+                        future.cancel()
+                    raise failure
+                for future, position in futures.items():
+                    results[position] = future.result()
+        return [results[i] for i in range(len(files))]
+
+    def download_one(
+        self, file: ExportFile, destination: StoragePath, *, requires_access_token: bool
+    ) -> FileResult:
+        """Download a single file (with retries): what a mapped download task does."""
+        return self._download_with_retries(
+            file, destination, requires_access_token, threading.Event()
+        )
+
+    def _stopped(self, abort: threading.Event) -> bool:
+        return self.stop.is_set() or abort.is_set()
+
+    def _download_with_retries(
+        self,
+        file: ExportFile,
+        destination: StoragePath,
+        requires_access_token: bool,
+        abort: threading.Event,
+    ) -> FileResult:
+        attempt = 0
+        while True:
+            attempt += 1
+            if self._stopped(abort):
+                raise BulkExportError(f"Download of {file.name} stopped.")
+            self.limit.acquire(self.stop)
+            try:
+                with self._counter_lock:
+                    self.attempts_made += 1
+                result = self._fetch(file, destination, requires_access_token, abort)
+                self.limit.succeeded()
+                return result
+            except _Retryable as exc:
+                problem: _Retryable = exc
+            except requests.RequestException as exc:
+                problem = _Retryable(f"{type(exc).__name__}: {_short(exc)}")
+            finally:
+                self.limit.release()
+            if problem.throttled:
+                self.limit.throttled()
+            if attempt >= self.retry.attempts:
+                raise BulkExportError(
+                    f"Downloading {file.name} from {display_url(file.url)} failed after "
+                    f"{attempt} attempts; last error: {problem}",
+                    transient=True,
+                )
+            delay = self.retry.backoff(attempt, problem.retry_after)
+            log.warning(
+                "Download of %s failed (attempt %d of %d: %s); retrying in %.1f s",
+                file.name,
+                attempt,
+                self.retry.attempts,
+                problem,
+                delay,
+            )
+            if self.stop.wait(delay) or abort.is_set():
+                raise BulkExportError(f"Download of {file.name} stopped.")
+
+    def _fetch(
+        self,
+        file: ExportFile,
+        destination: StoragePath,
+        requires_access_token: bool,
+        abort: threading.Event,
+    ) -> FileResult:
+        timeout = self.read_timeout or self.http.timeout
+        response = self.http.send(
+            "GET",
+            file.url,
+            with_token=requires_access_token,
+            headers=FILE_HEADERS,
+            stream=True,
+            timeout=timeout,
+        )
+        with response:
+            status = response.status_code
+            if status != 200:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                body = response.content
+                diagnostics, transient = error_details(status, body)
+                message = f"HTTP {status}: {diagnostics}"
+                if status == 429:
+                    raise _Retryable(message, retry_after, throttled=True)
+                if status in (408, 425) or status >= 500 or transient:
+                    raise _Retryable(message, retry_after)
+                if status == 401 and not requires_access_token:
+                    message += (
+                        " (the manifest said requiresAccessToken=false, so no token was sent)"
+                    )
+                raise BulkExportError(
+                    f"Downloading {file.name} from {display_url(file.url)} failed with {message}",
+                    status_code=status,
+                    diagnostics=diagnostics,
+                )
+            counter = _LineCounter()
+            target = destination / file.name
+            with atomic_writer(target, "wb") as handle:
+                for chunk in _decoded(response.iter_content(self.chunk_size)):
+                    if self._stopped(abort):
+                        raise BulkExportError(f"Download of {file.name} stopped.")
+                    handle.write(chunk)
+                    counter.feed(chunk)
+                if self.check_counts and file.count is not None and counter.total != file.count:
+                    raise _Retryable(
+                        f"{file.name} has {counter.total} lines but the manifest's count "
+                        f"is {file.count}"
+                    )
+        return FileResult(file.name, file.kind, file.type, counter.total, counter.bytes)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    # requests messages can quote the URL, and signed URLs carry credentials in the query.
+    text = re.sub(r"(https?://[^\s?'\"]+)\?[^\s'\"]*", r"\1?...", text)
+    return text if len(text) < 240 else text[:240] + "..."
+
+
+# --- error files and the summary -----------------------------------------------------------
+
+
+@dataclass
+class ErrorReport:
+    """What the export's error files say.
+
+    Attributes:
+        outcomes: OperationOutcome lines read.
+        errors: outcomes with a ``fatal`` or ``error`` issue.
+        warnings: the other outcomes (``warning``/``information``).
+        samples: the first few error diagnostics, quoted in the failure message.
+    """
+
+    files: int = 0
+    outcomes: int = 0
+    errors: int = 0
+    warnings: int = 0
+    unreadable: int = 0
+    samples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "files": self.files,
+            "count": self.outcomes,
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
+
+
+def _lines(path: StoragePath) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        yield from handle
+
+
+def scan_error_files(paths: Iterable[StoragePath], *, max_samples: int = 5) -> ErrorReport:
+    """Read the error files (NDJSON of OperationOutcome) and classify their issues; logs the
+    non-error ones."""
+    report = ErrorReport()
+    for path in paths:
+        report.files += 1
+        for raw in _lines(path):
+            if not raw.strip():
+                continue
+            try:
+                outcome = json.loads(raw)
+            except ValueError:
+                report.unreadable += 1
+                report.errors += 1
+                continue
+            report.outcomes += 1
+            text, _ = operation_outcome_text(outcome)
+            severities = {
+                str(issue.get("severity"))
+                for issue in (outcome.get("issue") or [] if isinstance(outcome, dict) else [])
+                if isinstance(issue, dict)
+            }
+            if severities & {"fatal", "error"}:
+                report.errors += 1
+                if len(report.samples) < max_samples:
+                    report.samples.append(text or "an OperationOutcome without diagnostics")
+            else:
+                report.warnings += 1
+                log.info("Export error file %s: %s", path.name, text)
+    return report
+
+
+def summarize(
+    manifest: BulkManifest,
+    results: Sequence[FileResult],
+    errors: ErrorReport,
+    *,
+    destination: str,
+    manifest_name: str,
+) -> dict[str, Any]:
+    """The small JSON summary an operator returns to XCom (no URLs, no tokens)."""
+    output: dict[str, dict[str, Any]] = {}
+    deleted = {"files": 0, "count": 0}
+    for result in results:
+        if result.kind == "output":
+            entry = output.setdefault(
+                result.type or "Unknown", {"files": [], "count": 0, "bytes": 0}
+            )
+            entry["files"].append(result.name)
+            entry["count"] += result.count
+            entry["bytes"] += result.bytes
+        elif result.kind == "deleted":
+            deleted["files"] += 1
+            deleted["count"] += result.count
+    return {
+        "transactionTime": manifest.transaction_time,
+        "destination": destination,
+        "manifest": manifest_name,
+        "output": output,
+        "error": errors.as_dict(),
+        "deleted": deleted,
+        "files": len(results),
+        "bytes": sum(r.bytes for r in results),
+        "resumed_files": sum(1 for r in results if r.skipped),
+    }
