@@ -1,0 +1,638 @@
+"""FHIR Bulk Data export operators.
+
+- ``FhirBulkExportOperator``: kick-off (or resume), wait (in the triggerer when deferrable),
+  then either download every file and return a summary, or (``download=False``) return the
+  list of files for mapped downloads.
+- ``FhirBulkDownloadOperator``: downloads one file; map it over the export's output with
+  ``.partial(...).expand(file=export.output)`` to spread downloads over the workers.
+- ``FhirBulkFinalizeOperator``: after the mapped downloads, checks that every file is there,
+  checks the error files, deletes the job on the server and records ``transactionTime``.
+
+State (status URL for resuming, per-file completion, the ``since="auto"`` watermark) is kept
+as JSON files in object storage under ``{state_dir}/_bulk_state/`` (``state_dir`` defaults
+to the destination): durable, shared by every worker, and it travels with the data. When the
+destination changes per run (``.../{{ ds }}/``), point ``state_dir`` at a stable parent so
+that ``since="auto"`` finds the previous run's watermark.
+
+The heavy lifting lives in ``airflow_provider_backendauth.core.bulk`` (no Airflow imports);
+these classes are thin adapters, and importing this module imports neither requests nor
+httpx.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, conf
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_backendauth.core.bulk import BulkExportJob
+    from airflow_provider_backendauth.core.bulk_export import BulkExportRequest, BulkManifest
+    from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
+
+AUTO = "auto"
+DEFAULT_CONN_ID = "backendauth_default"
+
+
+def _seconds(value: timedelta | float | int | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def _as_storage_path(value: str | ObjectStoragePath) -> ObjectStoragePath:
+    from airflow.sdk import ObjectStoragePath
+
+    if isinstance(value, ObjectStoragePath):
+        return value
+    text = str(value).strip()
+    if "://" not in text:
+        text = "file://" + text  # a plain local path
+    return ObjectStoragePath(text)
+
+
+def _fails_for_good(context: Context, exc: BaseException, retries: int | None) -> bool:
+    """Whether this failure ends the task (no retry will follow): the state of a job is
+    kept for the next try otherwise."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if isinstance(exc, AirflowFailException):
+        return True
+    ti = context.get("ti")
+    try_number = getattr(ti, "try_number", None)
+    max_tries = getattr(ti, "max_tries", None)
+    if isinstance(try_number, int) and isinstance(max_tries, int):
+        return try_number > max_tries
+    return not retries
+
+
+class _BulkBase(BaseOperator):
+    """What the three operators share: the connection, the destination and the state."""
+
+    def __init__(
+        self,
+        *,
+        destination: str | ObjectStoragePath,
+        backendauth_conn_id: str = DEFAULT_CONN_ID,
+        state_dir: str | ObjectStoragePath | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.backendauth_conn_id = backendauth_conn_id
+        self.destination = destination
+        self.state_dir = state_dir
+        self._stop = threading.Event()
+        self._job: BulkExportJob | None = None
+
+    def _hook(self) -> BackendAuthHook:
+        from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
+
+        return BackendAuthHook(self.backendauth_conn_id)
+
+    def _base_url(self, hook: BackendAuthHook) -> str:
+        from airflow_provider_backendauth.core.errors import ConfigurationError
+
+        if not hook.base_url:
+            raise ConfigurationError(
+                f"Connection {self.backendauth_conn_id!r} has no base URL (host): set it to the "
+                "FHIR server's base URL."
+            )
+        return hook.base_url
+
+    def _build_job(
+        self,
+        key: str,
+        *,
+        client_options: Mapping[str, Any] | None = None,
+        downloader_options: Mapping[str, Any] | None = None,
+    ) -> BulkExportJob:
+        from airflow_provider_backendauth.core.bulk import (
+            BulkDownloader,
+            BulkExportClient,
+            BulkExportJob,
+            BulkStateStore,
+            bulk_http_for,
+        )
+
+        hook = self._hook()
+        http = bulk_http_for(hook.client)
+        client = BulkExportClient(
+            http, self._base_url(hook), stop=self._stop, **dict(client_options or {})
+        )
+        downloader = (
+            BulkDownloader(http, stop=self._stop, **dict(downloader_options))
+            if downloader_options is not None
+            else None
+        )
+        destination = _as_storage_path(self.destination)
+        state_root = _as_storage_path(self.state_dir) if self.state_dir else destination
+        self._job = BulkExportJob(
+            client=client,
+            store=BulkStateStore(state_root),
+            key=key,
+            destination=destination,
+            downloader=downloader,
+        )
+        return self._job
+
+    @staticmethod
+    def _job_key(context: Context, task_id: str) -> str:
+        from airflow_provider_backendauth.core.bulk_state import job_key
+
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        return job_key(
+            dag_id=ti.dag_id,
+            task_id=task_id,
+            run_id=ti.run_id,
+            map_index=map_index if isinstance(map_index, int) else -1,
+        )
+
+    def on_kill(self) -> None:
+        self._stop.set()
+
+
+class FhirBulkExportOperator(_BulkBase):
+    """Run a FHIR Bulk Data ``$export`` and store its files in object storage.
+
+    Kick-off at system, patient or group level (GET, or POST with a ``Parameters`` body),
+    wait (deferrable: in the triggerer, holding no worker slot), then download the manifest's
+    ``output``, ``error`` and ``deleted`` files in parallel to ``destination`` with
+    ``manifest.json`` beside them, and return a summary to XCom::
+
+        {"transactionTime": ..., "destination": ..., "manifest": "manifest.json",
+         "output": {"Patient": {"files": ["Patient.000.ndjson"], "count": 20, "bytes": ...}},
+         "error": {"files": 1, "count": 2, "errors": 0, "warnings": 2},
+         "deleted": {"files": 0, "count": 0}, "files": 5, "bytes": ..., "resumed_files": 0}
+
+    A retried task (or one whose worker died) continues the same export: the status URL is
+    saved durably right after the kick-off, and files already complete are not downloaded
+    again.
+
+    Args:
+        destination: folder for the files (``file://``, ``s3://conn@bucket/...``, ``gs://``
+            ..., or a local path). Templated.
+        backendauth_conn_id: the ``backendauth`` connection (FHIR base URL = host).
+        level: ``system``, ``patient`` or ``group``.
+        group_id: the Group id for ``level="group"``. Templated.
+        types: ``_type`` (list or comma-separated). Templated.
+        since: ``_since`` (instant or datetime), or ``"auto"``: the ``transactionTime`` of
+            the last successful export with the same connection, level, group and types
+            (none yet: a full export). Templated.
+        until: ``_until`` (Bulk Data 3.0). Templated.
+        elements: ``_elements``. Templated.
+        type_filters: ``_typeFilter`` queries (list; a string is one filter). Templated.
+        patients: ``patient`` references or ids (sent with POST). Templated.
+        include_associated_data: ``includeAssociatedData``. Templated.
+        output_format: ``_outputFormat``. Templated.
+        method: ``GET`` or ``POST``; default POST when ``patients`` are given, else GET.
+        extra_params: more kick-off parameters (vendor extensions). Templated.
+        state_dir: where the durable state lives (default: ``destination``). Templated.
+        download: False returns the list of files for mapped ``FhirBulkDownloadOperator``
+            tasks instead of downloading them here.
+        parallel_downloads: concurrent downloads (halved while the server answers 429).
+        download_retries: retries per file (network errors, 5xx, 429, short files).
+        check_counts: fail a file whose line count differs from the manifest's ``count``.
+        tolerate_errors: accept ``fatal``/``error`` OperationOutcomes in the error files
+            (they are logged); by default they fail the task after the download.
+        cleanup: ``DELETE`` the job on the server after a successful download (some servers
+            allow one export per client at a time).
+        cancel_on_failure: ``DELETE`` the job when the task is killed or fails for good.
+        poll_interval_min, poll_interval_max: bounds for the wait between status polls
+            (``Retry-After``, seconds or HTTP-date, is honoured within them).
+        max_wait: give up when the export has not completed this long after the kick-off.
+        kickoff_busy_budget: seconds to keep retrying a kick-off answered 429 (another
+            export running) before failing.
+        max_transient_errors: consecutive 5xx/transient errors tolerated while polling.
+        chunk_size: download chunk in bytes (memory use ~ parallel_downloads * chunk_size).
+        deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
+    """
+
+    template_fields: Sequence[str] = (
+        "destination",
+        "state_dir",
+        "group_id",
+        "types",
+        "since",
+        "until",
+        "elements",
+        "type_filters",
+        "patients",
+        "include_associated_data",
+        "output_format",
+        "extra_params",
+    )
+    ui_color = "#e8f4ea"
+
+    def __init__(
+        self,
+        *,
+        destination: str | ObjectStoragePath,
+        backendauth_conn_id: str = DEFAULT_CONN_ID,
+        level: str = "system",
+        group_id: str | None = None,
+        types: str | Sequence[str] | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+        elements: str | Sequence[str] | None = None,
+        type_filters: str | Sequence[str] | None = None,
+        patients: str | Sequence[str] | None = None,
+        include_associated_data: str | Sequence[str] | None = None,
+        output_format: str | None = None,
+        method: str | None = None,
+        extra_params: Mapping[str, str | Sequence[str]] | None = None,
+        state_dir: str | ObjectStoragePath | None = None,
+        download: bool = True,
+        parallel_downloads: int = 4,
+        download_retries: int = 5,
+        check_counts: bool = True,
+        tolerate_errors: bool = False,
+        cleanup: bool = True,
+        cancel_on_failure: bool = True,
+        poll_interval_min: float = 2.0,
+        poll_interval_max: float = 3600.0,
+        max_wait: timedelta | float | None = None,
+        kickoff_busy_budget: float = 300.0,
+        max_transient_errors: int = 10,
+        chunk_size: int = 1 << 20,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            destination=destination,
+            backendauth_conn_id=backendauth_conn_id,
+            state_dir=state_dir,
+            **kwargs,
+        )
+        if level not in ("system", "patient", "group"):
+            raise ValueError(f"level must be 'system', 'patient' or 'group', not {level!r}")
+        if parallel_downloads < 1:
+            raise ValueError("parallel_downloads must be >= 1")
+        if poll_interval_min <= 0 or poll_interval_max < poll_interval_min:
+            raise ValueError("need 0 < poll_interval_min <= poll_interval_max")
+        self.level = level
+        self.group_id = group_id
+        self.types = types
+        self.since = since
+        self.until = until
+        self.elements = elements
+        self.type_filters = type_filters
+        self.patients = patients
+        self.include_associated_data = include_associated_data
+        self.output_format = output_format
+        self.method = method
+        self.extra_params = extra_params
+        self.download = download
+        self.parallel_downloads = parallel_downloads
+        self.download_retries = download_retries
+        self.check_counts = check_counts
+        self.tolerate_errors = tolerate_errors
+        self.cleanup = cleanup
+        self.cancel_on_failure = cancel_on_failure
+        self.poll_interval_min = poll_interval_min
+        self.poll_interval_max = poll_interval_max
+        self.max_wait = _seconds(max_wait)
+        self.kickoff_busy_budget = kickoff_busy_budget
+        self.max_transient_errors = max_transient_errors
+        self.chunk_size = chunk_size
+        self.deferrable = deferrable
+
+    # -- building blocks -------------------------------------------------------------
+
+    def _job_for(self, context: Context) -> BulkExportJob:
+        from airflow_provider_backendauth.core.retry import RetryPolicy
+
+        return self._build_job(
+            self._job_key(context, self.task_id),
+            client_options={
+                "poll_interval_min": self.poll_interval_min,
+                "poll_interval_max": self.poll_interval_max,
+                "kickoff_busy_budget": self.kickoff_busy_budget,
+                "max_transient_errors": self.max_transient_errors,
+            },
+            downloader_options={
+                "parallel": self.parallel_downloads,
+                "retry": RetryPolicy(
+                    attempts=self.download_retries + 1,
+                    initial_wait=1.0,
+                    max_wait=30.0,
+                    max_retry_after=300.0,
+                ),
+                "chunk_size": self.chunk_size,
+                "check_counts": self.check_counts,
+            },
+        )
+
+    def _since_key(self, job: BulkExportJob) -> str:
+        from airflow_provider_backendauth.core.bulk_export import as_list
+        from airflow_provider_backendauth.core.bulk_state import export_key
+
+        return export_key(
+            connection=self.backendauth_conn_id,
+            base_url=job.client.base_url,
+            level=self.level,
+            group_id=self.group_id,
+            types=as_list(self.types),
+        )
+
+    def _request(self, job: BulkExportJob, since_key: str) -> BulkExportRequest:
+        from airflow_provider_backendauth.core.bulk_export import BulkExportRequest
+
+        since = self.since
+        if isinstance(since, str) and since.strip().lower() == AUTO:
+            since = job.store.load_since(since_key)
+            if since:
+                self.log.info("since='auto': exporting changes since %s", since)
+            else:
+                self.log.info("since='auto': no earlier successful export; exporting everything")
+        return BulkExportRequest.create(
+            self.level,
+            group_id=self.group_id,
+            types=self.types,
+            since=since,
+            until=self.until,
+            elements=self.elements,
+            type_filters=self.type_filters,
+            patients=self.patients,
+            include_associated_data=self.include_associated_data,
+            output_format=self.output_format,
+            method=self.method,
+            extra_params=self.extra_params,
+        )
+
+    def _deadline(self, job: BulkExportJob) -> float | None:
+        if self.max_wait is None or job.record is None:
+            return None
+        started = datetime.fromisoformat(job.record.kicked_off_at).timestamp()
+        return started + self.max_wait
+
+    # -- execution -------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        job = self._job_for(context)
+        try:
+            since_key = self._since_key(job)
+            request = self._request(job, since_key)
+            job.start(
+                request,
+                since_key=since_key,
+                description={
+                    "connection": self.backendauth_conn_id,
+                    "level": self.level,
+                    "group_id": self.group_id,
+                    "types": list(request.types),
+                },
+            )
+            if not job.needs_wait:
+                return self._after_manifest(job, job.local_manifest())
+            if self.deferrable:
+                self._defer(job)
+            manifest = job.wait(deadline=self._deadline(job))
+            job.accept_manifest(manifest)
+            return self._after_manifest(job, manifest)
+        except Exception as exc:
+            self._on_failure(context, job, exc)
+            raise
+
+    def _defer(self, job: BulkExportJob) -> None:
+        from airflow_provider_backendauth.triggers.bulk import BulkExportTrigger
+
+        self.log.info("Deferring: the triggerer waits for the export")
+        self.defer(
+            trigger=BulkExportTrigger(
+                self.backendauth_conn_id,
+                job.status_url,
+                poll_interval_min=self.poll_interval_min,
+                poll_interval_max=self.poll_interval_max,
+                deadline=self._deadline(job),
+                max_transient_errors=self.max_transient_errors,
+                cancel_on_kill=self.cancel_on_failure,
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> Any:
+        """Resumes after the trigger fired: download (or hand over) the files."""
+        from airflow_provider_backendauth.core.bulk_export import BulkManifest
+        from airflow_provider_backendauth.core.errors import BulkExportError
+
+        job = self._job_for(context)
+        try:
+            if job.load() is None:
+                raise BulkExportError(
+                    f"The export state of this task is missing from {job.store}; was state_dir "
+                    "changed or deleted while the export ran?"
+                )
+            event = dict(event or {})
+            status = event.get("status")
+            if status != "complete":
+                raise BulkExportError(
+                    str(event.get("message") or f"The export trigger reported {status!r}."),
+                    status_code=event.get("status_code"),
+                    transient=status == "timeout",
+                )
+            if not job.needs_wait:  # a retry after the manifest was saved
+                return self._after_manifest(job, job.local_manifest())
+            manifest = (
+                BulkManifest.from_json(event["manifest"])
+                if event.get("manifest")
+                else job.client.fetch_manifest(job.status_url)
+            )
+            job.accept_manifest(manifest)
+            return self._after_manifest(job, manifest)
+        except Exception as exc:
+            self._on_failure(context, job, exc)
+            raise
+
+    def _after_manifest(self, job: BulkExportJob, manifest: BulkManifest) -> Any:
+        if not self.download:
+            from airflow_provider_backendauth.core.bulk import plan_files
+
+            files = plan_files(manifest)
+            self.log.info("Handing %d files over to mapped download tasks", len(files))
+            return [
+                {
+                    **file.to_dict(),
+                    "job": job.key,
+                    "requires_access_token": manifest.requires_access_token,
+                }
+                for file in files
+            ]
+        started = time.monotonic()
+        results = job.download(manifest)
+        elapsed = time.monotonic() - started
+        total = sum(r.bytes for r in results if not r.skipped)
+        self.log.info(
+            "Downloaded %d files (%d skipped as complete), %.1f MB in %.1f s",
+            len(results),
+            sum(1 for r in results if r.skipped),
+            total / 1e6,
+            elapsed,
+        )
+        return job.finish(
+            manifest, results, tolerate_errors=self.tolerate_errors, cleanup=self.cleanup
+        )
+
+    def _on_failure(self, context: Context, job: BulkExportJob, exc: BaseException) -> None:
+        if self.cancel_on_failure and _fails_for_good(context, exc, self.retries):
+            self.log.warning("The task fails for good: cancelling the export on the server")
+            job.abandon(cancel=True)
+
+    def on_kill(self) -> None:
+        super().on_kill()
+        if self.cancel_on_failure and self._job is not None:
+            self.log.warning("Task killed: cancelling the export on the server")
+            self._job.abandon(cancel=True)
+
+
+class FhirBulkDownloadOperator(_BulkBase):
+    """Download one file of a bulk export (use with dynamic task mapping).
+
+    Example::
+
+        export = FhirBulkExportOperator(task_id="export", download=False, destination=dest, ...)
+        files = FhirBulkDownloadOperator.partial(
+            task_id="download", destination=dest, backendauth_conn_id=conn
+        ).expand(file=export.output)
+        FhirBulkFinalizeOperator(task_id="finalize", export_task_id="export",
+                                 destination=dest, backendauth_conn_id=conn)
+
+    The file is streamed to a temporary name and renamed when complete and verified; a
+    retry skips it if it is already complete. Returns ``{"name", "kind", "type", "count",
+    "bytes", "skipped"}``.
+
+    Args:
+        file: one element of the export task's output (``download=False``). Templated.
+        destination: the same destination as the export task's. Templated.
+        backendauth_conn_id: the connection (token and origins).
+        state_dir: the same ``state_dir`` as the export task's. Templated.
+        download_retries: retries for this file.
+        check_counts: verify the line count against the manifest's ``count``.
+        chunk_size: bytes per read/write.
+    """
+
+    template_fields: Sequence[str] = ("file", "destination", "state_dir")
+    ui_color = "#e8f4ea"
+
+    def __init__(
+        self,
+        *,
+        file: Mapping[str, Any],
+        destination: str | ObjectStoragePath,
+        backendauth_conn_id: str = DEFAULT_CONN_ID,
+        state_dir: str | ObjectStoragePath | None = None,
+        download_retries: int = 5,
+        check_counts: bool = True,
+        chunk_size: int = 1 << 20,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("map_index_template", "{{ task.file['name'] }}")
+        super().__init__(
+            destination=destination,
+            backendauth_conn_id=backendauth_conn_id,
+            state_dir=state_dir,
+            **kwargs,
+        )
+        self.file = file
+        self.download_retries = download_retries
+        self.check_counts = check_counts
+        self.chunk_size = chunk_size
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_backendauth.core.bulk import ExportFile
+        from airflow_provider_backendauth.core.errors import ConfigurationError
+        from airflow_provider_backendauth.core.retry import RetryPolicy
+
+        spec = dict(self.file)
+        if "job" not in spec or "url" not in spec or "name" not in spec:
+            raise ConfigurationError(
+                "'file' must be an element of FhirBulkExportOperator(download=False)'s output."
+            )
+        job = self._build_job(
+            str(spec["job"]),
+            downloader_options={
+                "parallel": 1,
+                "retry": RetryPolicy(attempts=self.download_retries + 1, max_retry_after=300.0),
+                "chunk_size": self.chunk_size,
+                "check_counts": self.check_counts,
+            },
+        )
+        result = job.download_file(
+            ExportFile.from_dict(spec),
+            requires_access_token=bool(spec.get("requires_access_token", True)),
+        )
+        self.log.info("%s: %d resources, %d bytes", result.name, result.count, result.bytes)
+        return result.to_dict()
+
+
+class FhirBulkFinalizeOperator(_BulkBase):
+    """Finish a bulk export whose files were downloaded by mapped tasks.
+
+    Checks that every file is complete, ``DELETE``s the job on the server (``cleanup``),
+    checks the error files, records ``transactionTime`` for ``since="auto"`` and returns the
+    same summary as ``FhirBulkExportOperator``. Runs by default with
+    ``trigger_rule="all_done"``, so that when downloads failed for good it can cancel the
+    export on the server (``cancel_on_failure``) before failing.
+
+    Args:
+        export_task_id: the ``FhirBulkExportOperator(download=False)`` task.
+        destination, state_dir: the same as the export task's. Templated.
+        tolerate_errors, cleanup, cancel_on_failure: as for ``FhirBulkExportOperator``.
+    """
+
+    template_fields: Sequence[str] = ("destination", "state_dir")
+    ui_color = "#e8f4ea"
+
+    def __init__(
+        self,
+        *,
+        export_task_id: str,
+        destination: str | ObjectStoragePath,
+        backendauth_conn_id: str = DEFAULT_CONN_ID,
+        state_dir: str | ObjectStoragePath | None = None,
+        tolerate_errors: bool = False,
+        cleanup: bool = True,
+        cancel_on_failure: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(
+            destination=destination,
+            backendauth_conn_id=backendauth_conn_id,
+            state_dir=state_dir,
+            **kwargs,
+        )
+        self.export_task_id = export_task_id
+        self.tolerate_errors = tolerate_errors
+        self.cleanup = cleanup
+        self.cancel_on_failure = cancel_on_failure
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_backendauth.core.errors import BulkExportError
+
+        job = self._build_job(self._job_key(context, self.export_task_id))
+        record = job.load()
+        if record is None:
+            raise BulkExportError(
+                f"No export state for task {self.export_task_id!r} of this run in {job.store}: "
+                "did the export task run, with the same destination/state_dir?"
+            )
+        try:
+            manifest = job.local_manifest()
+            results = job.collected_results(manifest)
+        except Exception as exc:
+            if self.cancel_on_failure and _fails_for_good(context, exc, self.retries):
+                self.log.warning("Downloads incomplete: cancelling the export on the server")
+                job.abandon(cancel=True)
+            raise
+        return job.finish(
+            manifest, results, tolerate_errors=self.tolerate_errors, cleanup=self.cleanup
+        )

@@ -1,0 +1,286 @@
+"""``BulkExportTrigger``: waits for a FHIR Bulk Data export in the triggerer, not a worker.
+
+A multi-day export costs no worker slot: the trigger polls the status URL with
+``httpx.AsyncClient``, sleeps with ``asyncio.sleep`` (honouring ``Retry-After`` within the
+configured bounds), reads the connection with the async API, and runs the (synchronous)
+token exchange in a thread with ``asyncio.to_thread``, so the triggerer's event loop is
+never blocked. A 401 renews the token and retries. The meaning of each status answer comes
+from the same sans-IO ``interpret_status`` the non-deferrable path uses.
+
+Event payloads (the operator's ``execute_complete`` receives them)::
+
+    {"status": "complete", "status_url": ..., "manifest": {...} or None}
+    {"status": "error",    "status_url": ..., "message": ..., "status_code": ...}
+    {"status": "timeout",  "status_url": ..., "message": ...}
+
+The manifest is included only when small (``inline_manifest_bytes``); otherwise the worker
+fetches it again from the status URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+if TYPE_CHECKING:
+    import httpx
+
+    from airflow_provider_backendauth.core.bulk_export import StatusResult
+    from airflow_provider_backendauth.core.client import BackendAuthClient
+
+USER_AGENT = "airflow-provider-backendauth"
+MAX_REDIRECTS = 5
+
+
+class BulkExportTrigger(BaseTrigger):
+    """Polls a Bulk Data status URL until the export completes, fails or times out.
+
+    Args:
+        backendauth_conn_id: the ``backendauth`` connection (tokens, TLS settings, origins).
+        status_url: from the kick-off's ``Content-Location``.
+        poll_interval_min: shortest wait between polls (floors ``Retry-After``).
+        poll_interval_max: longest wait between polls (caps ``Retry-After``).
+        deadline: a ``time.time()`` after which to stop waiting (event ``timeout``).
+        max_transient_errors: consecutive 5xx/``transient``/network errors tolerated.
+        cancel_on_kill: ``DELETE`` the status URL when a user kills the deferred task.
+        inline_manifest_bytes: largest manifest (JSON bytes) sent in the event.
+    """
+
+    def __init__(
+        self,
+        backendauth_conn_id: str,
+        status_url: str,
+        *,
+        poll_interval_min: float = 2.0,
+        poll_interval_max: float = 3600.0,
+        deadline: float | None = None,
+        max_transient_errors: int = 10,
+        cancel_on_kill: bool = True,
+        inline_manifest_bytes: int = 64 * 1024,
+    ) -> None:
+        super().__init__()
+        self.backendauth_conn_id = backendauth_conn_id
+        self.status_url = status_url
+        self.poll_interval_min = float(poll_interval_min)
+        self.poll_interval_max = float(poll_interval_max)
+        self.deadline = deadline
+        self.max_transient_errors = int(max_transient_errors)
+        self.cancel_on_kill = cancel_on_kill
+        self.inline_manifest_bytes = int(inline_manifest_bytes)
+        self._client: BackendAuthClient | None = None
+        self._masked: set[str] = set()
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "backendauth_conn_id": self.backendauth_conn_id,
+                "status_url": self.status_url,
+                "poll_interval_min": self.poll_interval_min,
+                "poll_interval_max": self.poll_interval_max,
+                "deadline": self.deadline,
+                "max_transient_errors": self.max_transient_errors,
+                "cancel_on_kill": self.cancel_on_kill,
+                "inline_manifest_bytes": self.inline_manifest_bytes,
+            },
+        )
+
+    # -- the wait --------------------------------------------------------------------
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            payload = await self._wait()
+        except Exception as exc:  # report, don't crash the triggerer's loop
+            from airflow_provider_backendauth.core.bulk_http import display_url
+            from airflow_provider_backendauth.core.token_client import redact
+
+            payload = {
+                "status": "error",
+                "status_url": self.status_url,
+                "message": redact(
+                    f"Waiting for the export at {display_url(self.status_url)} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ),
+                "status_code": None,
+            }
+        yield TriggerEvent(payload)
+
+    async def _wait(self) -> dict[str, Any]:
+        from airflow_provider_backendauth.core.bulk_export import (
+            Complete,
+            Failed,
+            RetryLater,
+            poll_delay,
+        )
+        from airflow_provider_backendauth.core.bulk_http import display_url
+
+        client = await self._auth_client()
+        shown = display_url(self.status_url)
+        delay: float | None = None
+        transient = 0
+        last_progress: str | None = None
+        async with self._http(client) as http:
+            while True:
+                result = await self._poll(http, client)
+                if isinstance(result, Complete):
+                    return self._complete_payload(result.manifest)
+                if isinstance(result, Failed):
+                    return {
+                        "status": "error",
+                        "status_url": self.status_url,
+                        "message": f"The export at {shown} failed: {result.diagnostics}",
+                        "status_code": result.status_code,
+                    }
+                if isinstance(result, RetryLater):
+                    transient += 1
+                    if transient > self.max_transient_errors:
+                        return {
+                            "status": "error",
+                            "status_url": self.status_url,
+                            "message": f"Polling {shown} kept failing ({result.reason}); gave up "
+                            f"after {transient} consecutive errors.",
+                            "status_code": result.status_code,
+                        }
+                    self.log.warning(
+                        "Status poll failed transiently (%s); will retry", result.reason
+                    )
+                else:
+                    transient = 0
+                    if result.throttled:
+                        self.log.info("Status polled too often (429); slowing down")
+                    elif result.progress and result.progress != last_progress:
+                        last_progress = result.progress
+                        self.log.info("Export in progress: %s", result.progress)
+                delay = poll_delay(
+                    result.retry_after,
+                    previous=delay,
+                    minimum=self.poll_interval_min,
+                    maximum=self.poll_interval_max,
+                )
+                if self.deadline is not None and time.time() + delay > self.deadline:
+                    return {
+                        "status": "timeout",
+                        "status_url": self.status_url,
+                        "message": f"The export at {shown} did not complete within max_wait.",
+                    }
+                await asyncio.sleep(delay)
+
+    def _complete_payload(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(manifest, separators=(",", ":")))
+        return {
+            "status": "complete",
+            "status_url": self.status_url,
+            "manifest": manifest if size <= self.inline_manifest_bytes else None,
+        }
+
+    # -- HTTP ------------------------------------------------------------------------
+
+    async def _auth_client(self) -> BackendAuthClient:
+        """The connection's client, read with the async connection API; the key is loaded in
+        a thread (it may read a file)."""
+        if self._client is not None:
+            return self._client
+        from airflow_provider_backendauth.core.client import BackendAuthClient
+        from airflow_provider_backendauth.core.settings import ClientSettings
+        from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
+
+        conn = await BackendAuthHook.aget_connection(self.backendauth_conn_id)
+        aextra = getattr(conn, "aextra_dejson", None)
+        extra = await aextra() if aextra is not None else conn.extra_dejson
+        settings = ClientSettings.from_connection_fields(
+            host=conn.host,
+            login=conn.login,
+            password=conn.password,
+            extra=extra,
+            schema=conn.schema,
+            port=conn.port,
+        )
+        self._client = await asyncio.to_thread(BackendAuthClient, settings)
+        return self._client
+
+    @staticmethod
+    def _http(client: BackendAuthClient) -> httpx.AsyncClient:
+        import httpx
+
+        settings = client.settings
+        return httpx.AsyncClient(
+            verify=settings.ca_bundle or settings.verify_ssl,
+            timeout=settings.timeout,
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    async def _token(self, client: BackendAuthClient) -> str:
+        token = await asyncio.to_thread(client.get_token)
+        if token.value not in self._masked:
+            from airflow.sdk.log import amask_secret
+
+            await amask_secret(token.value)
+            self._masked.add(token.value)
+        return token.value
+
+    async def _send(
+        self, http: httpx.AsyncClient, client: BackendAuthClient, method: str, url: str
+    ) -> httpx.Response:
+        """One request with the token for allowed origins only, re-authenticating once on 401
+        and following redirects hop by hop (never carrying the token to another origin)."""
+        from airflow_provider_backendauth.core.bulk_http import REDIRECT_STATUSES, redirect_target
+        from airflow_provider_backendauth.core.errors import BulkExportError
+        from airflow_provider_backendauth.core.urls import origin_of
+
+        current = url
+        hops = 0
+        renewed = False
+        while True:
+            headers = {"Accept": "application/json"}
+            token: str | None = None
+            if origin_of(current) in client.allowed_origins:
+                token = await self._token(client)
+                headers["Authorization"] = f"Bearer {token}"
+            response = await http.request(method, current, headers=headers)
+            if response.status_code == 401 and token is not None and not renewed:
+                self.log.info("The status URL answered 401: renewing the access token")
+                await asyncio.to_thread(client.tokens.invalidate, token)
+                renewed = True
+                continue
+            location = response.headers.get("Location")
+            if response.status_code in REDIRECT_STATUSES and location:
+                if hops >= MAX_REDIRECTS:
+                    raise BulkExportError(f"The status URL redirected more than {hops} times.")
+                current = redirect_target(current, location)
+                hops += 1
+                continue
+            return response
+
+    async def _poll(self, http: httpx.AsyncClient, client: BackendAuthClient) -> StatusResult:
+        import httpx
+
+        from airflow_provider_backendauth.core.bulk_export import RetryLater, interpret_status
+
+        try:
+            response = await self._send(http, client, "GET", self.status_url)
+        except httpx.TransportError as exc:
+            return RetryLater(None, f"no answer ({type(exc).__name__})")
+        return interpret_status(response.status_code, response.headers, response.content)
+
+    # -- user kills the deferred task ------------------------------------------------
+
+    async def on_kill(self) -> None:
+        """``DELETE`` the export when a user kills the deferred task (``cancel_on_kill``)."""
+        if not self.cancel_on_kill:
+            return
+        from airflow_provider_backendauth.core.bulk_http import display_url
+
+        client = await self._auth_client()
+        async with self._http(client) as http:
+            response = await self._send(http, client, "DELETE", self.status_url)
+        self.log.info(
+            "Task killed: DELETE %s answered HTTP %d",
+            display_url(self.status_url),
+            response.status_code,
+        )
