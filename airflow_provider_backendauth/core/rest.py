@@ -48,10 +48,10 @@ class TransientResponseError(Exception):
         self.retry_after = parse_retry_after(response.headers.get("Retry-After"))
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, TransientResponseError):
-        return exc.reason
-    return type(exc).__name__
+        return f"answered {exc.reason}"
+    return f"failed with {type(exc).__name__}" if exc is not None else "failed"
 
 
 class RestClient:
@@ -119,7 +119,7 @@ class RestClient:
             FhirError: the call failed (with the OperationOutcome's diagnostics), or every
                 attempt hit a connection error.
         """
-        return self._send(method, endpoint, check=check, what=what, parse_json=False, **kwargs)[0]
+        return self._send(method, endpoint, check=check, what=what, parse_json=False, **kwargs)[1]
 
     def get_json(
         self, endpoint: str, *, what: str | None = None, **kwargs: Any
@@ -182,9 +182,9 @@ class RestClient:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
             log.warning(
-                "%s answered %s; retrying in %.1f s (attempt %d failed)",
+                "%s %s; retrying in %.1f s (attempt %d failed)",
                 target,
-                _describe(exc) if exc is not None else "?",
+                _describe(exc),
                 wait,
                 state.attempt_number,
             )

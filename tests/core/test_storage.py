@@ -135,7 +135,7 @@ def test_ndjson_writer_counts() -> None:
     assert writer.records == 3
     assert writer.bytes == len(data)
     lines = data.decode("utf-8").splitlines()
-    assert [json.loads(line) for line in lines][0]["name"] == "Zoë"
+    assert json.loads(lines[0])["name"] == "Zoë"
     assert lines[1] == '{"a":1}'
 
 
