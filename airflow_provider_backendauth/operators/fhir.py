@@ -1,0 +1,239 @@
+"""``FhirSearchOperator``: a FHIR search, page by page, into NDJSON files or a small XCom."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+try:
+    from airflow.sdk import BaseOperator
+except ImportError:  # Airflow 2.x
+    from airflow.models import BaseOperator  # type: ignore[no-redef,attr-defined,unused-ignore]
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_backendauth.core.fhir import FhirSearch, SearchParams
+    from airflow_provider_backendauth.core.storage import NdjsonFileSet
+
+INCLUDE_MODES = ("separate", "per_type", "inline", "drop")
+_INCLUDE_PARAMS = ("_include", "_revinclude")
+
+
+def _as_storage_path(destination: Any) -> Any:
+    """A path object for a destination: URLs become ``ObjectStoragePath`` (so Airflow
+    connections apply: ``s3://aws_default@bucket/...``), plain paths ``pathlib.Path``."""
+    if not isinstance(destination, (str, os.PathLike)):
+        return destination  # already an ObjectStoragePath / UPath
+    text = os.fspath(destination)
+    if "://" in text:
+        try:
+            from airflow.sdk import ObjectStoragePath
+        except ImportError:  # Airflow 2.x
+            from airflow.io.path import ObjectStoragePath  # type: ignore[no-redef,unused-ignore]
+        return ObjectStoragePath(text)
+    import pathlib
+
+    return pathlib.Path(text).expanduser()
+
+
+class FhirSearchOperator(BaseOperator):
+    """Run a FHIR search and write the results as NDJSON (or return them, when few).
+
+    Pages are fetched one at a time following the Bundle's ``next`` links and streamed to
+    the output, so memory does not grow with the number of pages. Transient failures (429
+    with ``Retry-After``, 5xx, dropped connections) are retried; an expired token is renewed
+    by the connection's auth; an OperationOutcome error fails the task quoting its
+    diagnostics. Output files appear under their final names only when the whole search
+    succeeded (see ``core.storage``).
+
+    Args:
+        resource_type: e.g. ``"Observation"``. Templated.
+        search_params: search parameters; list values repeat a parameter, e.g.
+            ``{"_lastUpdated": ["ge{{ data_interval_start | ts }}",
+            "lt{{ data_interval_end | ts }}"]}``. Templated.
+        count: page size (``_count``).
+        max_pages: stop after this many pages.
+        max_resources: stop after this many matched resources.
+        include_mode: what to do with ``_include``/``_revinclude``d resources:
+            ``separate`` (default) writes them to ``{ResourceType}.included.ndjson``;
+            ``per_type`` to ``{ResourceType}.included.{IncludedType}.ndjson``; ``inline``
+            writes them into the main file after each page's matches; ``drop`` discards them.
+            Without a destination, ``separate``/``per_type`` return them under ``included``.
+        destination: a directory (files are named ``{ResourceType}.ndjson``...) or a file path
+            ending in ``.ndjson``; a local path, a URL (``file://``, ``s3://conn@bucket/...``)
+            or an ``ObjectStoragePath``. Templated. None: return the resources to XCom.
+        max_xcom_resources: without a destination, fail with ``ResultTooLargeError`` once more
+            than this many resources (matches plus returned includes) are found.
+        backendauth_conn_id: the ``backendauth`` connection (its host is the FHIR base URL).
+        retry_args: ``tenacity.Retrying`` arguments replacing the default retry behaviour.
+
+    Returns:
+        With a destination: a summary ``{"resource_type", "files": [{"path", "records",
+        "bytes"}], "resources", "included", "pages", "bytes", "total", "truncated",
+        "elapsed_seconds"}``. Without: ``{"resource_type", "resources": [...], "included":
+        [...], "pages", "truncated", ...}``.
+    """
+
+    conn_id_field = "backendauth_conn_id"
+    template_fields: Sequence[str] = ("resource_type", "search_params", "destination")
+    template_fields_renderers = {"search_params": "json"}
+    ui_color = "#e8f4d9"
+
+    def __init__(
+        self,
+        *,
+        resource_type: str,
+        search_params: SearchParams | None = None,
+        count: int | None = None,
+        max_pages: int | None = None,
+        max_resources: int | None = None,
+        include_mode: str = "separate",
+        destination: Any = None,
+        max_xcom_resources: int = 1000,
+        backendauth_conn_id: str = "backendauth_default",
+        retry_args: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if include_mode not in INCLUDE_MODES:
+            raise ValueError(
+                f"include_mode must be one of {', '.join(INCLUDE_MODES)}, not {include_mode!r}"
+            )
+        if max_xcom_resources < 0:
+            raise ValueError("max_xcom_resources must be >= 0")
+        self.resource_type = resource_type
+        self.search_params = search_params
+        self.count = count
+        self.max_pages = max_pages
+        self.max_resources = max_resources
+        self.include_mode = include_mode
+        self.destination = destination
+        self.max_xcom_resources = max_xcom_resources
+        self.backendauth_conn_id = backendauth_conn_id
+        self.retry_args = retry_args
+
+    # -- execution -----------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        search = self._start_search()
+        self.log.info(
+            "Searching %s/%s with %s",
+            search.base_url,
+            search.resource_type,
+            "&".join(f"{k}={v}" for k, v in search.params) or "no parameters",
+        )
+        if self.destination is None or self.destination == "":
+            return self._to_xcom(search)
+        return self._to_files(search)
+
+    def _start_search(self) -> FhirSearch:
+        from airflow_provider_backendauth.core.fhir import FhirClient
+        from airflow_provider_backendauth.core.retry import RetryPolicy
+        from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
+
+        hook = BackendAuthHook(self.backendauth_conn_id)
+        settings = hook.client.settings
+        if hook.base_url is None:
+            from airflow_provider_backendauth.core.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"Connection {self.backendauth_conn_id!r} has no host: set it to the FHIR base "
+                "URL (e.g. https://fhir.example.org/api/FHIR/R4)."
+            )
+        client = FhirClient(
+            hook.get_session(),
+            hook.base_url,
+            retry=RetryPolicy(attempts=settings.retries + 1),
+            timeout=settings.timeout,
+            allowed_origins=hook.allowed_origins,
+            retry_args=self.retry_args,
+        )
+        return client.search(
+            self.resource_type,
+            self.search_params,
+            count=self.count,
+            max_pages=self.max_pages,
+            max_resources=self.max_resources,
+        )
+
+    def _wants_includes(self, search: FhirSearch) -> bool:
+        return any(name.split(":")[0] in _INCLUDE_PARAMS for name, _ in search.params)
+
+    def _to_files(self, search: FhirSearch) -> dict[str, Any]:
+        from airflow_provider_backendauth.core.storage import NdjsonFileSet
+
+        target = _as_storage_path(self.destination)
+        rt = search.resource_type
+        if target.name.endswith(".ndjson"):
+            directory, main = target.parent, target.name
+            stem = main[: -len(".ndjson")]
+        else:
+            directory, main, stem = target, f"{rt}.ndjson", rt
+        separate = f"{stem}.included.ndjson"
+        create = [main]
+        if self.include_mode == "separate" and self._wants_includes(search):
+            create.append(separate)
+        self.log.info("Writing %s to %s", rt, directory)
+        with NdjsonFileSet(directory, create=create) as files:
+            for page in search:
+                files.writer(main).write_many(page.matches)
+                self._write_included(files, page.included, main, stem, separate)
+        written = files.written or []
+        summary = search.summary()
+        summary["files"] = [w.as_dict() for w in written]
+        summary["bytes"] = sum(w.bytes for w in written)
+        if self.include_mode == "drop":
+            summary["included_dropped"] = summary.pop("included")
+        for w in written:
+            self.log.info("Wrote %s: %d resources, %d bytes", w.path, w.records, w.bytes)
+        return summary
+
+    def _write_included(
+        self,
+        files: NdjsonFileSet,
+        included: list[dict[str, Any]],
+        main: str,
+        stem: str,
+        separate: str,
+    ) -> None:
+        if not included or self.include_mode == "drop":
+            return
+        if self.include_mode == "inline":
+            files.writer(main).write_many(included)
+        elif self.include_mode == "separate":
+            files.writer(separate).write_many(included)
+        else:
+            for resource in included:
+                kind = str(resource.get("resourceType") or "Unknown")
+                files.writer(f"{stem}.included.{kind}.ndjson").write(resource)
+
+    def _to_xcom(self, search: FhirSearch) -> dict[str, Any]:
+        from airflow_provider_backendauth.core.errors import ResultTooLargeError
+
+        resources: list[dict[str, Any]] = []
+        included: list[dict[str, Any]] = []
+        cap = self.max_xcom_resources
+        for page in search:
+            resources.extend(page.matches)
+            if self.include_mode == "inline":
+                resources.extend(page.included)
+            elif self.include_mode != "drop":
+                included.extend(page.included)
+            if len(resources) + len(included) > cap:
+                # Stop now: holding the rest in memory to report an exact count is pointless.
+                raise ResultTooLargeError(
+                    f"The {search.resource_type} search returned more than "
+                    f"max_xcom_resources={cap} resources (after {search.pages} pages). XCom is "
+                    "for small results: set 'destination' to write NDJSON files instead, narrow "
+                    "the search, or set max_resources."
+                )
+        summary = search.summary()
+        summary["resources"] = resources
+        if self.include_mode in ("separate", "per_type"):
+            summary["included"] = included
+        else:
+            summary.pop("included")
+        summary["resource_count"] = len(resources)
+        return summary
