@@ -119,6 +119,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "backendauth-sandbox"
     sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version
+
     disable_nagle_algorithm = True
     # Idle keep-alive connections are closed after this; close() also shuts them down early.
     timeout = 120

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 from . import control
 from .auth_server import AuthServer
+from .bulk import STORAGE_PATH, BulkExports
 from .clients import ClientRegistration, ClientRegistry, KeyMaterial, make_registration
 from .discovery import openid_configuration, smart_configuration
 from .faults import FaultRule, Faults
@@ -95,6 +96,14 @@ class Sandbox:
             fhir_base=lambda: self.fhir_base,
             token_url=lambda: self.token_url,
         )
+        self.bulk = BulkExports(
+            self.store,
+            self.tokens,
+            self.settings,
+            self._stats,
+            fhir_base=lambda: self.fhir_base,
+            foreign_url=lambda: self.foreign_url,
+        )
         self.auth = AuthServer(
             self.clients,
             self.tokens,
@@ -112,7 +121,10 @@ class Sandbox:
                 return self
             self._stop_event.clear()
             self._server = HttpServer(self.host, self._requested_port, self._handle, "main")
+            # A second origin (same host, other port) plays signed cloud storage for bulk files.
+            self._foreign = HttpServer(self.host, 0, self._handle_foreign, "foreign")
             self._server.start()
+            self._foreign.start()
         return self
 
     def stop(self) -> None:
@@ -124,6 +136,7 @@ class Sandbox:
                     server.close()
             self._server = None
             self._foreign = None
+            self.bulk.close()
 
     close = stop
 
@@ -168,6 +181,13 @@ class Sandbox:
     @property
     def issuer(self) -> str:
         return self.url + "/auth"
+
+    @property
+    def foreign_url(self) -> str:
+        """The other origin that serves bulk files in ``bulk_file_origin`` foreign/redirect."""
+        if self._foreign is None:
+            raise RuntimeError("the sandbox is not running; call start() or use 'with'")
+        return self._foreign.base_url
 
     # --- runtime knobs -------------------------------------------------------------------
 
@@ -239,6 +259,7 @@ class Sandbox:
             "fhir_base": self.fhir_base,
             "token_url": self.token_url,
             "issuer": self.issuer,
+            "foreign_url": self.foreign_url,
             "patients": self.patients,
             "seed": self.seed,
             "settings": self.settings.as_dict(),
@@ -256,7 +277,26 @@ class Sandbox:
             self._stats.response(response.status)
         return response
 
-    def _faulty(self, rule: FaultRule, request: Request, kind: str) -> Response:
+    def _handle_foreign(self, request: Request) -> Response:
+        self._stats.foreign_request(request.path, request.header("Authorization"))
+        rule = self.faults.take(request)
+        if rule is None:
+            return self._route_foreign(request, "bulk_file")
+        return self._faulty(rule, request, "bulk_file", self._route_foreign)
+
+    def _route_foreign(self, request: Request, kind: str) -> Response:
+        if request.path.startswith(STORAGE_PATH):
+            return self.bulk.serve_storage(request)
+        return Response(404, b"no such object\n", "text/plain")
+
+    def _faulty(
+        self,
+        rule: FaultRule,
+        request: Request,
+        kind: str,
+        route: Callable[[Request, str], Response] | None = None,
+    ) -> Response:
+        route = route or self._route
         self._stats.incr("faults_applied")
         if rule.expire_tokens:
             self.tokens.expire_all()
@@ -268,7 +308,7 @@ class Sandbox:
         if rule.status is not None:
             response = rule.error_response(request)
         else:
-            response = self._route(request, kind)
+            response = route(request, kind)
             if rule.drop_after_bytes is not None:
                 response.truncate_after = rule.drop_after_bytes
         for name, value in rule.headers.items():
@@ -286,6 +326,12 @@ class Sandbox:
             return self.fhir.handle(request)
         if kind == "rest":
             return self.fhir.handle_rest(request)
+        if kind == "bulk_kickoff":
+            return self.bulk.kickoff(request)
+        if kind == "bulk_status":
+            return self.bulk.status(request)
+        if kind == "bulk_file" and not request.path.startswith(STORAGE_PATH):
+            return self.bulk.serve_file(request)
         return outcome_response(404, f"no such endpoint: {request.path}", code="not-found")
 
     def _discovery(self, request: Request) -> Response:
