@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import math
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -61,6 +62,7 @@ KNOWN_PARAMS = (
 JOBS_PATH = "/fhir/_bulk/jobs/"
 FILES_PATH = "/fhir/_bulk/files/"
 STORAGE_PATH = "/storage/"
+_RANGE = re.compile(r"^bytes=(?P<start>\d+)-(?P<end>\d*)$")
 
 
 class KickoffError(Exception):
@@ -490,12 +492,32 @@ class BulkExports:
 
     def _file_response(self, request: Request, export_file: ExportFile) -> Response:
         self.stats.incr("file_downloads")
+        size = os.path.getsize(export_file.path)
+        byte_range = request.header("Range")
         gzip_ok = "gzip" in (request.header("Accept-Encoding") or "").lower()
-        if self.settings.bulk_gzip and gzip_ok and request.method == "GET":
+        if byte_range is not None:
+            # Resuming an interrupted download: ranges are served uncompressed.
+            match = _RANGE.match(byte_range.strip())
+            start = int(match["start"]) if match else size
+            end = min(int(match["end"]), size - 1) if match and match["end"] else size - 1
+            if match is None or start >= size or end < start:
+                response = Response(416, b"", NDJSON)
+                response.header("Content-Range", f"bytes */{size}")
+                return response
+            response = Response(
+                206,
+                content_type=NDJSON,
+                file_path=export_file.path,
+                file_offset=start,
+                file_length=end - start + 1,
+            )
+            response.header("Content-Range", f"bytes {start}-{end}/{size}")
+        elif self.settings.bulk_gzip and gzip_ok and request.method == "GET":
             response = Response(200, content_type=NDJSON, stream=gzip_chunks(export_file.path))
             response.header("Content-Encoding", "gzip")
         else:
             response = Response(200, content_type=NDJSON, file_path=export_file.path)
+        response.header("Accept-Ranges", "bytes")
         response.header("Vary", "Accept-Encoding")
         response.on_sent = lambda sent: self.stats.incr("file_bytes_sent", sent)
         return response

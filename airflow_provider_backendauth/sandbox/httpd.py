@@ -92,6 +92,8 @@ class Response:
     stream: Iterable[bytes] | None = None
     content_length: int | None = None
     file_path: str | None = None
+    file_offset: int = 0
+    file_length: int | None = None
     drop: bool = False
     truncate_after: int | None = None
     on_sent: Callable[[int], None] | None = None
@@ -206,7 +208,9 @@ class _Handler(BaseHTTPRequestHandler):
 
         length: int | None
         if response.file_path is not None:
-            length = os.path.getsize(response.file_path)
+            length = response.file_length
+            if length is None:
+                length = os.path.getsize(response.file_path) - response.file_offset
         elif response.stream is not None:
             length = response.content_length
         else:
@@ -232,7 +236,9 @@ class _Handler(BaseHTTPRequestHandler):
                     sent = self._write_all([response.body], response.truncate_after, False)
             elif response.file_path is not None:
                 self.end_headers()
-                sent = self._write_file(response.file_path, response.truncate_after)
+                sent = self._write_file(
+                    response.file_path, response.file_offset, length, response.truncate_after
+                )
             else:
                 assert response.stream is not None
                 self.end_headers()
@@ -271,12 +277,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
         return sent
 
-    def _write_file(self, path: str, limit: int | None) -> int:
+    def _write_file(self, path: str, offset: int, count: int | None, limit: int | None) -> int:
         with open(path, "rb") as fh:
             if limit is None:
                 # Zero-copy: loopback throughput is bounded by the kernel, not by Python.
-                return self.connection.sendfile(fh)
-            return self._write_all(iter(lambda: fh.read(_CHUNK), b""), limit, False)
+                return self.connection.sendfile(fh, offset, count)
+            fh.seek(offset)
+            remaining = count if count is not None else -1
+
+            def chunks() -> Iterable[bytes]:
+                nonlocal remaining
+                while remaining != 0:
+                    chunk = fh.read(_CHUNK if remaining < 0 else min(_CHUNK, remaining))
+                    if not chunk:
+                        return
+                    if remaining > 0:
+                        remaining -= len(chunk)
+                    yield chunk
+
+            return self._write_all(chunks(), limit, False)
 
 
 class HttpServer(ThreadingHTTPServer):
@@ -327,7 +346,7 @@ class HttpServer(ThreadingHTTPServer):
     def start(self) -> None:
         self._thread = threading.Thread(
             target=self.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            kwargs={"poll_interval": 0.5},
             name=f"sandbox-{self.name}-{self.port}",
             daemon=True,
         )
@@ -336,7 +355,17 @@ class HttpServer(ThreadingHTTPServer):
     def close(self) -> None:
         """Stop accepting, shut down every open connection, join every handler thread."""
         if self._thread is not None:
-            self.shutdown()
+            stopper = threading.Thread(target=self.shutdown, name=f"sandbox-{self.name}-stop")
+            stopper.start()
+            # serve_forever() only notices shutdown after select() returns; a throwaway
+            # connection wakes it now instead of after the poll interval.
+            while stopper.is_alive():
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection((str(self.server_address[0]), self.port), timeout=0.5),
+                ):
+                    pass
+                stopper.join(0.01)
             self._thread.join()
             self._thread = None
         with self._connections_lock:

@@ -403,3 +403,30 @@ def test_stop_removes_files(token: str, sb: Sandbox) -> None:
     assert root is not None and os.path.isdir(root)
     sb.stop()
     assert not os.path.exists(root)
+
+
+def test_range_requests_resume_a_cut_download(sb: Sandbox, token: str) -> None:
+    manifest = export(sb, token, params={"_type": "Observation"})
+    url = manifest["output"][0]["url"]
+    identity = {**auth(token), "Accept-Encoding": "identity"}
+    full = requests.get(url, headers=identity, timeout=10)
+    assert full.headers["Accept-Ranges"] == "bytes"
+    sb.faults.add("/fhir/_bulk/files", drop_after_bytes=300)
+    received = b""
+    with (
+        requests.get(url, headers=identity, stream=True, timeout=10) as cut,
+        pytest.raises(requests.exceptions.ChunkedEncodingError),
+    ):
+        for chunk in cut.iter_content(64):
+            received += chunk
+    assert 0 < len(received) <= 300
+    rest = requests.get(url, headers={**identity, "Range": f"bytes={len(received)}-"}, timeout=10)
+    assert rest.status_code == 206
+    assert rest.headers["Content-Range"] == (
+        f"bytes {len(received)}-{len(full.content) - 1}/{len(full.content)}"
+    )
+    assert received + rest.content == full.content
+    middle = requests.get(url, headers={**identity, "Range": "bytes=10-19"}, timeout=10)
+    assert middle.content == full.content[10:20]
+    beyond = requests.get(url, headers={**identity, "Range": "bytes=99999999-"}, timeout=10)
+    assert beyond.status_code == 416

@@ -203,7 +203,7 @@ def test_last_updated_filters(sb: Sandbox, session: requests.Session) -> None:
 def test_include_patient(sb: Sandbox, session: requests.Session) -> None:
     bundle = session.get(
         sb.fhir_base + "/Observation",
-        params={"_include": "Observation:patient", "_count": 6},
+        params={"_include": "Observation:patient", "_count": "6"},
         timeout=10,
     ).json()
     matches = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
