@@ -23,7 +23,8 @@ class VendorRules:
     ``scope_mode`` is one of: ``smart`` (SMART system scopes, required), ``smart_v1`` (SMART
     v1 only: v2 scopes are refused like Oracle Health/Cerner does), ``exact`` (scope must be
     exactly ``required_scope``), ``present`` (the parameter must be sent but may be empty; the
-    server decides), ``nhn`` (``nhn:`` scopes), ``entra`` (one ``<resource>/.default``),
+    server decides), ``nhn`` (``nhn:`` scopes; none asked grants all the client may have, as
+    IdentityServer does), ``entra`` (one ``<resource>/.default``),
     ``required`` (any non-empty scope), ``optional``.
     """
 
@@ -92,6 +93,7 @@ VENDORS: dict[str, VendorRules] = {
             require_nbf=True,
             client_id_in_form=True,
             scope_mode="nhn",
+            server_scope="nhn:sandbox/read",
             invalid_client_status=400,
             jku_allowed=False,
         ),
@@ -218,6 +220,9 @@ def grant_scope(
     if not wanted:
         if mode == "optional":
             return " ".join(registered) if registered else ""
+        if mode == "nhn":
+            # IdentityServer (HelseID) grants every scope the client is allowed when none is asked.
+            return " ".join(registered) if registered else rules.server_scope
         raise ScopeError("the scope parameter is required")
     if mode == "exact" and wanted != [rules.required_scope]:
         raise ScopeError(f"scope must be exactly '{rules.required_scope}'")

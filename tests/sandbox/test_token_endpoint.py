@@ -358,6 +358,9 @@ def test_helseid(sb: Sandbox, rsa_key: ClientKey) -> None:
         "invalid_scope",
         400,
     )
+    no_scope = vendor_request(sb, rsa_key, "helse-1", "RS512", **{**good, "scope": None})
+    assert no_scope.status_code == 200, no_scope.text
+    assert no_scope.json()["scope"] == "nhn:sandbox/read"
     assert_rejected(
         vendor_request(sb, rsa_key, "helse-1", "RS512", kid=False, **good),
         "missing 'kid'",
