@@ -132,3 +132,19 @@ def ndjson_lines(path: Path) -> list[dict[str, Any]]:
 
 def partials(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if ".partial-" in p.name]
+
+
+def issued_tokens(sb: Sandbox, client_id: str) -> list[str]:
+    """Every access token the sandbox issued to ``client_id`` (for leak checks).
+
+    The sandbox has no public accessor for these, so this reads its token store."""
+    store = sb.tokens
+    with store._lock:
+        return [value for value, token in store._tokens.items() if token.client_id == client_id]
+
+
+def assert_no_token_in(text: str, sb: Sandbox, client_id: str) -> None:
+    tokens = issued_tokens(sb, client_id)
+    assert tokens, "the test should have made the client obtain a token"
+    for token in tokens:
+        assert token not in text, "an access token leaked"

@@ -1,0 +1,238 @@
+"""``BulkExportTrigger``: serialisation, and ``run()`` driven to its event in an asyncio loop
+against the sandbox (faults, token expiry, timeouts, on_kill, a never-blocked loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from airflow_provider_backendauth.core.bulk import (
+    BulkExportClient,
+    BulkExportRequest,
+    bulk_http_for,
+)
+from airflow_provider_backendauth.triggers.bulk import BulkExportTrigger
+from tests.bulkkit import CONN_ID, FAST_POLL, BulkEnv, assert_no_token_in
+
+pytest_plugins = ("tests.bulk_fixtures",)
+
+
+def kickoff(bulk_env: BulkEnv, **request: Any) -> str:
+    client = BulkExportClient(bulk_http_for(bulk_env.auth_client()), bulk_env.sb.fhir_base)
+    return client.kickoff(BulkExportRequest.create(request.pop("level", "system"), **request))
+
+
+def trigger(status_url: str, **options: Any) -> BulkExportTrigger:
+    return BulkExportTrigger(CONN_ID, status_url, **{**FAST_POLL, **options})
+
+
+async def first_event(t: BulkExportTrigger, timeout: float = 20) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        async for event in t.run():
+            return dict(event.payload)
+        raise AssertionError("the trigger ended without an event")
+
+    return await asyncio.wait_for(go(), timeout)
+
+
+def run_trigger(t: BulkExportTrigger) -> dict[str, Any]:
+    return asyncio.run(first_event(t))
+
+
+def test_serialize_round_trip() -> None:
+    original = BulkExportTrigger(
+        "conn",
+        "https://fhir.example/status/1",
+        poll_interval_min=1.5,
+        poll_interval_max=600,
+        deadline=1_900_000_000.0,
+        max_transient_errors=3,
+        cancel_on_kill=False,
+        inline_manifest_bytes=1000,
+    )
+    classpath, kwargs = original.serialize()
+    module, _, name = classpath.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    assert cls is BulkExportTrigger
+    json.dumps(kwargs)  # stored in the metadata DB
+    rebuilt = cls(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert "token" not in json.dumps(kwargs).lower()
+
+
+def test_run_to_completion(bulk_env: BulkEnv) -> None:
+    status_url = kickoff(bulk_env, level="group", group_id="g1")
+    payload = run_trigger(trigger(status_url))
+    assert payload["status"] == "complete"
+    assert payload["status_url"] == status_url
+    manifest = payload["manifest"]
+    assert {o["type"] for o in manifest["output"]} == {
+        "Patient",
+        "Observation",
+        "Condition",
+        "Encounter",
+    }
+    assert_no_token_in(json.dumps(payload), bulk_env.sb, bulk_env.client_id)
+
+
+def test_large_manifest_is_not_inlined(bulk_env: BulkEnv) -> None:
+    payload = run_trigger(trigger(kickoff(bulk_env), inline_manifest_bytes=10))
+    assert payload["status"] == "complete"
+    assert payload["manifest"] is None
+
+
+def test_expired_token_is_renewed(bulk_env: BulkEnv) -> None:
+    status_url = kickoff(bulk_env)
+    bulk_env.sb.reset_stats()
+    bulk_env.sb.faults.add("/fhir/_bulk/jobs", method="GET", expire_tokens=True, times=1)
+    assert run_trigger(trigger(status_url))["status"] == "complete"
+    stats = bulk_env.sb.stats
+    assert stats["unauthorized"] == 1
+    assert stats["token_requests"] == 1  # the trigger's own, after the 401 (cache renewed)
+    assert stats["bulk_status_polls"] >= 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 500, "issue_code": "transient"},
+        {"status": 503, "body_kind": "empty"},
+        {"status": 429, "retry_after": 0.05},
+        {"drop": True},
+    ],
+    ids=["transient", "503", "429", "dropped"],
+)
+def test_transient_answers_are_waited_out(bulk_env: BulkEnv, fault: dict[str, Any]) -> None:
+    status_url = kickoff(bulk_env)
+    bulk_env.sb.faults.add("/fhir/_bulk/jobs", method="GET", times=2, **fault)
+    assert run_trigger(trigger(status_url, max_transient_errors=2))["status"] == "complete"
+    assert bulk_env.sb.stats["faults_applied"] == 2
+
+
+def test_fatal_outcome_is_an_error_event(bulk_env: BulkEnv) -> None:
+    status_url = kickoff(bulk_env)
+    bulk_env.sb.faults.add(
+        "/fhir/_bulk/jobs",
+        method="GET",
+        status=500,
+        issue_code="exception",
+        severity="fatal",
+        body="ran out of disk",
+        times=None,
+    )
+    payload = run_trigger(trigger(status_url))
+    assert payload["status"] == "error"
+    assert "ran out of disk" in payload["message"]
+    assert payload["status_code"] == 500
+
+
+def test_transient_budget(bulk_env: BulkEnv) -> None:
+    status_url = kickoff(bulk_env)
+    bulk_env.sb.faults.add("/fhir/_bulk/jobs", method="GET", status=503, times=None)
+    payload = run_trigger(trigger(status_url, max_transient_errors=2))
+    assert payload["status"] == "error"
+    assert "gave up after 3" in payload["message"]
+
+
+def test_deadline_gives_a_timeout_event(bulk_env: BulkEnv) -> None:
+    bulk_env.sb.settings.update(bulk_job_seconds=30)
+    status_url = kickoff(bulk_env)
+    payload = run_trigger(trigger(status_url, deadline=time.time() + 0.3))
+    assert payload["status"] == "timeout"
+    assert "max_wait" in payload["message"]
+
+
+def test_http_date_retry_after(bulk_env: BulkEnv) -> None:
+    bulk_env.sb.settings.update(
+        bulk_job_seconds=1.5, bulk_retry_after=1, bulk_retry_after_http_date=True
+    )
+    status_url = kickoff(bulk_env)
+    started = time.monotonic()
+    payload = run_trigger(trigger(status_url, poll_interval_min=0.01, poll_interval_max=30))
+    assert payload["status"] == "complete"
+    polls = bulk_env.sb.stats["bulk_status_polls"]
+    # Honouring "Retry-After: <date 1 s ahead>" means about one poll per second, not a flood.
+    assert polls <= 1 + (time.monotonic() - started) / 0.5
+    assert polls >= 2
+
+
+def test_unknown_status_url_is_an_error_event(bulk_env: BulkEnv) -> None:
+    payload = run_trigger(trigger(f"{bulk_env.sb.fhir_base}/_bulk/jobs/nope"))
+    assert payload["status"] == "error"
+    assert payload["status_code"] == 404
+
+
+def test_progress_is_logged(
+    bulk_env: BulkEnv, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    bulk_env.sb.settings.update(bulk_job_seconds=0.5)
+    status_url = kickoff(bulk_env)
+    with caplog.at_level(logging.INFO):
+        run_trigger(trigger(status_url))
+    # The trigger logs through Airflow's logger (structlog: stdout here, the triggerer's log
+    # in a deployment), the core through the stdlib.
+    logged = capfd.readouterr().out + "\n".join(r.getMessage() for r in caplog.records)
+    assert "Export in progress: in-progress:" in logged
+    assert "Bearer" not in logged
+    assert_no_token_in(logged, bulk_env.sb, bulk_env.client_id)
+
+
+def test_the_event_loop_is_never_blocked(bulk_env: BulkEnv) -> None:
+    """A slow token endpoint and slow status answers must not stall other coroutines."""
+    status_url = kickoff(bulk_env)
+    bulk_env.sb.faults.add("/auth/token", delay=0.8, times=None)
+    bulk_env.sb.faults.add("/fhir/_bulk/jobs", delay=0.3, times=None)
+
+    async def scenario() -> tuple[dict[str, Any], float]:
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        payload = await first_event(trigger(status_url))
+        done.set()
+        await tick
+        return payload, max(gaps)
+
+    payload, worst = asyncio.run(scenario())
+    assert payload["status"] == "complete"
+    assert worst < 0.2, f"the event loop stalled for {worst:.2f} s"
+
+
+def test_on_kill_deletes_the_export(bulk_env: BulkEnv) -> None:
+    bulk_env.sb.settings.update(bulk_job_seconds=30)
+    status_url = kickoff(bulk_env)
+    asyncio.run(trigger(status_url).on_kill())
+    assert bulk_env.sb.stats["bulk_cancels"] == 1
+    payload = run_trigger(trigger(status_url))
+    assert payload["status"] == "error"
+    assert payload["status_code"] == 404
+
+
+def test_on_kill_can_be_turned_off(bulk_env: BulkEnv) -> None:
+    bulk_env.sb.settings.update(bulk_job_seconds=30)
+    status_url = kickoff(bulk_env)
+    asyncio.run(trigger(status_url, cancel_on_kill=False).on_kill())
+    assert bulk_env.sb.stats["bulk_cancels"] == 0
+    BulkExportClient(bulk_http_for(bulk_env.auth_client()), bulk_env.sb.fhir_base).cancel(
+        status_url
+    )
+
+
+def test_missing_connection_is_an_error_event(bulk_env: BulkEnv) -> None:
+    payload = run_trigger(BulkExportTrigger("no_such_conn", f"{bulk_env.sb.fhir_base}/x"))
+    assert payload["status"] == "error"
+    assert "no_such_conn" in payload["message"]
