@@ -46,7 +46,10 @@ class SearchPage:
         included: entries added by ``_include``/``_revinclude`` (``search.mode`` ``include``).
         outcomes: OperationOutcome entries (``search.mode`` ``outcome``): server warnings.
         total: the Bundle's ``total`` when the server sent it.
-        next_url: the absolute URL of the next page, or None on the last page.
+        next_url: the absolute URL of the next page, or None on the last page (also None
+            when ``max_pages``/``max_resources`` stopped the search here).
+        bundle: the Bundle as received (its entries are the same objects as above; the
+            matches of a page cut by ``max_resources`` are still all in it).
     """
 
     number: int
@@ -56,6 +59,7 @@ class SearchPage:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     total: int | None = None
     next_url: str | None = None
+    bundle: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def normalise_params(params: SearchParams | None) -> list[tuple[str, str]]:
@@ -270,6 +274,7 @@ class FhirSearch:
             outcomes=outcomes,
             total=total if isinstance(total, int) else None,
             next_url=next_url,
+            bundle=dict(body),
         )
 
 

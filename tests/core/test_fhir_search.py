@@ -160,16 +160,20 @@ def test_include_separated_from_matches(fhir: FhirClient) -> None:
 
 
 def test_memory_is_per_page(fhir: FhirClient) -> None:
-    """Pages are produced lazily: the search holds no list of past pages."""
+    """Pages are fetched lazily and released: the search keeps no reference to past pages."""
+    import gc
+    import weakref
+
     search = fhir.search("Observation", count=5)
     iterator = iter(search)
     first = next(iterator)
-    assert search.pages == 1 and first.next_url
-    assert not any(
-        isinstance(v, list) and v and hasattr(v[0], "matches") for v in vars(search).values()
-    )
-    rest = sum(1 for _ in iterator)
-    assert rest >= 2
+    assert search.pages == 1 and first.next_url and first.bundle["resourceType"] == "Bundle"
+    first_ref = weakref.ref(first)
+    del first
+    later = [page.number for page in iterator]
+    gc.collect()
+    assert first_ref() is None
+    assert later[0] == 2 and len(later) >= 2
 
 
 def test_search_can_be_iterated_once(fhir: FhirClient) -> None:
