@@ -116,26 +116,20 @@ class AuthServer:
     def handle(self, request: Request) -> Response:
         registration: ClientRegistration | None = None
         client_label = "<unknown>"
-        counted = False
         try:
             if request.method != "POST":
                 raise TokenRequestRejected(
                     "invalid_request", "the token endpoint only accepts POST", 405
                 )
             form, registration, client_label = self._read_form(request)
-            self.stats.token_request(client_label)
-            counted = True
             return self._grant(request, form, registration)
         except TokenRequestRejected as rejected:
-            if rejected.registration is not None:
-                registration = rejected.registration
-            if rejected.label is not None:
-                client_label = rejected.label
-                self.stats.token_request(client_label)
-            elif not counted:
-                self.stats.token_request(client_label)
+            registration = rejected.registration or registration
+            client_label = rejected.label or client_label
             self.stats.token_failure(rejected.error, rejected.description)
             return self._error_response(rejected, registration)
+        finally:
+            self.stats.token_request(client_label)
 
     # --- request shape -------------------------------------------------------------------
 
