@@ -61,6 +61,9 @@ class FhirSearchOperator(BaseOperator):
             ``per_type`` to ``{ResourceType}.included.{IncludedType}.ndjson``; ``inline``
             writes them into the main file after each page's matches; ``drop`` discards them.
             Without a destination, ``separate``/``per_type`` return them under ``included``.
+            Included resources are kept as the server sends them, page by page: one referred
+            to from several pages appears several times (de-duplicating would need memory
+            growing with the result).
         destination: a directory (files are named ``{ResourceType}.ndjson``...) or a file path
             ending in ``.ndjson``; a local path, a URL (``file://``, ``s3://conn@bucket/...``)
             or an ``ObjectStoragePath``. Templated. None: return the resources to XCom.
