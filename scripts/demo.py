@@ -29,7 +29,11 @@ LOGICAL_DATE = "2024-06-01T00:00:00+00:00"
 SEED_VENDORS = ("mydatahelps", "koppeltaal", "helseid", "redox", "nhs_england")
 
 # (dag_id, what it shows). The DAG files live in dags_examples/.
-DAGS: tuple[tuple[str, str], ...] = ()
+DAGS: tuple[tuple[str, str], ...] = (
+    ("backendauth_fhir_search", "FHIR search: patients + observations of the interval -> NDJSON"),
+    ("backendauth_mydatahelps_participants", "REST with pagination: MyDataHelps participants"),
+    *((f"backendauth_vendor_{v}", f"{v} connection: one token-checked call") for v in SEED_VENDORS),
+)
 
 
 def main() -> int:

@@ -49,10 +49,11 @@ def sandbox_session() -> Iterator[Any]:
 
 @pytest.fixture
 def sandbox(sandbox_session: Any) -> Iterator[Any]:
-    """The session sandbox with faults cleared and token lifetime reset after each test."""
+    """The session sandbox; faults and every setting a test changed are restored after it."""
+    saved = sandbox_session.settings.as_dict()
     yield sandbox_session
     sandbox_session.faults.clear()
-    sandbox_session.token_lifetime = 300
+    sandbox_session.settings.update(**saved)
 
 
 @pytest.fixture(autouse=True)
