@@ -87,6 +87,7 @@ with DAG(
         state_dir=STATE_DIR,
         retries=3,
         retry_delay=timedelta(seconds=30),
+        map_index_template="{{ task.file['name'] }}",  # the UI lists mapped tasks by file
     ).expand(file=export.output)
     finalize = FhirBulkFinalizeOperator(
         task_id="finalize",

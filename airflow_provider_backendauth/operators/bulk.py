@@ -458,11 +458,15 @@ class FhirBulkExportOperator(_BulkBase):
 
             files = plan_files(manifest)
             self.log.info("Handing %d files over to mapped download tasks", len(files))
+            # No URLs in XCom (signed storage URLs carry credentials): the download tasks
+            # read them from manifest.json in the destination.
             return [
                 {
-                    **file.to_dict(),
                     "job": job.key,
-                    "requires_access_token": manifest.requires_access_token,
+                    "name": file.name,
+                    "kind": file.kind,
+                    "type": file.type,
+                    "count": file.count,
                 }
                 for file in files
             ]
@@ -500,14 +504,16 @@ class FhirBulkDownloadOperator(_BulkBase):
 
         export = FhirBulkExportOperator(task_id="export", download=False, destination=dest, ...)
         files = FhirBulkDownloadOperator.partial(
-            task_id="download", destination=dest, backendauth_conn_id=conn
+            task_id="download", destination=dest, backendauth_conn_id=conn,
+            map_index_template="{{ task.file['name'] }}",  # name mapped tasks by file
         ).expand(file=export.output)
         FhirBulkFinalizeOperator(task_id="finalize", export_task_id="export",
                                  destination=dest, backendauth_conn_id=conn)
 
-    The file is streamed to a temporary name and renamed when complete and verified; a
-    retry skips it if it is already complete. Returns ``{"name", "kind", "type", "count",
-    "bytes", "skipped"}``.
+    The file's URL and ``requiresAccessToken`` come from ``manifest.json`` in the destination
+    (XCom carries only names). The file is streamed to a temporary name and renamed when
+    complete and verified; a retry skips it if it is already complete. Returns
+    ``{"name", "kind", "type", "count", "bytes", "skipped"}``.
 
     Args:
         file: one element of the export task's output (``download=False``). Templated.
@@ -534,7 +540,6 @@ class FhirBulkDownloadOperator(_BulkBase):
         chunk_size: int = 1 << 20,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("map_index_template", "{{ task.file['name'] }}")
         super().__init__(
             destination=destination,
             backendauth_conn_id=backendauth_conn_id,
@@ -547,12 +552,12 @@ class FhirBulkDownloadOperator(_BulkBase):
         self.chunk_size = chunk_size
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_backendauth.core.bulk import ExportFile
+        from airflow_provider_backendauth.core.bulk import plan_files
         from airflow_provider_backendauth.core.errors import ConfigurationError
         from airflow_provider_backendauth.core.retry import RetryPolicy
 
         spec = dict(self.file)
-        if "job" not in spec or "url" not in spec or "name" not in spec:
+        if "job" not in spec or "name" not in spec:
             raise ConfigurationError(
                 "'file' must be an element of FhirBulkExportOperator(download=False)'s output."
             )
@@ -565,10 +570,14 @@ class FhirBulkDownloadOperator(_BulkBase):
                 "check_counts": self.check_counts,
             },
         )
-        result = job.download_file(
-            ExportFile.from_dict(spec),
-            requires_access_token=bool(spec.get("requires_access_token", True)),
-        )
+        manifest = job.local_manifest()
+        file = next((f for f in plan_files(manifest) if f.name == spec["name"]), None)
+        if file is None:
+            raise ConfigurationError(
+                f"{spec['name']!r} is not a file of the export whose manifest.json is in "
+                f"{job.destination}: is 'destination' the export task's?"
+            )
+        result = job.download_file(file, requires_access_token=manifest.requires_access_token)
         self.log.info("%s: %d resources, %d bytes", result.name, result.count, result.bytes)
         return result.to_dict()
 

@@ -96,6 +96,7 @@ def test_mapped_download_example(dagbag: Any, fhir: BulkEnv, tmp_path: Path) -> 
     (folder,) = run_dirs(tmp_path / "bulk" / "system")
     files = sorted(folder.glob("*.ndjson"))
     assert len(downloads) == len(files) > 4  # one mapped task per file
+    assert {ti.rendered_map_index for ti in downloads} == {f.name for f in files}
     assert sum(len(ndjson_lines(f)) for f in files if f.name.startswith("Patient")) == 20
     stats = fhir.sb.stats
     assert stats["file_downloads"] == len(files)
