@@ -56,6 +56,10 @@ class BackendAuth(AuthBase):
         request = response.request
         if response.status_code != 401 or getattr(request, _RETRIED_MARK, False):
             return response
+        if not request.url or not self.allows(request.url):
+            # A redirect hop to another origin carries this hook too (requests copies it):
+            # never answer that origin's 401 with our token.
+            return response
         body = request.body
         if body is not None and not isinstance(body, (bytes, str)):
             return response  # a generator or file body was consumed; cannot resend it

@@ -229,3 +229,17 @@ def test_hostile_types_stay_inside_the_destination(bulk_env: BulkEnv, tmp_path: 
     for result in results:
         assert (out / result.name).resolve().parent == out.resolve()
     assert not (tmp_path / "escaped.000.ndjson").exists()
+
+
+def test_backendauth_session_keeps_the_token_from_a_redirect_target_answering_401(
+    bulk_env: BulkEnv,
+) -> None:
+    """Regression: ``BackendAuth``'s 401 hook travels with requests' redirect copies; it must
+    not "renew" the token for another origin's 401."""
+    bulk_env.sb.settings.update(bulk_file_origin="redirect")
+    session = bulk_env.auth_client().new_session()
+    manifest, _ = export(bulk_env.job())
+    bulk_env.sb.faults.add("/storage", origin="foreign", status=401, times=1)
+    response = session.get(manifest.output[0].url, timeout=10)
+    assert response.status_code == 401
+    assert foreign_auth_headers(bulk_env) == []
