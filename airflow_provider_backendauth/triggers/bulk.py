@@ -35,6 +35,27 @@ if TYPE_CHECKING:
 
 USER_AGENT = "airflow-provider-backendauth"
 MAX_REDIRECTS = 5
+LARGE_BODY = 256 * 1024  # parse bigger status answers (manifests) off the event loop
+
+
+def _load_modules() -> None:
+    """Import what the wait needs; run in a thread so first-time imports (cryptography,
+    pyjwt, httpx) never stall the triggerer's event loop."""
+    import anyio._backends._asyncio  # noqa: F401 - httpcore imports it on the first request
+    import httpx  # noqa: F401
+
+    import airflow_provider_backendauth.core.bulk_export
+    import airflow_provider_backendauth.core.bulk_http
+    import airflow_provider_backendauth.core.client
+    import airflow_provider_backendauth.core.settings  # noqa: F401
+
+
+def _make_client(fields: dict[str, Any]) -> BackendAuthClient:
+    """The connection's client (validates settings, loads the key: may read a file)."""
+    from airflow_provider_backendauth.core.client import BackendAuthClient
+    from airflow_provider_backendauth.core.settings import ClientSettings
+
+    return BackendAuthClient(ClientSettings.from_connection_fields(**fields))
 
 
 class BulkExportTrigger(BaseTrigger):
@@ -94,6 +115,7 @@ class BulkExportTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
+            await asyncio.to_thread(_load_modules)
             payload = await self._wait()
         except Exception as exc:  # report, don't crash the triggerer's loop
             from airflow_provider_backendauth.core.bulk_http import display_url
@@ -124,7 +146,7 @@ class BulkExportTrigger(BaseTrigger):
         delay: float | None = None
         transient = 0
         last_progress: str | None = None
-        async with self._http(client) as http:
+        async with await self._http(client) as http:
             while True:
                 result = await self._poll(http, client)
                 if isinstance(result, Complete):
@@ -185,30 +207,31 @@ class BulkExportTrigger(BaseTrigger):
         a thread (it may read a file)."""
         if self._client is not None:
             return self._client
-        from airflow_provider_backendauth.core.client import BackendAuthClient
-        from airflow_provider_backendauth.core.settings import ClientSettings
         from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 
         conn = await BackendAuthHook.aget_connection(self.backendauth_conn_id)
         aextra = getattr(conn, "aextra_dejson", None)
         extra = await aextra() if aextra is not None else conn.extra_dejson
-        settings = ClientSettings.from_connection_fields(
-            host=conn.host,
-            login=conn.login,
-            password=conn.password,
-            extra=extra,
-            schema=conn.schema,
-            port=conn.port,
-        )
-        self._client = await asyncio.to_thread(BackendAuthClient, settings)
+        fields = {
+            "host": conn.host,
+            "login": conn.login,
+            "password": conn.password,
+            "extra": extra,
+            "schema": conn.schema,
+            "port": conn.port,
+        }
+        self._client = await asyncio.to_thread(_make_client, fields)
         return self._client
 
     @staticmethod
-    def _http(client: BackendAuthClient) -> httpx.AsyncClient:
+    async def _http(client: BackendAuthClient) -> httpx.AsyncClient:
+        """An HTTP client with the connection's TLS settings, built in a thread (loading a CA
+        bundle into an SSL context is slow, blocking work)."""
         import httpx
 
         settings = client.settings
-        return httpx.AsyncClient(
+        return await asyncio.to_thread(
+            httpx.AsyncClient,
             verify=settings.ca_bundle or settings.verify_ssl,
             timeout=settings.timeout,
             follow_redirects=False,
@@ -266,7 +289,12 @@ class BulkExportTrigger(BaseTrigger):
             response = await self._send(http, client, "GET", self.status_url)
         except httpx.TransportError as exc:
             return RetryLater(None, f"no answer ({type(exc).__name__})")
-        return interpret_status(response.status_code, response.headers, response.content)
+        headers = dict(response.headers.items())
+        if len(response.content) > LARGE_BODY:  # a big manifest: parse it off the loop
+            return await asyncio.to_thread(
+                interpret_status, response.status_code, headers, response.content
+            )
+        return interpret_status(response.status_code, headers, response.content)
 
     # -- user kills the deferred task ------------------------------------------------
 
@@ -276,8 +304,9 @@ class BulkExportTrigger(BaseTrigger):
             return
         from airflow_provider_backendauth.core.bulk_http import display_url
 
+        await asyncio.to_thread(_load_modules)
         client = await self._auth_client()
-        async with self._http(client) as http:
+        async with await self._http(client) as http:
             response = await self._send(http, client, "DELETE", self.status_url)
         self.log.info(
             "Task killed: DELETE %s answered HTTP %d",

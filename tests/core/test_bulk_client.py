@@ -131,6 +131,7 @@ def test_unknown_group_fails(bulk_env: BulkEnv) -> None:
         client(bulk_env).kickoff(BulkExportRequest.create("group", group_id="nope"))
 
 
+@pytest.mark.e2e  # slow: waits out real Retry-After values
 def test_retry_after_seconds_are_honoured_within_bounds(bulk_env: BulkEnv) -> None:
     bulk_env.sb.settings.update(bulk_job_seconds=1.0, bulk_retry_after=0.4)
     c = client(bulk_env, poll_interval_min=0.05, poll_interval_max=5.0)
@@ -151,6 +152,7 @@ def test_retry_after_seconds_are_honoured_within_bounds(bulk_env: BulkEnv) -> No
     assert delays and all(d == pytest.approx(0.1) for d in delays)  # floored
 
 
+@pytest.mark.e2e  # slow: waits out real Retry-After values
 def test_retry_after_as_http_date(bulk_env: BulkEnv) -> None:
     bulk_env.sb.settings.update(
         bulk_job_seconds=1.0, bulk_retry_after=2, bulk_retry_after_http_date=True
@@ -233,6 +235,7 @@ def test_fatal_outcome_fails_quoting_diagnostics(bulk_env: BulkEnv) -> None:
     assert not info.value.transient
 
 
+@pytest.mark.e2e  # slow: waits out real Retry-After values
 def test_kickoff_429_waits_for_the_running_export(bulk_env: BulkEnv) -> None:
     bulk_env.sb.settings.update(bulk_reject_concurrent=True, bulk_job_seconds=0.8)
     c = client(bulk_env, kickoff_busy_budget=10, poll_interval_max=0.3)

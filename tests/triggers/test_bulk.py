@@ -4,6 +4,7 @@ against the sandbox (faults, token expiry, timeouts, on_kill, a never-blocked lo
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import json
 import logging
@@ -148,6 +149,7 @@ def test_deadline_gives_a_timeout_event(bulk_env: BulkEnv) -> None:
     assert "max_wait" in payload["message"]
 
 
+@pytest.mark.e2e  # slow: waits out real Retry-After values
 def test_http_date_retry_after(bulk_env: BulkEnv) -> None:
     bulk_env.sb.settings.update(
         bulk_job_seconds=1.5, bulk_retry_after=1, bulk_retry_after_http_date=True
@@ -207,7 +209,14 @@ def test_the_event_loop_is_never_blocked(bulk_env: BulkEnv) -> None:
         await tick
         return payload, max(gaps)
 
-    payload, worst = asyncio.run(scenario())
+    # A full garbage collection late in a long test session can pause any loop for 0.2 s;
+    # that is not what this test is about.
+    gc.collect()
+    gc.disable()
+    try:
+        payload, worst = asyncio.run(scenario())
+    finally:
+        gc.enable()
     assert payload["status"] == "complete"
     assert worst < 0.2, f"the event loop stalled for {worst:.2f} s"
 
