@@ -256,7 +256,8 @@ def memory(sb: SandboxProcess, work: Path, args: argparse.Namespace) -> dict[str
             child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
             assert child.stdout is not None
             output = child.stdout.read()
-            # wait4: this child's own resource usage (ru_maxrss in KiB on Linux).
+            # wait4 gives this child's own rusage; but its ru_maxrss also counts the moment
+            # between fork and exec (a copy of this process), so VmHWM is the figure shown.
             _, status, usage = os.wait4(child.pid, 0)
             child.returncode = os.waitstatus_to_exitcode(status)
             if child.returncode != 0:
@@ -273,7 +274,6 @@ def memory(sb: SandboxProcess, work: Path, args: argparse.Namespace) -> dict[str
         p = peaks[label]
         print(
             f"   {p['bytes'] / MB:8.0f} MB export: VmHWM {p['vmhwm_kb'] / 1024:6.1f} MiB, "
-            f"ru_maxrss {p['maxrss_kb'] / 1024:6.1f} MiB, "
             f"{p['bytes'] / MB / p['seconds']:.0f} MB/s"
         )
     print(

@@ -81,6 +81,7 @@ class BulkEnv:
         state_dir: Path | None = None,
         client_options: dict[str, Any] | None = None,
         auth_extra: dict[str, Any] | None = None,
+        chunk_size: int = 64 * 1024,
     ) -> BulkExportJob:
         """A ``BulkExportJob`` with fast polling and quick retries."""
         destination = destination or self.tmp / "out"
@@ -94,7 +95,7 @@ class BulkEnv:
             retry=RetryPolicy(
                 attempts=attempts, initial_wait=0.02, max_wait=0.1, max_retry_after=1.0
             ),
-            chunk_size=64 * 1024,
+            chunk_size=chunk_size,
         )
         return BulkExportJob(
             client=client,

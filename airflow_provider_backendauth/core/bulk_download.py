@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import requests
 
@@ -30,7 +30,7 @@ from airflow_provider_backendauth.core.bulk_http import BulkHttp, display_url
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.responses import operation_outcome_text
 from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
-from airflow_provider_backendauth.core.storage import StoragePath, atomic_writer
+from airflow_provider_backendauth.core.storage import AtomicFile, StoragePath
 
 log = logging.getLogger(__name__)
 
@@ -200,26 +200,79 @@ class _LineCounter:
         return self.lines + (0 if self._last == b"\n" else 1)
 
 
+class _Body:
+    """A response body's bytes, gunzipped when the body itself is a gzip file (a
+    ``.ndjson.gz`` served without ``Content-Encoding``); ``gzip_file`` tells which."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self.gzip_file = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = self._chunks
+        first = b""
+        for chunk in chunks:
+            first += chunk
+            if len(first) >= 2:
+                break
+        if first[:2] != _GZIP_MAGIC:
+            if first:
+                yield first
+            yield from chunks
+            return
+        self.gzip_file = True
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        yield inflater.decompress(first)
+        for chunk in chunks:
+            yield inflater.decompress(chunk)
+        yield inflater.flush()
+        if not inflater.eof:
+            raise _Retryable("the gzip stream ended early")
+
+
 def _decoded(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Pass chunks through, gunzipping them when the body itself is gzip (a ``.ndjson.gz``
-    served without ``Content-Encoding``)."""
-    first = b""
-    for chunk in chunks:
-        first += chunk
-        if len(first) >= 2:
-            break
-    if first[:2] != _GZIP_MAGIC:
-        if first:
-            yield first
-        yield from chunks
-        return
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    yield inflater.decompress(first)
-    for chunk in chunks:
-        yield inflater.decompress(chunk)
-    yield inflater.flush()
-    if not inflater.eof:
-        raise _Retryable("the gzip stream ended early")
+    return iter(_Body(chunks))
+
+
+def _range_start(content_range: str | None) -> int | None:
+    """The first byte of ``Content-Range: bytes START-END/TOTAL``."""
+    match = re.match(r"\s*bytes\s+(\d+)-", content_range or "")
+    return int(match.group(1)) if match else None
+
+
+class _PartialFile:
+    """A file being downloaded. Its temporary file outlives a failed attempt, so that the
+    next attempt can ask for the rest only (``Range``) when the server supports it."""
+
+    def __init__(self, target: StoragePath) -> None:
+        self.target = target
+        self._atomic: AtomicFile | None = None
+        self.counter = _LineCounter()
+        self.resumable = False
+
+    @property
+    def offset(self) -> int:
+        return self.counter.bytes
+
+    def write(self, chunk: bytes) -> None:
+        if self._atomic is None:
+            self._atomic = AtomicFile(self.target, "wb")
+        self._atomic.handle.write(chunk)
+        self.counter.feed(chunk)
+
+    def restart(self) -> None:
+        self.discard()
+        self.counter = _LineCounter()
+        self.resumable = False
+
+    def commit(self) -> None:
+        atomic, self._atomic = self._atomic, None
+        (atomic or AtomicFile(self.target, "wb")).commit()  # an empty file is a file too
+
+    def discard(self) -> None:
+        if self._atomic is not None:
+            self._atomic.discard()
+            self._atomic = None
 
 
 class BulkDownloader:
@@ -336,6 +389,19 @@ class BulkDownloader:
         requires_access_token: bool,
         abort: threading.Event,
     ) -> FileResult:
+        partial = _PartialFile(destination / file.name)
+        try:
+            return self._attempts(file, partial, requires_access_token, abort)
+        finally:
+            partial.discard()  # a no-op after a commit
+
+    def _attempts(
+        self,
+        file: ExportFile,
+        partial: _PartialFile,
+        requires_access_token: bool,
+        abort: threading.Event,
+    ) -> FileResult:
         attempt = 0
         while True:
             attempt += 1
@@ -345,7 +411,7 @@ class BulkDownloader:
             try:
                 with self._counter_lock:
                     self.attempts_made += 1
-                result = self._fetch(file, destination, requires_access_token, abort)
+                result = self._fetch(file, partial, requires_access_token, abort)
                 self.limit.succeeded()
                 return result
             except _Retryable as exc:
@@ -377,53 +443,77 @@ class BulkDownloader:
     def _fetch(
         self,
         file: ExportFile,
-        destination: StoragePath,
+        partial: _PartialFile,
         requires_access_token: bool,
         abort: threading.Event,
     ) -> FileResult:
+        headers = dict(FILE_HEADERS)
+        resuming = partial.resumable and partial.offset > 0
+        if resuming:
+            # Ask for the rest of the plain representation: the offset counts decoded bytes.
+            headers.update({"Range": f"bytes={partial.offset}-", "Accept-Encoding": "identity"})
+        else:
+            partial.restart()
         timeout = self.read_timeout or self.http.timeout
         response = self.http.send(
             "GET",
             file.url,
             with_token=requires_access_token,
-            headers=FILE_HEADERS,
+            headers=headers,
             stream=True,
             timeout=timeout,
         )
         with response:
             status = response.status_code
-            if status != 200:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                body = response.content
-                diagnostics, transient = error_details(status, body)
-                message = f"HTTP {status}: {diagnostics}"
-                if status == 429:
-                    raise _Retryable(message, retry_after, throttled=True)
-                if status in (408, 425) or status >= 500 or transient:
-                    raise _Retryable(message, retry_after)
-                if status == 401 and not requires_access_token:
-                    message += (
-                        " (the manifest said requiresAccessToken=false, so no token was sent)"
-                    )
-                raise BulkExportError(
-                    f"Downloading {file.name} from {display_url(file.url)} failed with {message}",
-                    status_code=status,
-                    diagnostics=diagnostics,
+            body: _Body | None = None
+            if status == 206 and resuming:
+                if _range_start(response.headers.get("Content-Range")) != partial.offset:
+                    partial.restart()
+                    raise _Retryable("the server answered a different byte range")
+                log.info("Resuming %s at byte %d", file.name, partial.offset)
+                chunks: Iterable[bytes] = response.iter_content(self.chunk_size)
+            elif status == 200:
+                partial.restart()  # a whole body (even if we asked for the rest)
+                partial.resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes"
+                chunks = body = _Body(response.iter_content(self.chunk_size))
+            else:
+                partial.restart()
+                self._raise_for(file, response, requires_access_token)
+            for chunk in chunks:
+                if self._stopped(abort):
+                    raise BulkExportError(f"Download of {file.name} stopped.")
+                partial.write(chunk)
+                if body is not None and body.gzip_file:
+                    partial.resumable = False  # the gzip file's offsets are not ours
+            counter = partial.counter
+            if self.check_counts and file.count is not None and counter.total != file.count:
+                partial.restart()
+                raise _Retryable(
+                    f"{file.name} has {counter.total} lines but the manifest's count "
+                    f"is {file.count}"
                 )
-            counter = _LineCounter()
-            target = destination / file.name
-            with atomic_writer(target, "wb") as handle:
-                for chunk in _decoded(response.iter_content(self.chunk_size)):
-                    if self._stopped(abort):
-                        raise BulkExportError(f"Download of {file.name} stopped.")
-                    handle.write(chunk)
-                    counter.feed(chunk)
-                if self.check_counts and file.count is not None and counter.total != file.count:
-                    raise _Retryable(
-                        f"{file.name} has {counter.total} lines but the manifest's count "
-                        f"is {file.count}"
-                    )
+        partial.commit()
         return FileResult(file.name, file.kind, file.type, counter.total, counter.bytes)
+
+    @staticmethod
+    def _raise_for(
+        file: ExportFile, response: requests.Response, requires_access_token: bool
+    ) -> NoReturn:
+        status = response.status_code
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        diagnostics, transient = error_details(status, response.content)
+        message = f"HTTP {status}: {diagnostics}"
+        if status == 429:
+            raise _Retryable(message, retry_after, throttled=True)
+        if status in (408, 416, 425) or status >= 500 or transient:
+            raise _Retryable(message, retry_after)
+        if status == 401 and not requires_access_token:
+            message += " (the manifest said requiresAccessToken=false, so no token was sent)"
+        raise BulkExportError(
+            f"Downloading {file.name} from {display_url(file.url)} failed with {message}",
+            status_code=status,
+            diagnostics=diagnostics,
+        )
 
 
 def _short(exc: BaseException) -> str:

@@ -522,3 +522,31 @@ def test_format_instant_naive_is_utc() -> None:
     aware = datetime(2024, 1, 1, tzinfo=timezone.utc)
     assert format_instant(aware) == "2024-01-01T00:00:00+00:00"
     assert format_instant("  ") is None
+
+
+def test_range_start() -> None:
+    from airflow_provider_backendauth.core.bulk_download import _range_start
+
+    assert _range_start("bytes 100-199/200") == 100
+    assert _range_start(" bytes 0-9/*") == 0
+    assert _range_start("bytes */200") is None
+    assert _range_start(None) is None
+
+
+def test_partial_file_commits_atomically_and_restarts(tmp_path: Path) -> None:
+    from airflow_provider_backendauth.core.bulk_download import _PartialFile
+
+    target = tmp_path / "x" / "Patient.000.ndjson"
+    partial = _PartialFile(target)
+    partial.write(b'{"a":1}\n{"b"')
+    assert partial.offset == 12
+    assert not target.exists()
+    partial.restart()
+    assert partial.offset == 0
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # temp file gone
+    partial.write(b'{"a":1}\n')
+    partial.commit()
+    assert target.read_bytes() == b'{"a":1}\n'
+    empty = _PartialFile(tmp_path / "Empty.000.ndjson")
+    empty.commit()
+    assert (tmp_path / "Empty.000.ndjson").read_bytes() == b""
