@@ -5,24 +5,13 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
-try:
-    from airflow.sdk import BaseHook
-except ImportError:  # Airflow 2.x
-    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined,unused-ignore]
+from airflow_provider_backendauth._compat import BaseHook, mask_secret
 
 if TYPE_CHECKING:
     import requests
 
     from airflow_provider_backendauth.core.auth import BackendAuth
     from airflow_provider_backendauth.core.client import BackendAuthClient
-
-
-def _mask_secret(value: str) -> None:
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # Airflow 2.x
-        from airflow.utils.log.secrets_masker import mask_secret  # type: ignore[no-redef]
-    mask_secret(value)
 
 
 class BackendAuthHook(BaseHook):
@@ -60,7 +49,7 @@ class BackendAuthHook(BaseHook):
             schema=conn.schema,
             port=conn.port,
         )
-        return BackendAuthClient(settings, on_token=_mask_secret)
+        return BackendAuthClient(settings, on_token=mask_secret)
 
     @property
     def base_url(self) -> str | None:

@@ -6,10 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-try:
-    from airflow.sdk import BaseOperator
-except ImportError:  # Airflow 2.x
-    from airflow.models import BaseOperator  # type: ignore[no-redef,attr-defined,unused-ignore]
+from airflow_provider_backendauth._compat import BaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -28,10 +25,8 @@ def _as_storage_path(destination: Any) -> Any:
         return destination  # already an ObjectStoragePath / UPath
     text = os.fspath(destination)
     if "://" in text:
-        try:
-            from airflow.sdk import ObjectStoragePath
-        except ImportError:  # Airflow 2.x
-            from airflow.io.path import ObjectStoragePath  # type: ignore[no-redef,unused-ignore]
+        from airflow.sdk import ObjectStoragePath
+
         return ObjectStoragePath(text)
     import pathlib
 

@@ -11,10 +11,7 @@ import json as jsonlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-try:
-    from airflow.sdk import BaseOperator
-except ImportError:  # Airflow 2.x
-    from airflow.models import BaseOperator  # type: ignore[no-redef,attr-defined,unused-ignore]
+from airflow_provider_backendauth._compat import BaseOperator
 
 if TYPE_CHECKING:
     import requests
