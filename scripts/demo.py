@@ -33,6 +33,8 @@ DAGS: tuple[tuple[str, str], ...] = (
     ("backendauth_fhir_search", "FHIR search: patients + observations of the interval -> NDJSON"),
     ("backendauth_mydatahelps_participants", "REST with pagination: MyDataHelps participants"),
     *((f"backendauth_vendor_{v}", f"{v} connection: one token-checked call") for v in SEED_VENDORS),
+    ("backendauth_bulk_export", "Bulk Data: nightly Group $export (deferrable, since=auto)"),
+    ("backendauth_bulk_export_mapped", "Bulk Data: $export with mapped per-file downloads"),
 )
 
 
@@ -94,7 +96,13 @@ def register_clients(sb: Any) -> dict[str, str]:
         if vendor != "smart":
             extra["token_url"] = sb.token_url  # stands in for the vendor's real token URL
         host = f"{sb.url}/api/v1/administration" if vendor == "mydatahelps" else sb.fhir_base
-        conn = {"conn_type": "backendauth", "host": host, "login": client_id, "password": key.private_pem, "extra": extra}
+        conn = {
+            "conn_type": "backendauth",
+            "host": host,
+            "login": client_id,
+            "password": key.private_pem,
+            "extra": extra,
+        }
         variables[f"AIRFLOW_CONN_BACKENDAUTH_{vendor.upper()}"] = json.dumps(conn)
     # The FHIR example DAGs use the generic SMART connection under their documented id.
     variables["AIRFLOW_CONN_BACKENDAUTH_FHIR"] = variables["AIRFLOW_CONN_BACKENDAUTH_SMART"]
@@ -113,7 +121,8 @@ def show_tokens(sb: Any) -> list[dict[str, Any]]:
         hook = BackendAuthHook(conn_id)
         ok, message = hook.test_connection()
         client = hook.client
-        line = f"{vendor:<12} {client.algorithm:<6} kid={'yes' if client.kid else 'no ':<3} {message}"
+        kid = "yes" if client.kid else "no"
+        line = f"{vendor:<12} {client.algorithm:<6} kid={kid:<3} {message}"
         print(("  ok   " if ok else "  FAIL ") + line)
         results.append({"vendor": vendor, "ok": ok, "message": message})
     return results
@@ -138,7 +147,7 @@ def run_dag(dag_id: str, about: str, env: dict[str, str]) -> dict[str, Any]:
 
 def airflow(args: list[str], env: dict[str, str], log_name: str, check: bool = True) -> int:
     with (LOGS / f"{log_name}.log").open("wb") as log:
-        result = subprocess.run(
+        result = subprocess.run(  # noqa: S603 - our own interpreter and fixed arguments
             [sys.executable, "-m", "airflow", *args], env=env, stdout=log, stderr=subprocess.STDOUT
         )
     if check and result.returncode != 0:
@@ -151,20 +160,26 @@ def summary(
     tokens: list[dict[str, Any]], dags: list[dict[str, Any]], stats: dict[str, Any], seconds: float
 ) -> None:
     step("What was fetched")
-    per_type: Counter[str] = Counter()
     files = sorted(p for p in OUTPUT.rglob("*") if p.is_file() and not p.name.startswith("."))
-    for path in files:
-        if path.suffix == ".ndjson":
-            lines = sum(1 for _ in path.open("rb"))
-            per_type[resource_type(path)] += lines
-    for rtype, count in sorted(per_type.items()):
-        print(f"  {rtype:<28} {count:>7} resources")
-    print(f"  files written: {len(files)} under {OUTPUT.relative_to(REPO)}/")
-    for path in files[:40]:
+    data = [p for p in files if p.suffix == ".ndjson"]
+    for source in sorted({p.relative_to(OUTPUT).parts[0] for p in data}):
+        counts: Counter[str] = Counter()
+        for path in (p for p in data if p.relative_to(OUTPUT).parts[0] == source):
+            with path.open("rb") as handle:
+                for line in handle:
+                    counts[json.loads(line).get("resourceType") or path.stem] += 1
+        listed = ", ".join(f"{n} {rtype}" for rtype, n in sorted(counts.items()))
+        print(f"  {source:<12} {listed}")
+    state = [p for p in files if "_bulk_state" in p.parts]
+    manifests = len(files) - len(data) - len(state)
+    print(
+        f"  files written under {OUTPUT.relative_to(REPO)}/: {len(data)} NDJSON, "
+        f"{manifests} bulk manifests, {len(state)} bulk state files"
+    )
+    for path in data:
         print(f"    {path.relative_to(OUTPUT)}  ({path.stat().st_size:,} bytes)")
-    if len(files) > 40:
-        print(f"    ... and {len(files) - 40} more")
-    print(f"  token requests made: {stats['token_requests']} (by client: {stats['token_requests_by_client']})")
+    by_client = ", ".join(f"{c}: {n}" for c, n in stats["token_requests_by_client"].items())
+    print(f"  token requests made: {stats['token_requests']} ({by_client})")
     print(f"  API requests served by the sandbox: {stats['requests']}")
     good_dags = sum(1 for d in dags if d["ok"])
     good_tokens = sum(1 for t in tokens if t["ok"])
@@ -172,11 +187,6 @@ def summary(
         f"\nDemo finished in {seconds:.0f} s: {good_tokens}/{len(tokens)} token exchanges, "
         f"{good_dags}/{len(dags)} DAG runs succeeded. Sandbox stopped."
     )
-
-
-def resource_type(path: Path) -> str:
-    stem = path.name.split(".")[0]
-    return stem if stem[:1].isupper() else path.stem
 
 
 def step(text: str) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, conf
+from airflow_provider_backendauth._compat import BaseOperator, conf
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -62,7 +62,7 @@ def _as_storage_path(value: str | ObjectStoragePath) -> ObjectStoragePath:
 def _fails_for_good(context: Context, exc: BaseException, retries: int | None) -> bool:
     """Whether this failure ends the task (no retry will follow): the state of a job is
     kept for the next try otherwise."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_backendauth._compat import AirflowFailException
 
     if isinstance(exc, AirflowFailException):
         return True

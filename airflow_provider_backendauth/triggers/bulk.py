@@ -241,7 +241,7 @@ class BulkExportTrigger(BaseTrigger):
     async def _token(self, client: BackendAuthClient) -> str:
         token = await asyncio.to_thread(client.get_token)
         if token.value not in self._masked:
-            from airflow.sdk.log import amask_secret
+            from airflow_provider_backendauth._compat import amask_secret
 
             await amask_secret(token.value)
             self._masked.add(token.value)

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from airflow.sdk import ObjectStoragePath
-from airflow.sdk.exceptions import TaskDeferred
 
+from airflow_provider_backendauth._compat import TaskDeferred
 from airflow_provider_backendauth.core.bulk import BulkStateStore, job_key
 from airflow_provider_backendauth.core.bulk_state import CANCELLED, DONE
 from airflow_provider_backendauth.core.errors import BulkExportError

@@ -188,8 +188,10 @@ def test_progress_is_logged(
 def test_the_event_loop_is_never_blocked(bulk_env: BulkEnv) -> None:
     """A slow token endpoint and slow status answers must not stall other coroutines."""
     status_url = kickoff(bulk_env)
-    bulk_env.sb.faults.add("/auth/token", delay=0.8, times=None)
-    bulk_env.sb.faults.add("/fhir/_bulk/jobs", delay=0.3, times=None)
+    # Each slow answer takes 1 s: a blocking call would stall the loop for about that long,
+    # far beyond the 0.5 s allowed below for scheduling noise on a loaded 2-core CI machine.
+    bulk_env.sb.faults.add("/auth/token", delay=1.0, times=None)
+    bulk_env.sb.faults.add("/fhir/_bulk/jobs", delay=1.0, times=None)
 
     async def scenario() -> tuple[dict[str, Any], float]:
         gaps: list[float] = []
@@ -218,7 +220,7 @@ def test_the_event_loop_is_never_blocked(bulk_env: BulkEnv) -> None:
     finally:
         gc.enable()
     assert payload["status"] == "complete"
-    assert worst < 0.2, f"the event loop stalled for {worst:.2f} s"
+    assert worst < 0.5, f"the event loop stalled for {worst:.2f} s"
 
 
 def test_on_kill_deletes_the_export(bulk_env: BulkEnv) -> None:
