@@ -5,7 +5,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck unit bench clean
+# The oldest Airflow we support gets the fast suite too (end-to-end runs use the newest).
+OLDEST_AIRFLOW ?= 3.1.8
+VENV_OLDEST    ?= .venv-airflow-oldest
+
+.PHONY: demo test lint typecheck unit compat bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +29,22 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -m "not e2e"
 
+$(VENV_OLDEST)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/pip install --quiet --disable-pip-version-check uv
+	$(VENV_OLDEST)/bin/uv pip install --quiet --python $(VENV_OLDEST)/bin/python \
+		"apache-airflow==$(OLDEST_AIRFLOW)" -e ".[dev]"
+	touch $@
+
+compat: $(VENV_OLDEST)/.installed
+	$(VENV_OLDEST)/bin/python -m pytest -q -m "not e2e" -p no:cacheprovider
+
 test: lint typecheck $(VENV)/.installed
 	$(VENV)/bin/pytest -q
+	$(MAKE) compat
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VENV_OLDEST) .demo .mypy_cache .ruff_cache .pytest_cache
