@@ -18,7 +18,11 @@ import requests
 from airflow_provider_backendauth.core.assertion import AssertionSpec, ClientAssertionSigner
 from airflow_provider_backendauth.core.auth import BackendAuth
 from airflow_provider_backendauth.core.discovery import SmartConfiguration, discover
-from airflow_provider_backendauth.core.errors import ConfigurationError, KeyLoadError
+from airflow_provider_backendauth.core.errors import (
+    ConfigurationError,
+    InvalidScopeError,
+    KeyLoadError,
+)
 from airflow_provider_backendauth.core.keys import (
     SigningKey,
     check_algorithm,
@@ -259,7 +263,22 @@ class BackendAuthClient:
         return self._tokens
 
     def _request_token(self) -> AccessToken:
-        token = self.endpoint.request_token()
+        try:
+            token = self.endpoint.request_token()
+        except InvalidScopeError:
+            # Servers that advertise SMART v2 yet reject v2 scopes exist (Oracle Health):
+            # fall back to the v1 spelling, but only for a profile default, never for a
+            # scope the user chose.
+            fallback = smart_v1_scope(self.scope)
+            if self.settings.scope is not None or fallback is None:
+                raise
+            log.warning(
+                "The token URL refused SMART v2 scope %r; retrying with v1 scope %r",
+                self.scope,
+                fallback,
+            )
+            self.scope = self.endpoint.scope = fallback
+            token = self.endpoint.request_token()
         log.info(
             "Obtained an access token for client %r from %s (expires in %d s, scope %r)",
             self.settings.client_id,
@@ -298,6 +317,29 @@ class BackendAuthClient:
         session.auth = self.auth()
         session.headers["User-Agent"] = "airflow-provider-backendauth"
         return session
+
+
+def smart_v1_scope(scope: str | None) -> str | None:
+    """The SMART v1 spelling of a v2 scope string (``system/*.rs`` -> ``system/*.read``), or
+    None when nothing in it is v2."""
+    if not scope:
+        return None
+    changed = False
+    result = []
+    for item in scope.split():
+        context, slash, rest = item.partition("/")
+        resource, dot, permissions = rest.partition(".")
+        if slash and dot and permissions and set(permissions) <= set("cruds") and "?" not in item:
+            if set(permissions) <= set("rs"):
+                v1 = "read"
+            elif set(permissions) <= set("cud"):
+                v1 = "write"
+            else:
+                v1 = "*"
+            item = f"{context}/{resource}.{v1}"
+            changed = True
+        result.append(item)
+    return " ".join(result) if changed else None
 
 
 def clear_token_caches() -> None:

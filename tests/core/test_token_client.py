@@ -341,3 +341,35 @@ def test_json_body_instead_of_form_is_what_the_server_rejects(sandbox):
     response = requests.post(sandbox.token_url, data=json.dumps(form), headers={"Content-Type": "application/json"})
     assert response.status_code in (400, 401)
     assert requests.post(sandbox.token_url, data=form).status_code == 200
+
+
+def test_smart_v2_scope_falls_back_to_v1_when_refused(sandbox):
+    """Oracle Health advertises v2 but rejects v2 scopes: the profile default degrades to v1."""
+    client = make_client(sandbox, "oracle_health", profile="smart", token_url=sandbox.token_url)
+    assert client.scope == "system/*.rs"
+    token = client.get_token()
+    assert token.scope == "system/*.read"
+    assert client.endpoint.requests_made == 2
+
+
+def test_no_scope_fallback_for_a_scope_the_user_chose(sandbox):
+    client = make_client(sandbox, "oracle_health", profile="smart", token_url=sandbox.token_url, scope="system/Patient.rs")
+    with pytest.raises(InvalidScopeError):
+        client.get_token()
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1"),
+    [
+        ("system/*.rs", "system/*.read"),
+        ("system/Patient.r system/Observation.cud", "system/Patient.read system/Observation.write"),
+        ("system/*.cruds launch", "system/*.* launch"),
+        ("system/*.read", None),
+        ("api", None),
+        ("", None),
+    ],
+)
+def test_smart_v1_scope_mapping(v2, v1):
+    from airflow_provider_backendauth.core.client import smart_v1_scope
+
+    assert smart_v1_scope(v2) == v1
