@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +20,9 @@ _INCLUDE_PARAMS = ("_include", "_revinclude")
 def _as_storage_path(destination: Any) -> Any:
     """A path object for a destination: URLs become ``ObjectStoragePath`` (so Airflow
     connections apply: ``s3://aws_default@bucket/...``), plain paths ``pathlib.Path``."""
-    if not isinstance(destination, (str, os.PathLike)):
-        return destination  # already an ObjectStoragePath / UPath
-    text = os.fspath(destination)
+    if not isinstance(destination, str):
+        return destination  # already a path object (ObjectStoragePath, UPath, pathlib.Path)
+    text = destination
     if "://" in text:
         from airflow.sdk import ObjectStoragePath
 
