@@ -167,15 +167,10 @@ class BackendAuthClient:
         origins = set()
         if self.base_url:
             origins.add(origin_of(self.base_url))
+        insecure = self.settings.allow_insecure_http
         for entry in self.settings.allowed_hosts:
             url = entry if "://" in entry else f"https://{entry}"
-            origins.add(
-                origin_of(
-                    check_url(
-                        url, "allowed host", allow_insecure_http=self.settings.allow_insecure_http
-                    )
-                )
-            )
+            origins.add(origin_of(check_url(url, "allowed host", allow_insecure_http=insecure)))
         return frozenset(origins)
 
     def _new_plain_session(self) -> requests.Session:
