@@ -100,13 +100,19 @@ def test_airflow_cli_lists_the_provider_and_hook():
     env = os.environ.copy()
     providers = subprocess.run(
         [sys.executable, "-m", "airflow", "providers", "list", "-o", "json"],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     names = [p["package_name"] for p in json.loads(providers.stdout)]
     assert "airflow-provider-backendauth" in names
     hooks = subprocess.run(
         [sys.executable, "-m", "airflow", "providers", "hooks", "-o", "json"],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     assert "backendauth" in hooks.stdout
     assert "BackendAuthHook" in hooks.stdout

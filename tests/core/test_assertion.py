@@ -40,7 +40,9 @@ def original_for(alg: str):
 def test_every_algorithm_signs_verifiably(alg):
     original = original_for(alg)
     spec = AssertionSpec(client_id="c1", audience="https://as/token", algorithm=alg, kid="k1")
-    header, claims = verify(ClientAssertionSigner(load_signing_key(pem(original)), spec).sign(), original)
+    header, claims = verify(
+        ClientAssertionSigner(load_signing_key(pem(original)), spec).sign(), original
+    )
     assert header == {"alg": alg, "typ": "JWT", "kid": "k1"}
     assert claims["iss"] == claims["sub"] == "c1"
     assert claims["aud"] == "https://as/token"
@@ -56,7 +58,9 @@ def test_claims_and_lifetime():
         extra_claims={"tenant": "t1"},
     )
     now = 1_800_000_000
-    _, claims = verify(ClientAssertionSigner(load_signing_key(pem(rsa_key())), spec).sign(now=now), rsa_key())
+    _, claims = verify(
+        ClientAssertionSigner(load_signing_key(pem(rsa_key())), spec).sign(now=now), rsa_key()
+    )
     assert claims["exp"] == now + 60
     assert claims["iat"] == claims["nbf"] == now
     assert claims["tenant"] == "t1"
@@ -79,7 +83,9 @@ def test_headers_typ_absent_and_optional_members():
         jku="https://example.org/jwks.json",
         x5t_s256="abc",
     )
-    header, _ = verify(ClientAssertionSigner(load_signing_key(pem(rsa_key())), spec).sign(), rsa_key())
+    header, _ = verify(
+        ClientAssertionSigner(load_signing_key(pem(rsa_key())), spec).sign(), rsa_key()
+    )
     assert "typ" not in header
     assert header["jku"] == "https://example.org/jwks.json"
     assert header["x5t#S256"] == "abc"
@@ -87,20 +93,28 @@ def test_headers_typ_absent_and_optional_members():
 
 
 def test_custom_typ():
-    spec = AssertionSpec(client_id="c", audience="a", algorithm="RS512", typ="client-authentication+jwt")
-    header, _ = verify(ClientAssertionSigner(load_signing_key(pem(rsa_key())), spec).sign(), rsa_key())
+    spec = AssertionSpec(
+        client_id="c", audience="a", algorithm="RS512", typ="client-authentication+jwt"
+    )
+    header, _ = verify(
+        ClientAssertionSigner(load_signing_key(pem(rsa_key())), spec).sign(), rsa_key()
+    )
     assert header["typ"] == "client-authentication+jwt"
 
 
 def test_exp_is_in_the_near_future():
     spec = AssertionSpec(client_id="c", audience="a", algorithm="RS384")
-    _, claims = verify(ClientAssertionSigner(load_signing_key(pem(rsa_key())), spec).sign(), rsa_key())
+    _, claims = verify(
+        ClientAssertionSigner(load_signing_key(pem(rsa_key())), spec).sign(), rsa_key()
+    )
     assert 0 < claims["exp"] - time.time() <= 300
 
 
 def test_extra_claims_cannot_override_reserved_ones():
     with pytest.raises(ConfigurationError, match="may not set aud, exp"):
-        AssertionSpec(client_id="c", audience="a", algorithm="RS384", extra_claims={"aud": "x", "exp": 1})
+        AssertionSpec(
+            client_id="c", audience="a", algorithm="RS384", extra_claims={"aud": "x", "exp": 1}
+        )
 
 
 def test_mismatched_algorithm_fails_on_construction():

@@ -159,7 +159,9 @@ def test_rsa_algorithms_fit_rsa(alg):
     assert check_algorithm(alg.lower(), load_signing_key(pem(rsa_key()))) == alg
 
 
-@pytest.mark.parametrize(("alg", "curve"), [("ES256", "P-256"), ("ES384", "P-384"), ("ES512", "P-521")])
+@pytest.mark.parametrize(
+    ("alg", "curve"), [("ES256", "P-256"), ("ES384", "P-384"), ("ES512", "P-521")]
+)
 def test_ec_algorithms_need_their_curve(alg, curve):
     key = load_signing_key(pem(ec_key(curve)))
     assert check_algorithm(alg, key) == alg
@@ -169,7 +171,9 @@ def test_ec_algorithms_need_their_curve(alg, curve):
 
 
 def test_mismatched_families_are_refused():
-    with pytest.raises(KeyLoadError, match="ES384 needs an EC P-384 key, but the configured key is an RSA"):
+    with pytest.raises(
+        KeyLoadError, match="ES384 needs an EC P-384 key, but the configured key is an RSA"
+    ):
         check_algorithm("ES384", load_signing_key(pem(rsa_key())))
     with pytest.raises(KeyLoadError, match="RS256 needs an RSA key.*Use ES384"):
         check_algorithm("RS256", load_signing_key(pem(ec_key("P-384"))))

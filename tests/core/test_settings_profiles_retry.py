@@ -12,13 +12,26 @@ from airflow_provider_backendauth.core.settings import EXTRA_KEYS, ClientSetting
 from airflow_provider_backendauth.core.urls import check_url, join_url, origin_of
 
 REQUIRED_PROFILES = {
-    "smart", "mydatahelps", "koppeltaal", "helseid", "redox", "nhs_england", "epic",
-    "oracle_health", "entra_id", "medplum", "athenahealth", "cms_dpc", "custom",
+    "smart",
+    "mydatahelps",
+    "koppeltaal",
+    "helseid",
+    "redox",
+    "nhs_england",
+    "epic",
+    "oracle_health",
+    "entra_id",
+    "medplum",
+    "athenahealth",
+    "cms_dpc",
+    "custom",
 }
 
 
 def settings(**extra):
-    return ClientSettings.from_connection_fields(host="https://h/fhir", login="c", password=None, extra=extra)
+    return ClientSettings.from_connection_fields(
+        host="https://h/fhir", login="c", password=None, extra=extra
+    )
 
 
 def test_all_required_profiles_exist():
@@ -28,9 +41,30 @@ def test_all_required_profiles_exist():
 @pytest.mark.parametrize(
     ("name", "token_url", "alg", "typ", "scope", "client_id_in_form"),
     [
-        ("mydatahelps", "https://mydatahelps.org/identityserver/connect/token", "RS256", "JWT", "api", False),
-        ("koppeltaal", "https://auth-service.koppeltaal.headease.nl/oauth2/token", "RS512", "JWT", "", False),
-        ("helseid", "https://helseid-sts.nhn.no/connect/token", "RS512", "client-authentication+jwt", None, True),
+        (
+            "mydatahelps",
+            "https://mydatahelps.org/identityserver/connect/token",
+            "RS256",
+            "JWT",
+            "api",
+            False,
+        ),
+        (
+            "koppeltaal",
+            "https://auth-service.koppeltaal.headease.nl/oauth2/token",
+            "RS512",
+            "JWT",
+            "",
+            False,
+        ),
+        (
+            "helseid",
+            "https://helseid-sts.nhn.no/connect/token",
+            "RS512",
+            "client-authentication+jwt",
+            None,
+            True,
+        ),
         ("redox", "https://api.redoxengine.com/v2/auth/token", "RS384", "JWT", None, False),
         ("nhs_england", "https://api.service.nhs.uk/oauth2/token", "RS512", "JWT", None, False),
         ("smart", None, "RS384", "JWT", "system/*.rs", False),
@@ -104,20 +138,29 @@ def test_every_extra_key_is_in_the_connection_form():
 
 def test_secrets_are_not_in_repr_or_describe():
     s = ClientSettings.from_connection_fields(
-        host="h", login="c", password="-----BEGIN PRIVATE KEY-----SECRET", extra={"private_key_passphrase": "pw"}
+        host="h",
+        login="c",
+        password="-----BEGIN PRIVATE KEY-----SECRET",
+        extra={"private_key_passphrase": "pw"},
     )
     assert "SECRET" not in repr(s) and "pw" not in repr(s)
     assert s.describe()["private_key"] == "***"
 
 
 def test_base_url_from_uri_style_fields():
-    s = ClientSettings.from_connection_fields(host="fhir.example.org/api/R4", login="c", password=None, extra={}, port=8443)
+    s = ClientSettings.from_connection_fields(
+        host="fhir.example.org/api/R4", login="c", password=None, extra={}, port=8443
+    )
     assert s.base_url == "https://fhir.example.org:8443/api/R4"
-    s = ClientSettings.from_connection_fields(host="https://fhir.example.org/r4/", login="c", password=None, extra={})
+    s = ClientSettings.from_connection_fields(
+        host="https://fhir.example.org/r4/", login="c", password=None, extra={}
+    )
     assert s.base_url == "https://fhir.example.org/r4"
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/x", "http://localhost/x", "http://[::1]:9/x", "https://a.org"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080/x", "http://localhost/x", "http://[::1]:9/x", "https://a.org"]
+)
 def test_secure_or_loopback_urls_pass(url):
     assert check_url(url, "base URL") == url
 

@@ -71,7 +71,9 @@ def test_smart_discovers_token_url_and_prefers_server_algorithms(sandbox):
 
 @pytest.mark.parametrize("alg", SUPPORTED_ALGORITHMS)
 def test_every_algorithm_is_accepted_by_the_independent_verifier(sandbox, alg):
-    client = make_client(sandbox, "any", profile="custom", kind=KIND_FOR_ALG.get(alg, "RSA"), algorithm=alg)
+    client = make_client(
+        sandbox, "any", profile="custom", kind=KIND_FOR_ALG.get(alg, "RSA"), algorithm=alg
+    )
     assert client.algorithm == alg
     assert client.get_token().value
 
@@ -93,7 +95,9 @@ def test_wrong_algorithm_for_vendor_is_explained(sandbox):
 
 
 def test_invalid_scope(sandbox):
-    client = make_client(sandbox, "smart", scope="user/*.cruds", registration={"scopes": "system/Patient.rs"})
+    client = make_client(
+        sandbox, "smart", scope="user/*.cruds", registration={"scopes": "system/Patient.rs"}
+    )
     with pytest.raises(InvalidScopeError, match="refused the requested scope"):
         client.get_token()
 
@@ -171,10 +175,22 @@ def test_bad_configuration_fails_before_any_request(sandbox):
         ({"profile": "redox", "algorithm": "HS256"}, rsa.private_pem, ConfigurationError),
         ({"profile": "redox", "algorithm": "none"}, rsa.private_pem, ConfigurationError),
         ({"profile": "mydatahelps"}, ec.private_pem, KeyLoadError),
-        ({"profile": "redox", "token_url": "http://example.org/token"}, rsa.private_pem, ConfigurationError),
-        ({"profile": "nhs_england", "assertion_lifetime": 900}, rsa.private_pem, ConfigurationError),
+        (
+            {"profile": "redox", "token_url": "http://example.org/token"},
+            rsa.private_pem,
+            ConfigurationError,
+        ),
+        (
+            {"profile": "nhs_england", "assertion_lifetime": 900},
+            rsa.private_pem,
+            ConfigurationError,
+        ),
         ({"profile": "cms_dpc"}, rsa.private_pem, ConfigurationError),  # kid required, not derived
-        ({"profile": "entra_id", "token_url": "https://login.example/t"}, rsa.private_pem, KeyLoadError),
+        (
+            {"profile": "entra_id", "token_url": "https://login.example/t"},
+            rsa.private_pem,
+            KeyLoadError,
+        ),
         ({"profile": "redox"}, "garbage", KeyLoadError),
     ]
     for extra, password, error in cases:
@@ -193,7 +209,11 @@ def test_entra_id_certificate_thumbprint(sandbox):
         host=sandbox.fhir_base,
         login="entra-app",
         password=key.private_pem + "\n" + key.certificate_pem,
-        extra={"profile": "entra_id", "token_url": sandbox.token_url, "scope": f"{sandbox.fhir_base}/.default"},
+        extra={
+            "profile": "entra_id",
+            "token_url": sandbox.token_url,
+            "scope": f"{sandbox.fhir_base}/.default",
+        },
     )
     client = BackendAuthClient(settings)
     assert client.algorithm == "PS256"
@@ -311,7 +331,9 @@ def test_no_secret_in_logs_or_errors(sandbox, caplog):
     caplog.set_level("DEBUG")
     client = make_client(sandbox, "redox")
     token = client.get_token().value
-    sandbox.faults.add("/auth/token", status=400, body={"error": "invalid_client", "error_description": "bad"})
+    sandbox.faults.add(
+        "/auth/token", status=400, body={"error": "invalid_client", "error_description": "bad"}
+    )
     client.tokens.invalidate()
     with pytest.raises(InvalidClientError) as caught:
         client.get_token()
@@ -338,7 +360,9 @@ def test_json_body_instead_of_form_is_what_the_server_rejects(sandbox):
     """The sandbox enforces the classic mistake the client must not make: posting JSON."""
     client = make_client(sandbox, "mydatahelps")
     form = client.endpoint._form()
-    response = requests.post(sandbox.token_url, data=json.dumps(form), headers={"Content-Type": "application/json"})
+    response = requests.post(
+        sandbox.token_url, data=json.dumps(form), headers={"Content-Type": "application/json"}
+    )
     assert response.status_code in (400, 401)
     assert requests.post(sandbox.token_url, data=form).status_code == 200
 
@@ -353,7 +377,13 @@ def test_smart_v2_scope_falls_back_to_v1_when_refused(sandbox):
 
 
 def test_no_scope_fallback_for_a_scope_the_user_chose(sandbox):
-    client = make_client(sandbox, "oracle_health", profile="smart", token_url=sandbox.token_url, scope="system/Patient.rs")
+    client = make_client(
+        sandbox,
+        "oracle_health",
+        profile="smart",
+        token_url=sandbox.token_url,
+        scope="system/Patient.rs",
+    )
     with pytest.raises(InvalidScopeError):
         client.get_token()
 

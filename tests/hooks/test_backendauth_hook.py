@@ -66,7 +66,9 @@ def test_run_relative_endpoint_and_errors(sandbox, conn):
     conn_id, _ = conn()
     hook = BackendAuthHook(conn_id)
     assert hook.run("GET", "metadata").json()["resourceType"] == "CapabilityStatement"
-    sandbox.faults.add("/fhir/metadata", status=422, body="the thing is broken", issue_code="processing")
+    sandbox.faults.add(
+        "/fhir/metadata", status=422, body="the thing is broken", issue_code="processing"
+    )
     with pytest.raises(FhirError, match="HTTP 422: error/processing: the thing is broken"):
         hook.run("GET", "metadata")
 
@@ -132,12 +134,19 @@ def test_connection_uri_form(sandbox, monkeypatch):
     assert hook.base_url == sandbox.fhir_base
     assert hook.get_token()
     # host, port and path as separate URI parts: https unless the schema says otherwise
-    monkeypatch.setenv("AIRFLOW_CONN_URI_PARTS", "backendauth://c:k@fhir.example.org:8443/api%2FR4?profile=redox")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_URI_PARTS", "backendauth://c:k@fhir.example.org:8443/api%2FR4?profile=redox"
+    )
     from airflow_provider_backendauth.core.settings import ClientSettings
 
     c = BackendAuthHook.get_connection("uri_parts")
     settings = ClientSettings.from_connection_fields(
-        host=c.host, login=c.login, password=c.password, extra=c.extra_dejson, schema=c.schema, port=c.port
+        host=c.host,
+        login=c.login,
+        password=c.password,
+        extra=c.extra_dejson,
+        schema=c.schema,
+        port=c.port,
     )
     assert settings.base_url == "https://fhir.example.org:8443/api/R4"
 
@@ -150,8 +159,14 @@ def test_usable_as_the_http_providers_auth_type(sandbox, conn, monkeypatch):
     from airflow_provider_backendauth.hooks.http_auth import BackendAuthHttpAuth
 
     conn_id, client_id = conn()
-    monkeypatch.setenv("AIRFLOW_CONN_PLAIN_HTTP", f'{{"conn_type": "http", "host": "{sandbox.fhir_base}"}}')
-    http = HttpHook(method="GET", http_conn_id="plain_http", auth_type=functools.partial(BackendAuthHttpAuth, conn_id))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PLAIN_HTTP", f'{{"conn_type": "http", "host": "{sandbox.fhir_base}"}}'
+    )
+    http = HttpHook(
+        method="GET",
+        http_conn_id="plain_http",
+        auth_type=functools.partial(BackendAuthHttpAuth, conn_id),
+    )
     response = http.run("Patient", data={"_count": 2})
     assert response.json()["resourceType"] == "Bundle"
     assert sandbox.stats["token_requests_by_client"][client_id] == 1

@@ -14,7 +14,9 @@ _ids = itertools.count(1)
 FAST_RETRY = RetryPolicy(attempts=4, initial_wait=0.05, max_wait=0.2, max_retry_after=5)
 
 
-def register(sb: Any, vendor: str = "smart", kind: str = "RSA", **registration: Any) -> tuple[str, ClientKey]:
+def register(
+    sb: Any, vendor: str = "smart", kind: str = "RSA", **registration: Any
+) -> tuple[str, ClientKey]:
     """A fresh client id registered with the sandbox under ``vendor`` rules, and its key."""
     key = generate_client_key(kind)
     client_id = f"{vendor}-client-{next(_ids)}"
@@ -24,7 +26,11 @@ def register(sb: Any, vendor: str = "smart", kind: str = "RSA", **registration: 
 
 def vendor_extra(sb: Any, profile: str) -> dict[str, Any]:
     """Point a profile at the sandbox: its token URL stands in for the vendor's."""
-    return {"profile": profile} if profile == "smart" else {"profile": profile, "token_url": sb.token_url}
+    return (
+        {"profile": profile}
+        if profile == "smart"
+        else {"profile": profile, "token_url": sb.token_url}
+    )
 
 
 def make_client(
