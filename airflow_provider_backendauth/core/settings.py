@@ -114,6 +114,23 @@ class ClientSettings:
             allowed_hosts=_list(extra.get("allowed_hosts")),
         )
 
+    @classmethod
+    def from_connection(cls, conn: Any, extra: Mapping[str, Any] | None = None) -> ClientSettings:
+        """From an Airflow ``Connection`` (duck-typed: ``core`` imports no Airflow).
+
+        Args:
+            conn: anything with host, login, password, schema, port and extra_dejson.
+            extra: the extras when already read (async code uses ``aextra_dejson``).
+        """
+        return cls.from_connection_fields(
+            host=conn.host,
+            login=conn.login,
+            password=conn.password,
+            extra=conn.extra_dejson if extra is None else extra,
+            schema=conn.schema,
+            port=conn.port,
+        )
+
     def describe(self) -> dict[str, Any]:
         """A loggable view: secrets replaced by whether they are set."""
         view: dict[str, Any] = {}

@@ -40,15 +40,7 @@ class BackendAuthHook(BaseHook):
         from airflow_provider_backendauth.core.client import BackendAuthClient
         from airflow_provider_backendauth.core.settings import ClientSettings
 
-        conn = self.get_connection(self.backendauth_conn_id)
-        settings = ClientSettings.from_connection_fields(
-            host=conn.host,
-            login=conn.login,
-            password=conn.password,
-            extra=conn.extra_dejson,
-            schema=conn.schema,
-            port=conn.port,
-        )
+        settings = ClientSettings.from_connection(self.get_connection(self.backendauth_conn_id))
         return BackendAuthClient(settings, on_token=mask_secret)
 
     @property

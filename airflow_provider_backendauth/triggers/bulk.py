@@ -50,12 +50,12 @@ def _load_modules() -> None:
     import airflow_provider_backendauth.core.settings  # noqa: F401
 
 
-def _make_client(fields: dict[str, Any]) -> BackendAuthClient:
+def _make_client(conn: Any, extra: dict[str, Any]) -> BackendAuthClient:
     """The connection's client (validates settings, loads the key: may read a file)."""
     from airflow_provider_backendauth.core.client import BackendAuthClient
     from airflow_provider_backendauth.core.settings import ClientSettings
 
-    return BackendAuthClient(ClientSettings.from_connection_fields(**fields))
+    return BackendAuthClient(ClientSettings.from_connection(conn, extra))
 
 
 class BulkExportTrigger(BaseTrigger):
@@ -212,15 +212,7 @@ class BulkExportTrigger(BaseTrigger):
         conn = await BackendAuthHook.aget_connection(self.backendauth_conn_id)
         aextra = getattr(conn, "aextra_dejson", None)
         extra = await aextra() if aextra is not None else conn.extra_dejson
-        fields = {
-            "host": conn.host,
-            "login": conn.login,
-            "password": conn.password,
-            "extra": extra,
-            "schema": conn.schema,
-            "port": conn.port,
-        }
-        self._client = await asyncio.to_thread(_make_client, fields)
+        self._client = await asyncio.to_thread(_make_client, conn, extra)
         return self._client
 
     @staticmethod

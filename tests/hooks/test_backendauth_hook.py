@@ -139,15 +139,7 @@ def test_connection_uri_form(sandbox, monkeypatch):
     )
     from airflow_provider_backendauth.core.settings import ClientSettings
 
-    c = BackendAuthHook.get_connection("uri_parts")
-    settings = ClientSettings.from_connection_fields(
-        host=c.host,
-        login=c.login,
-        password=c.password,
-        extra=c.extra_dejson,
-        schema=c.schema,
-        port=c.port,
-    )
+    settings = ClientSettings.from_connection(BackendAuthHook.get_connection("uri_parts"))
     assert settings.base_url == "https://fhir.example.org:8443/api/R4"
 
 
