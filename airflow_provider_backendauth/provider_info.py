@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_backendauth import __version__
-from airflow_provider_backendauth.core.profiles import PROFILES
+from airflow_provider_backendauth.core.auth.profiles import PROFILES
 
 _MODULE = "airflow_provider_backendauth"
 

@@ -9,7 +9,7 @@
    process; prints each child's RSS high-water mark (VmHWM) and the difference (goal < 50 MB:
    memory must not grow with the export's size).
 
-The sandbox runs in its own process (``python -m airflow_provider_backendauth.sandbox``) so
+The sandbox runs in its own process (``python -m backendauth_sandbox``) so
 that server and client do not share an interpreter. Everything is written under a temporary
 directory that is removed at the end.
 """
@@ -33,15 +33,14 @@ from typing import Any
 
 import requests
 
-from airflow_provider_backendauth.core.bulk import (
-    BulkDownloader,
+from airflow_provider_backendauth.core.auth.tokens import AccessToken
+from airflow_provider_backendauth.core.bulk.download import BulkDownloader, plan_files
+from airflow_provider_backendauth.core.bulk.export import (
     BulkExportClient,
     BulkExportRequest,
-    BulkHttp,
     BulkManifest,
-    plan_files,
 )
-from airflow_provider_backendauth.core.token_client import AccessToken
+from airflow_provider_backendauth.core.bulk.http import BulkHttp
 
 MB = 1_000_000
 RESOURCES_PER_PATIENT = 8.1  # what the sandbox's seeded data averages (all four types)
@@ -89,7 +88,7 @@ class SandboxProcess:
 @contextmanager
 def sandbox(gzip: bool) -> Iterator[SandboxProcess]:
     command = [
-        sys.executable, "-m", "airflow_provider_backendauth.sandbox",
+        sys.executable, "-m", "backendauth_sandbox",
         "--patients", str(PATIENTS), "--bulk-job-seconds", "0",
         "--set", f"bulk_gzip={'true' if gzip else 'false'}",
     ]  # fmt: skip

@@ -93,7 +93,7 @@ with DAG(
         """Stream every page of participants into one NDJSON file."""
         from airflow.sdk import ObjectStoragePath
 
-        from airflow_provider_backendauth.core.rest import RestClient
+        from airflow_provider_backendauth.core.fhir.rest import RestClient
         from airflow_provider_backendauth.core.storage import NdjsonWriter, atomic_writer
         from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 

@@ -46,7 +46,7 @@ def main() -> int:
     env = airflow_env()
     os.environ.update(env)
 
-    from airflow_provider_backendauth.sandbox import Sandbox
+    from backendauth_sandbox import Sandbox
 
     step("Preparing Airflow's metadata database")
     airflow(["db", "migrate"], env, "db-migrate")
@@ -85,7 +85,7 @@ def airflow_env() -> dict[str, str]:
 
 def register_clients(sb: Any) -> dict[str, str]:
     """One client and key per profile; returns AIRFLOW_CONN_* variables pointing at the sandbox."""
-    from airflow_provider_backendauth.sandbox.testing import generate_client_key
+    from backendauth_sandbox.testing import generate_client_key
 
     variables: dict[str, str] = {}
     for vendor in ("smart", *SEED_VENDORS):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_backendauth.sandbox import Sandbox
-from airflow_provider_backendauth.sandbox.testing import ClientKey, generate_client_key
+from backendauth_sandbox import Sandbox
+from backendauth_sandbox.testing import ClientKey, generate_client_key
 from tests.bulkkit import CONN_ID, JOB_SECONDS, SANDBOX_DEFAULTS, BulkEnv
 
 

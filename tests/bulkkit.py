@@ -15,18 +15,15 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_backendauth.core.bulk import (
-    BulkDownloader,
-    BulkExportClient,
-    BulkExportJob,
-    BulkStateStore,
-    bulk_http_for,
-)
-from airflow_provider_backendauth.core.client import BackendAuthClient
+from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+from airflow_provider_backendauth.core.auth.settings import ClientSettings
+from airflow_provider_backendauth.core.bulk.download import BulkDownloader
+from airflow_provider_backendauth.core.bulk.export import BulkExportClient
+from airflow_provider_backendauth.core.bulk.job import BulkExportJob, bulk_http_for
+from airflow_provider_backendauth.core.bulk.state import BulkStateStore
 from airflow_provider_backendauth.core.retry import RetryPolicy
-from airflow_provider_backendauth.core.settings import ClientSettings
-from airflow_provider_backendauth.sandbox import Sandbox, SandboxSettings
-from airflow_provider_backendauth.sandbox.testing import ClientKey
+from backendauth_sandbox import Sandbox, SandboxSettings
+from backendauth_sandbox.testing import ClientKey
 
 CONN_ID = "fhir_bulk"
 JOB_SECONDS = 0.3

@@ -41,7 +41,7 @@ def airflow_db() -> Path:
 @pytest.fixture(scope="session")
 def sandbox_session() -> Iterator[Any]:
     """One sandbox server for the whole session (tests that need a private one start their own)."""
-    from airflow_provider_backendauth.sandbox import Sandbox
+    from backendauth_sandbox import Sandbox
 
     with Sandbox(patients=20, seed=7) as sb:
         yield sb
@@ -58,8 +58,8 @@ def sandbox(sandbox_session: Any) -> Iterator[Any]:
 
 @pytest.fixture(autouse=True)
 def _fresh_token_caches() -> Iterator[None]:
-    from airflow_provider_backendauth.core.client import clear_token_caches
-    from airflow_provider_backendauth.core.discovery import clear_discovery_cache
+    from airflow_provider_backendauth.core.auth.client import clear_token_caches
+    from airflow_provider_backendauth.core.auth.discovery import clear_discovery_cache
 
     yield
     clear_token_caches()

@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 
 from airflow_provider_backendauth import get_provider_info
-from airflow_provider_backendauth.core.profiles import PROFILES
+from airflow_provider_backendauth.core.auth.profiles import PROFILES
 
 SCHEMAS = Path(airflow.__file__).parent
 

@@ -10,8 +10,8 @@ from airflow_provider_backendauth._compat import BaseHook, mask_secret
 if TYPE_CHECKING:
     import requests
 
-    from airflow_provider_backendauth.core.auth import BackendAuth
-    from airflow_provider_backendauth.core.client import BackendAuthClient
+    from airflow_provider_backendauth.core.auth.bearer import BackendAuth
+    from airflow_provider_backendauth.core.auth.client import BackendAuthClient
 
 
 class BackendAuthHook(BaseHook):
@@ -37,8 +37,8 @@ class BackendAuthHook(BaseHook):
     @functools.cached_property
     def client(self) -> BackendAuthClient:
         """The framework-free client built from the connection (validated, no network yet)."""
-        from airflow_provider_backendauth.core.client import BackendAuthClient
-        from airflow_provider_backendauth.core.settings import ClientSettings
+        from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+        from airflow_provider_backendauth.core.auth.settings import ClientSettings
 
         settings = ClientSettings.from_connection(self.get_connection(self.backendauth_conn_id))
         return BackendAuthClient(settings, on_token=mask_secret)
@@ -99,7 +99,7 @@ class BackendAuthHook(BaseHook):
             check_response: raise ``FhirError`` (quoting the OperationOutcome) on 4xx/5xx.
             request_kwargs: passed to ``requests`` (params, json, data, headers, stream...).
         """
-        from airflow_provider_backendauth.core.responses import check_response as check
+        from airflow_provider_backendauth.core.fhir.outcome import check_response as check
 
         http = session or self.get_session()
         request_kwargs.setdefault("timeout", self.client.settings.timeout)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from airflow_provider_backendauth.core.rest import RestClient
+    from airflow_provider_backendauth.core.fhir.rest import RestClient
     from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 
 
@@ -29,7 +29,7 @@ def rest_client_for(
 ) -> RestClient:
     """A ``RestClient`` over the hook's authenticated session, retrying as the connection's
     ``retries`` and ``timeout`` extras say."""
-    from airflow_provider_backendauth.core.rest import RestClient
+    from airflow_provider_backendauth.core.fhir.rest import RestClient
     from airflow_provider_backendauth.core.retry import RetryPolicy
 
     settings = hook.client.settings

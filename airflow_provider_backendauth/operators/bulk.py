@@ -14,7 +14,7 @@ to the destination): durable, shared by every worker, and it travels with the da
 destination changes per run (``.../{{ ds }}/``), point ``state_dir`` at a stable parent so
 that ``since="auto"`` finds the previous run's watermark.
 
-The heavy lifting lives in ``airflow_provider_backendauth.core.bulk`` (no Airflow imports);
+The heavy lifting lives in ``airflow_provider_backendauth.core.bulk.job`` (no Airflow imports);
 these classes are thin adapters, and importing this module imports neither requests nor
 httpx.
 """
@@ -32,8 +32,8 @@ from airflow_provider_backendauth._compat import BaseOperator, conf
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-    from airflow_provider_backendauth.core.bulk import BulkExportJob
-    from airflow_provider_backendauth.core.bulk_export import BulkExportRequest, BulkManifest
+    from airflow_provider_backendauth.core.bulk.export import BulkExportRequest, BulkManifest
+    from airflow_provider_backendauth.core.bulk.job import BulkExportJob
     from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 
 AUTO = "auto"
@@ -114,13 +114,10 @@ class _BulkBase(BaseOperator):
         client_options: Mapping[str, Any] | None = None,
         downloader_options: Mapping[str, Any] | None = None,
     ) -> BulkExportJob:
-        from airflow_provider_backendauth.core.bulk import (
-            BulkDownloader,
-            BulkExportClient,
-            BulkExportJob,
-            BulkStateStore,
-            bulk_http_for,
-        )
+        from airflow_provider_backendauth.core.bulk.download import BulkDownloader
+        from airflow_provider_backendauth.core.bulk.export import BulkExportClient
+        from airflow_provider_backendauth.core.bulk.job import BulkExportJob, bulk_http_for
+        from airflow_provider_backendauth.core.bulk.state import BulkStateStore
 
         hook = self._hook()
         http = bulk_http_for(hook.client)
@@ -145,7 +142,7 @@ class _BulkBase(BaseOperator):
 
     @staticmethod
     def _job_key(context: Context, task_id: str) -> str:
-        from airflow_provider_backendauth.core.bulk_state import job_key
+        from airflow_provider_backendauth.core.bulk.state import job_key
 
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
@@ -332,8 +329,8 @@ class FhirBulkExportOperator(_BulkBase):
         )
 
     def _since_key(self, job: BulkExportJob) -> str:
-        from airflow_provider_backendauth.core.bulk_export import as_list
-        from airflow_provider_backendauth.core.bulk_state import export_key
+        from airflow_provider_backendauth.core.bulk.export import as_list
+        from airflow_provider_backendauth.core.bulk.state import export_key
 
         return export_key(
             connection=self.backendauth_conn_id,
@@ -344,7 +341,7 @@ class FhirBulkExportOperator(_BulkBase):
         )
 
     def _request(self, job: BulkExportJob, since_key: str) -> BulkExportRequest:
-        from airflow_provider_backendauth.core.bulk_export import BulkExportRequest
+        from airflow_provider_backendauth.core.bulk.export import BulkExportRequest
 
         since = self.since
         if isinstance(since, str) and since.strip().lower() == AUTO:
@@ -421,7 +418,7 @@ class FhirBulkExportOperator(_BulkBase):
 
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> Any:
         """Resumes after the trigger fired: download (or hand over) the files."""
-        from airflow_provider_backendauth.core.bulk_export import BulkManifest
+        from airflow_provider_backendauth.core.bulk.export import BulkManifest
         from airflow_provider_backendauth.core.errors import BulkExportError
 
         job = self._job_for(context)
@@ -454,7 +451,7 @@ class FhirBulkExportOperator(_BulkBase):
 
     def _after_manifest(self, job: BulkExportJob, manifest: BulkManifest) -> Any:
         if not self.download:
-            from airflow_provider_backendauth.core.bulk import plan_files
+            from airflow_provider_backendauth.core.bulk.download import plan_files
 
             files = plan_files(manifest)
             self.log.info("Handing %d files over to mapped download tasks", len(files))
@@ -552,7 +549,7 @@ class FhirBulkDownloadOperator(_BulkBase):
         self.chunk_size = chunk_size
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_backendauth.core.bulk import plan_files
+        from airflow_provider_backendauth.core.bulk.download import plan_files
         from airflow_provider_backendauth.core.errors import ConfigurationError
         from airflow_provider_backendauth.core.retry import RetryPolicy
 

@@ -10,7 +10,7 @@ from airflow_provider_backendauth._compat import BaseOperator
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_backendauth.core.fhir import FhirSearch, SearchParams
+    from airflow_provider_backendauth.core.fhir.search import FhirSearch, SearchParams
     from airflow_provider_backendauth.core.storage import NdjsonFileSet
 
 INCLUDE_MODES = ("separate", "per_type", "inline", "drop")
@@ -126,7 +126,7 @@ class FhirSearchOperator(BaseOperator):
         return self._to_files(search)
 
     def _start_search(self) -> FhirSearch:
-        from airflow_provider_backendauth.core.fhir import FhirClient
+        from airflow_provider_backendauth.core.fhir.search import FhirClient
         from airflow_provider_backendauth.core.retry import RetryPolicy
         from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 

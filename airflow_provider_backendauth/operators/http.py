@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import requests
     from airflow.sdk import Context
 
-    from airflow_provider_backendauth.core.rest import RestClient
+    from airflow_provider_backendauth.core.fhir.rest import RestClient
 
 # Methods whose ``data`` goes into the query string, as in HttpHook.
 _QUERY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})

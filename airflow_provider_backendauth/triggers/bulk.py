@@ -30,8 +30,8 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 if TYPE_CHECKING:
     import httpx
 
-    from airflow_provider_backendauth.core.bulk_export import StatusResult
-    from airflow_provider_backendauth.core.client import BackendAuthClient
+    from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+    from airflow_provider_backendauth.core.bulk.export import StatusResult
 
 USER_AGENT = "airflow-provider-backendauth"
 MAX_REDIRECTS = 5
@@ -44,16 +44,11 @@ def _load_modules() -> None:
     import anyio._backends._asyncio  # noqa: F401 - httpcore imports it on the first request
     import httpx  # noqa: F401
 
-    import airflow_provider_backendauth.core.bulk_export
-    import airflow_provider_backendauth.core.bulk_http
-    import airflow_provider_backendauth.core.client
-    import airflow_provider_backendauth.core.settings  # noqa: F401
-
 
 def _make_client(conn: Any, extra: dict[str, Any]) -> BackendAuthClient:
     """The connection's client (validates settings, loads the key: may read a file)."""
-    from airflow_provider_backendauth.core.client import BackendAuthClient
-    from airflow_provider_backendauth.core.settings import ClientSettings
+    from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+    from airflow_provider_backendauth.core.auth.settings import ClientSettings
 
     return BackendAuthClient(ClientSettings.from_connection(conn, extra))
 
@@ -118,8 +113,8 @@ class BulkExportTrigger(BaseTrigger):
             await asyncio.to_thread(_load_modules)
             payload = await self._wait()
         except Exception as exc:  # report, don't crash the triggerer's loop
-            from airflow_provider_backendauth.core.bulk_http import display_url
-            from airflow_provider_backendauth.core.token_client import redact
+            from airflow_provider_backendauth.core.bulk.http import display_url
+            from airflow_provider_backendauth.core.redact import redact
 
             payload = {
                 "status": "error",
@@ -133,13 +128,13 @@ class BulkExportTrigger(BaseTrigger):
         yield TriggerEvent(payload)
 
     async def _wait(self) -> dict[str, Any]:
-        from airflow_provider_backendauth.core.bulk_export import (
+        from airflow_provider_backendauth.core.bulk.export import (
             Complete,
             Failed,
             RetryLater,
             poll_delay,
         )
-        from airflow_provider_backendauth.core.bulk_http import display_url
+        from airflow_provider_backendauth.core.bulk.http import display_url
 
         client = await self._auth_client()
         shown = display_url(self.status_url)
@@ -244,7 +239,7 @@ class BulkExportTrigger(BaseTrigger):
     ) -> httpx.Response:
         """One request with the token for allowed origins only, re-authenticating once on 401
         and following redirects hop by hop (never carrying the token to another origin)."""
-        from airflow_provider_backendauth.core.bulk_http import REDIRECT_STATUSES, redirect_target
+        from airflow_provider_backendauth.core.bulk.http import REDIRECT_STATUSES, redirect_target
         from airflow_provider_backendauth.core.errors import BulkExportError
         from airflow_provider_backendauth.core.urls import origin_of
 
@@ -275,7 +270,7 @@ class BulkExportTrigger(BaseTrigger):
     async def _poll(self, http: httpx.AsyncClient, client: BackendAuthClient) -> StatusResult:
         import httpx
 
-        from airflow_provider_backendauth.core.bulk_export import RetryLater, interpret_status
+        from airflow_provider_backendauth.core.bulk.export import RetryLater, interpret_status
 
         try:
             response = await self._send(http, client, "GET", self.status_url)
@@ -294,7 +289,7 @@ class BulkExportTrigger(BaseTrigger):
         """``DELETE`` the export when a user kills the deferred task (``cancel_on_kill``)."""
         if not self.cancel_on_kill:
             return
-        from airflow_provider_backendauth.core.bulk_http import display_url
+        from airflow_provider_backendauth.core.bulk.http import display_url
 
         await asyncio.to_thread(_load_modules)
         client = await self._auth_client()

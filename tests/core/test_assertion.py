@@ -8,9 +8,9 @@ import time
 import pytest
 from jwcrypto import jwk, jws
 
-from airflow_provider_backendauth.core.assertion import AssertionSpec, ClientAssertionSigner
+from airflow_provider_backendauth.core.auth.assertion import AssertionSpec, ClientAssertionSigner
+from airflow_provider_backendauth.core.auth.keys import SUPPORTED_ALGORITHMS, load_signing_key
 from airflow_provider_backendauth.core.errors import ConfigurationError
-from airflow_provider_backendauth.core.keys import SUPPORTED_ALGORITHMS, load_signing_key
 from tests.core.keyfactory import ec_key, pem, rsa_key
 
 KEY_FOR = {

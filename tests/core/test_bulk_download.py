@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_backendauth.core.bulk import BulkExportJob, BulkExportRequest, BulkManifest
+from airflow_provider_backendauth.core.bulk.export import BulkExportRequest, BulkManifest
+from airflow_provider_backendauth.core.bulk.job import BulkExportJob
 from airflow_provider_backendauth.core.errors import BulkExportError
 from tests.bulkkit import BulkEnv, ndjson_lines, partials
 

@@ -8,8 +8,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from airflow_provider_backendauth.core.bulk import BulkExportRequest, BulkStateStore
-from airflow_provider_backendauth.core.bulk_state import CANCELLED, COMPLETE, DONE, KICKED_OFF
+from airflow_provider_backendauth.core.bulk.export import BulkExportRequest
+from airflow_provider_backendauth.core.bulk.state import (
+    CANCELLED,
+    COMPLETE,
+    DONE,
+    KICKED_OFF,
+    BulkStateStore,
+)
 from airflow_provider_backendauth.core.errors import BulkExportError
 from tests.bulkkit import BulkEnv, partials
 

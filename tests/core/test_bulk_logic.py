@@ -13,41 +13,42 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_backendauth.core.bulk import (
-    BulkExportRequest,
-    BulkManifest,
-    BulkStateStore,
-    Complete,
-    Failed,
-    Pending,
-    RetryLater,
-    export_key,
-    interpret_kickoff,
-    interpret_status,
-    job_key,
-    plan_files,
-    poll_delay,
-)
-from airflow_provider_backendauth.core.bulk_download import (
+from airflow_provider_backendauth.core.bulk.download import (
     AdaptiveLimit,
     ErrorReport,
     FileResult,
     _decoded,
     _LineCounter,
     _Retryable,
+    plan_files,
     safe_type_name,
     scan_error_files,
     summarize,
 )
-from airflow_provider_backendauth.core.bulk_export import (
+from airflow_provider_backendauth.core.bulk.export import (
+    BulkExportRequest,
+    BulkManifest,
+    Complete,
+    Failed,
     KickoffAccepted,
     KickoffBusy,
     KickoffFailed,
     KickoffRetry,
+    Pending,
+    RetryLater,
+    interpret_kickoff,
+    interpret_status,
     is_retryable_error,
+    poll_delay,
 )
-from airflow_provider_backendauth.core.bulk_http import display_url, redirect_target, with_query
-from airflow_provider_backendauth.core.bulk_state import FileMarker, JobRecord
+from airflow_provider_backendauth.core.bulk.http import display_url, redirect_target, with_query
+from airflow_provider_backendauth.core.bulk.state import (
+    BulkStateStore,
+    FileMarker,
+    JobRecord,
+    export_key,
+    job_key,
+)
 from airflow_provider_backendauth.core.errors import BulkExportError, ConfigurationError
 
 
@@ -516,7 +517,7 @@ class TestErrorFilesAndSummary:
 
 
 def test_format_instant_naive_is_utc() -> None:
-    from airflow_provider_backendauth.core.bulk_export import format_instant
+    from airflow_provider_backendauth.core.bulk.export import format_instant
 
     assert format_instant(datetime(2024, 1, 1)) == "2024-01-01T00:00:00+00:00"
     aware = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -525,7 +526,7 @@ def test_format_instant_naive_is_utc() -> None:
 
 
 def test_range_start() -> None:
-    from airflow_provider_backendauth.core.bulk_download import _range_start
+    from airflow_provider_backendauth.core.bulk.download import _range_start
 
     assert _range_start("bytes 100-199/200") == 100
     assert _range_start(" bytes 0-9/*") == 0
@@ -534,7 +535,7 @@ def test_range_start() -> None:
 
 
 def test_partial_file_commits_atomically_and_restarts(tmp_path: Path) -> None:
-    from airflow_provider_backendauth.core.bulk_download import _PartialFile
+    from airflow_provider_backendauth.core.bulk.download import _PartialFile
 
     target = tmp_path / "x" / "Patient.000.ndjson"
     partial = _PartialFile(target)

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_backendauth.core.client import BackendAuthClient
+from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+from airflow_provider_backendauth.core.auth.settings import ClientSettings
 from airflow_provider_backendauth.core.errors import ConfigurationError, FhirError
-from airflow_provider_backendauth.core.fhir import FhirClient, normalise_params, resolve_link
-from airflow_provider_backendauth.core.rest import RestClient
-from airflow_provider_backendauth.core.settings import ClientSettings
+from airflow_provider_backendauth.core.fhir.rest import RestClient
+from airflow_provider_backendauth.core.fhir.search import FhirClient, normalise_params, resolve_link
 from airflow_provider_backendauth.core.urls import origin_of
 from tests.support.clients import FAST_RETRY, make_client, register
 
@@ -100,7 +100,7 @@ def test_pages_follow_next_links(fhir: FhirClient, sb: Any, style: str) -> None:
 
 
 def test_one_progress_line_per_page(fhir: FhirClient, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="airflow_provider_backendauth.core.fhir"):
+    with caplog.at_level(logging.INFO, logger="airflow_provider_backendauth.core.fhir.search"):
         list(fhir.search("Patient", count=7))
     lines = [r.getMessage() for r in caplog.records if "search: page" in r.getMessage()]
     assert len(lines) == 3

@@ -6,13 +6,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwcrypto import jwk
 
-from airflow_provider_backendauth.core.errors import ConfigurationError, KeyLoadError
-from airflow_provider_backendauth.core.keys import (
+from airflow_provider_backendauth.core.auth.keys import (
     check_algorithm,
     compatible_algorithms,
     load_signing_key,
     load_signing_key_file,
 )
+from airflow_provider_backendauth.core.errors import ConfigurationError, KeyLoadError
 from tests.core.keyfactory import ec_key, pem, private_jwk, rsa_key
 
 

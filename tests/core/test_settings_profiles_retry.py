@@ -5,10 +5,10 @@ import time
 
 import pytest
 
+from airflow_provider_backendauth.core.auth.profiles import PROFILES, get_profile
+from airflow_provider_backendauth.core.auth.settings import EXTRA_KEYS, ClientSettings
 from airflow_provider_backendauth.core.errors import ConfigurationError, InsecureURLError
-from airflow_provider_backendauth.core.profiles import PROFILES, get_profile
 from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
-from airflow_provider_backendauth.core.settings import EXTRA_KEYS, ClientSettings
 from airflow_provider_backendauth.core.urls import check_url, join_url, origin_of
 
 REQUIRED_PROFILES = {

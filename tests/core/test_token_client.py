@@ -9,7 +9,9 @@ import time
 import pytest
 import requests
 
-from airflow_provider_backendauth.core.client import BackendAuthClient
+from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+from airflow_provider_backendauth.core.auth.keys import SUPPORTED_ALGORITHMS
+from airflow_provider_backendauth.core.auth.settings import ClientSettings
 from airflow_provider_backendauth.core.errors import (
     ConfigurationError,
     InvalidClientError,
@@ -17,9 +19,7 @@ from airflow_provider_backendauth.core.errors import (
     KeyLoadError,
     TokenRequestError,
 )
-from airflow_provider_backendauth.core.keys import SUPPORTED_ALGORITHMS
-from airflow_provider_backendauth.core.settings import ClientSettings
-from airflow_provider_backendauth.sandbox.testing import generate_client_key
+from backendauth_sandbox.testing import generate_client_key
 from tests.support.clients import make_client, register
 
 SEED_VENDORS = ["mydatahelps", "koppeltaal", "helseid", "redox", "nhs_england"]
@@ -400,6 +400,6 @@ def test_no_scope_fallback_for_a_scope_the_user_chose(sandbox):
     ],
 )
 def test_smart_v1_scope_mapping(v2, v1):
-    from airflow_provider_backendauth.core.client import smart_v1_scope
+    from airflow_provider_backendauth.core.auth.client import smart_v1_scope
 
     assert smart_v1_scope(v2) == v1

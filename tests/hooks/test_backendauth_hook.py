@@ -6,7 +6,7 @@ import pytest
 
 from airflow_provider_backendauth.core.errors import FhirError
 from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
-from airflow_provider_backendauth.sandbox.testing import generate_client_key
+from backendauth_sandbox.testing import generate_client_key
 from tests.conftest import connection_json
 from tests.support.clients import register, vendor_extra
 
@@ -137,7 +137,7 @@ def test_connection_uri_form(sandbox, monkeypatch):
     monkeypatch.setenv(
         "AIRFLOW_CONN_URI_PARTS", "backendauth://c:k@fhir.example.org:8443/api%2FR4?profile=redox"
     )
-    from airflow_provider_backendauth.core.settings import ClientSettings
+    from airflow_provider_backendauth.core.auth.settings import ClientSettings
 
     settings = ClientSettings.from_connection(BackendAuthHook.get_connection("uri_parts"))
     assert settings.base_url == "https://fhir.example.org:8443/api/R4"

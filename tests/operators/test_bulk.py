@@ -16,8 +16,7 @@ import pytest
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_backendauth._compat import TaskDeferred
-from airflow_provider_backendauth.core.bulk import BulkStateStore, job_key
-from airflow_provider_backendauth.core.bulk_state import CANCELLED, DONE
+from airflow_provider_backendauth.core.bulk.state import CANCELLED, DONE, BulkStateStore, job_key
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.operators.bulk import (
     FhirBulkDownloadOperator,

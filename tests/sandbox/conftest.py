@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from airflow_provider_backendauth.sandbox import Sandbox
-from airflow_provider_backendauth.sandbox.testing import ClientKey, generate_client_key
+from backendauth_sandbox import Sandbox
+from backendauth_sandbox.testing import ClientKey, generate_client_key
 
 
 @pytest.fixture(scope="session")

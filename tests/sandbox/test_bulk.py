@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_backendauth.sandbox import Sandbox
+from backendauth_sandbox import Sandbox
 
 KICKOFF_HEADERS = {"Accept": "application/fhir+json", "Prefer": "respond-async"}
 

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_backendauth.sandbox.testing import (
+from backendauth_sandbox.testing import (
     ClientKey,
     assertion_claims,
     sign_assertion,
     token_request_form,
 )
 
-MODULE = "airflow_provider_backendauth.sandbox"
+MODULE = "backendauth_sandbox"
 
 
 def start(*args: str) -> subprocess.Popen[str]:

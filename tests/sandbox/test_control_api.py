@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import requests
 
-from airflow_provider_backendauth.sandbox import Sandbox
-from airflow_provider_backendauth.sandbox.testing import (
+from backendauth_sandbox import Sandbox
+from backendauth_sandbox.testing import (
     ClientKey,
     assertion_claims,
     sign_assertion,

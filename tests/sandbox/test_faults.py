@@ -8,7 +8,7 @@ from email.utils import parsedate_to_datetime
 import pytest
 import requests
 
-from airflow_provider_backendauth.sandbox import Sandbox
+from backendauth_sandbox import Sandbox
 
 DISCOVERY = "/fhir/.well-known/smart-configuration"
 

@@ -9,8 +9,8 @@ from urllib.parse import urljoin
 import pytest
 import requests
 
-from airflow_provider_backendauth.sandbox import Sandbox
-from airflow_provider_backendauth.sandbox.testing import (
+from backendauth_sandbox import Sandbox
+from backendauth_sandbox.testing import (
     ClientKey,
     assertion_claims,
     sign_assertion,

@@ -8,7 +8,7 @@ import threading
 import pytest
 import requests
 
-from airflow_provider_backendauth.sandbox import Sandbox
+from backendauth_sandbox import Sandbox
 
 
 def test_urls_and_discovery(sb: Sandbox) -> None:

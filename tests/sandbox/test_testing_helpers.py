@@ -1,4 +1,4 @@
-"""airflow_provider_backendauth.sandbox.testing: key generation for tests and users."""
+"""backendauth_sandbox.testing: key generation for tests and users."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from airflow_provider_backendauth.sandbox.testing import generate_client_key
+from backendauth_sandbox.testing import generate_client_key
 
 
 @pytest.mark.parametrize(

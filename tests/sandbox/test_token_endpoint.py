@@ -12,8 +12,8 @@ import jwt as pyjwt
 import pytest
 import requests
 
-from airflow_provider_backendauth.sandbox import Sandbox
-from airflow_provider_backendauth.sandbox.testing import (
+from backendauth_sandbox import Sandbox
+from backendauth_sandbox.testing import (
     ClientKey,
     assertion_claims,
     generate_client_key,

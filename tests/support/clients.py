@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from airflow_provider_backendauth.core.client import BackendAuthClient
+from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+from airflow_provider_backendauth.core.auth.settings import ClientSettings
 from airflow_provider_backendauth.core.retry import RetryPolicy
-from airflow_provider_backendauth.core.settings import ClientSettings
-from airflow_provider_backendauth.sandbox.testing import ClientKey, generate_client_key
+from backendauth_sandbox.testing import ClientKey, generate_client_key
 
 _ids = itertools.count(1)
 FAST_RETRY = RetryPolicy(attempts=4, initial_wait=0.05, max_wait=0.2, max_retry_after=5)

@@ -18,7 +18,7 @@ from typing import Any
 import requests
 
 from airflow_provider_backendauth.core.errors import FhirError
-from airflow_provider_backendauth.core.responses import check_response
+from airflow_provider_backendauth.core.fhir.outcome import check_response
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 from airflow_provider_backendauth.core.urls import join_url, origin_of
 

@@ -18,8 +18,8 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 
+from airflow_provider_backendauth.core.auth.tokens import AccessToken
 from airflow_provider_backendauth.core.errors import BulkExportError
-from airflow_provider_backendauth.core.token_client import AccessToken
 from airflow_provider_backendauth.core.urls import origin_of
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})

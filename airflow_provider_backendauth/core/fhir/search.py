@@ -22,8 +22,8 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from airflow_provider_backendauth.core.errors import ConfigurationError, FhirError
-from airflow_provider_backendauth.core.responses import operation_outcome_text
-from airflow_provider_backendauth.core.rest import RestClient
+from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
+from airflow_provider_backendauth.core.fhir.rest import RestClient
 from airflow_provider_backendauth.core.retry import RetryPolicy
 from airflow_provider_backendauth.core.urls import join_url, origin_of
 

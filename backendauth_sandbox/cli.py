@@ -1,4 +1,4 @@
-"""``python -m airflow_provider_backendauth.sandbox``: run the sandbox as its own process.
+"""``python -m backendauth_sandbox``: run the sandbox as its own process.
 
 Prints one JSON line with the addresses (and writes it to ``--ready-file``), then serves until
 SIGTERM or SIGINT. Drive it from another process through the ``/_sandbox/`` control API.
@@ -50,7 +50,7 @@ def _setting(text: str) -> tuple[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m airflow_provider_backendauth.sandbox",
+        prog="python -m backendauth_sandbox",
         description="Local SMART Backend Services + FHIR R4 + Bulk Data sandbox server.",
     )
     parser.add_argument("--host", default="127.0.0.1")

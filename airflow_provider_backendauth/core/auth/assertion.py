@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_provider_backendauth.core.auth.keys import SigningKey, check_algorithm
 from airflow_provider_backendauth.core.errors import ConfigurationError
-from airflow_provider_backendauth.core.keys import SigningKey, check_algorithm
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "jti"})

@@ -9,7 +9,7 @@ from typing import Any
 import requests
 from requests.auth import AuthBase
 
-from airflow_provider_backendauth.core.token_client import TokenCache
+from airflow_provider_backendauth.core.auth.tokens import TokenCache
 from airflow_provider_backendauth.core.urls import origin_of
 
 log = logging.getLogger(__name__)

@@ -2,11 +2,11 @@
 
 ``BulkExportJob`` ties together the pieces that live in their own modules:
 
-- ``bulk_export``: the request, kick-off/status interpretation (sans-IO), the manifest and
+- ``export``: the request, kick-off/status interpretation (sans-IO), the manifest and
   the blocking ``BulkExportClient``;
-- ``bulk_download``: file naming, parallel streaming downloads, error files, the summary;
-- ``bulk_state``: durable JSON state next to the data (resume, ``since="auto"``);
-- ``bulk_http``: per-hop token and redirect rules.
+- ``download``: file naming, parallel streaming downloads, error files, the summary;
+- ``state``: durable JSON state next to the data (resume, ``since="auto"``);
+- ``http``: per-hop token and redirect rules.
 
 Lifecycle (each step persisted, so any later try continues where the last one stopped)::
 
@@ -27,30 +27,21 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_backendauth.core.bulk_download import (
+from airflow_provider_backendauth.core.bulk.download import (
     BulkDownloader,
-    ErrorReport,
     ExportFile,
     FileResult,
     plan_files,
     scan_error_files,
     summarize,
 )
-from airflow_provider_backendauth.core.bulk_export import (
+from airflow_provider_backendauth.core.bulk.export import (
     BulkExportClient,
     BulkExportRequest,
     BulkManifest,
-    Complete,
-    Failed,
-    Pending,
-    RetryLater,
-    StatusResult,
-    interpret_kickoff,
-    interpret_status,
-    poll_delay,
 )
-from airflow_provider_backendauth.core.bulk_http import BulkHttp, display_url
-from airflow_provider_backendauth.core.bulk_state import (
+from airflow_provider_backendauth.core.bulk.http import BulkHttp, display_url
+from airflow_provider_backendauth.core.bulk.state import (
     CANCELLED,
     COMPLETE,
     DONE,
@@ -59,46 +50,17 @@ from airflow_provider_backendauth.core.bulk_state import (
     BulkStateStore,
     FileMarker,
     JobRecord,
-    export_key,
-    job_key,
 )
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.storage import StoragePath, as_path, atomic_writer
 
 if TYPE_CHECKING:
-    from airflow_provider_backendauth.core.client import BackendAuthClient
-    from airflow_provider_backendauth.core.token_client import AccessToken
+    from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+    from airflow_provider_backendauth.core.auth.tokens import AccessToken
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-
-__all__ = [
-    "MANIFEST_NAME",
-    "BulkDownloader",
-    "BulkExportClient",
-    "BulkExportJob",
-    "BulkExportRequest",
-    "BulkHttp",
-    "BulkManifest",
-    "BulkStateStore",
-    "Complete",
-    "ErrorReport",
-    "ExportFile",
-    "Failed",
-    "FileResult",
-    "JobRecord",
-    "Pending",
-    "RetryLater",
-    "StatusResult",
-    "bulk_http_for",
-    "export_key",
-    "interpret_kickoff",
-    "interpret_status",
-    "job_key",
-    "plan_files",
-    "poll_delay",
-]
 
 
 class BulkExportJob:

@@ -25,10 +25,10 @@ from typing import Any, NoReturn
 
 import requests
 
-from airflow_provider_backendauth.core.bulk_export import BulkManifest, error_details
-from airflow_provider_backendauth.core.bulk_http import BulkHttp, display_url
+from airflow_provider_backendauth.core.bulk.export import BulkManifest, error_details
+from airflow_provider_backendauth.core.bulk.http import BulkHttp, display_url
 from airflow_provider_backendauth.core.errors import BulkExportError
-from airflow_provider_backendauth.core.responses import operation_outcome_text
+from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
 from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
 from airflow_provider_backendauth.core.storage import AtomicFile, StoragePath
 

@@ -15,25 +15,25 @@ from typing import Any
 
 import requests
 
-from airflow_provider_backendauth.core.assertion import AssertionSpec, ClientAssertionSigner
-from airflow_provider_backendauth.core.auth import BackendAuth
-from airflow_provider_backendauth.core.discovery import SmartConfiguration, discover
-from airflow_provider_backendauth.core.errors import (
-    ConfigurationError,
-    InvalidScopeError,
-    KeyLoadError,
-)
-from airflow_provider_backendauth.core.keys import (
+from airflow_provider_backendauth.core.auth.assertion import AssertionSpec, ClientAssertionSigner
+from airflow_provider_backendauth.core.auth.bearer import BackendAuth
+from airflow_provider_backendauth.core.auth.discovery import SmartConfiguration, discover
+from airflow_provider_backendauth.core.auth.keys import (
     SigningKey,
     check_algorithm,
     compatible_algorithms,
     load_signing_key,
     load_signing_key_file,
 )
-from airflow_provider_backendauth.core.profiles import Profile, get_profile
+from airflow_provider_backendauth.core.auth.profiles import Profile, get_profile
+from airflow_provider_backendauth.core.auth.settings import ClientSettings
+from airflow_provider_backendauth.core.auth.tokens import AccessToken, TokenCache, TokenEndpoint
+from airflow_provider_backendauth.core.errors import (
+    ConfigurationError,
+    InvalidScopeError,
+    KeyLoadError,
+)
 from airflow_provider_backendauth.core.retry import RetryPolicy
-from airflow_provider_backendauth.core.settings import ClientSettings
-from airflow_provider_backendauth.core.token_client import AccessToken, TokenCache, TokenEndpoint
 from airflow_provider_backendauth.core.urls import check_url, origin_of
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -12,19 +11,18 @@ from typing import Any
 
 import requests
 
-from airflow_provider_backendauth.core.assertion import CLIENT_ASSERTION_TYPE
+from airflow_provider_backendauth.core.auth.assertion import CLIENT_ASSERTION_TYPE
 from airflow_provider_backendauth.core.errors import (
     InvalidClientError,
     InvalidScopeError,
     TokenRequestError,
 )
+from airflow_provider_backendauth.core.redact import redact
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPIRES_IN = 300
-_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
-_SECRET_WORDS = re.compile(r"(access_token|client_assertion|assertion)\W+[^\s&\"',}]+", re.I)
 
 _INVALID_CLIENT_CHECKS = (
     "the client id is exactly the one registered with the server",
@@ -58,12 +56,6 @@ class AccessToken:
         so that a 10-second token is not renewed on every call)."""
         margin = min(leeway, self.lifetime / 4)
         return self.expires_in(now) > margin
-
-
-def redact(text: str) -> str:
-    """Remove anything shaped like a JWT or a token/assertion value from server text."""
-    text = _JWT_LIKE.sub("[redacted]", text)
-    return _SECRET_WORDS.sub(lambda m: f"{m.group(1)}=[redacted]", text)
 
 
 class TokenEndpoint:

@@ -7,7 +7,7 @@ from typing import Any
 import requests
 
 from airflow_provider_backendauth.core.errors import FhirError
-from airflow_provider_backendauth.core.token_client import redact
+from airflow_provider_backendauth.core.redact import redact
 
 
 def operation_outcome_text(body: Any) -> tuple[str | None, bool]:

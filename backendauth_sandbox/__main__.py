@@ -1,4 +1,4 @@
-"""Entry point for ``python -m airflow_provider_backendauth.sandbox``."""
+"""Entry point for ``python -m backendauth_sandbox``."""
 
 from __future__ import annotations
 

@@ -23,11 +23,11 @@ from urllib.parse import quote, urljoin
 
 import requests
 
-from airflow_provider_backendauth.core.bulk_http import BulkHttp, display_url, with_query
+from airflow_provider_backendauth.core.bulk.http import BulkHttp, display_url, with_query
 from airflow_provider_backendauth.core.errors import BulkExportError, ConfigurationError
-from airflow_provider_backendauth.core.responses import operation_outcome_text
+from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
+from airflow_provider_backendauth.core.redact import redact
 from airflow_provider_backendauth.core.retry import parse_retry_after
-from airflow_provider_backendauth.core.token_client import redact
 from airflow_provider_backendauth.core.urls import join_url
 
 log = logging.getLogger(__name__)
