@@ -1,40 +1,52 @@
-"""Bulk export download benchmarks against the sandbox on loopback.
+"""Benchmarks of the client against the fastest baseline, on loopback: ``make bench``.
 
-    .venv/bin/python benchmarks/run.py            # full: 300 MB throughput, 10 MB vs 1 GB memory
-    .venv/bin/python benchmarks/run.py --quick    # a quick pass (60 MB, 5 MB vs 100 MB)
+    .venv/bin/python benchmarks/run.py            # full: 20 MB .. 2 GB, 5 repetitions (minutes)
+    .venv/bin/python benchmarks/run.py --quick    # smoke run: small sizes, 3 repetitions
 
-1. Throughput: the same multi-hundred-MB export downloaded by ``BulkDownloader`` and by
-   ``curl --parallel`` with the same parallelism; prints both and the ratio (goal >= 0.8).
-2. Peak memory: the download step of a small and a large export, each in a fresh child
-   process; prints each child's RSS high-water mark (VmHWM) and the difference (goal < 50 MB:
-   memory must not grow with the export's size).
+1. Bulk downloads. The same files, N at a time, fetched by
+   - ``BulkDownloader``, timed as a user runs it (a fresh ``python`` process: start-up and
+     imports included) and in-process (a new downloader per run, in this process);
+   - N ``curl`` processes, one connection each (the files split between them), and one
+     ``curl --parallel --parallel-max N`` (a single-threaded event loop);
+   all writing to the same disk (one temporary directory). Servers: nginx with static files
+   (plain NDJSON; the same files pre-compressed and served with ``Content-Encoding: gzip``
+   by ``gzip_static``; ``.ndjson.gz`` files served as they are, which the clients gunzip),
+   and the project's sandbox (plain, up to ``--sandbox-max-mb``).
+2. FHIR search paging against the sandbox: ``FhirSearch`` vs a plain ``requests`` loop over
+   the same ``next`` links.
 
-The sandbox runs in its own process (``python -m backendauth_sandbox``) so
-that server and client do not share an interpreter. Everything is written under a temporary
-directory that is removed at the end.
+Each contender runs ``--repeat`` times (>= 5 for real figures), in an order that rotates
+every repetition, so background load hits all of them alike; the table shows the median and
+the best (minimum time) MB/s, CPU ms per MB (user + system, from ``wait4`` for child
+processes and ``getrusage`` for in-process runs) and the fresh process's peak RSS. "vs
+baseline" is the median MB/s over the fastest baseline's median. A full run (not ``--quick``)
+also writes the table into ``benchmarks/README.md`` with the machine it ran on.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
+import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
+from download_child import StaticToken, download
+from servers import MB, FileSet, Nginx, SandboxProcess, fhir_like_block, make_files, nginx, sandbox
 
-from airflow_provider_backendauth.core.auth.tokens import AccessToken
-from airflow_provider_backendauth.core.bulk.download import BulkDownloader, plan_files
 from airflow_provider_backendauth.core.bulk.export import (
     BulkExportClient,
     BulkExportRequest,
@@ -42,303 +54,453 @@ from airflow_provider_backendauth.core.bulk.export import (
 )
 from airflow_provider_backendauth.core.bulk.http import BulkHttp
 
-MB = 1_000_000
+HERE = Path(__file__).resolve().parent
+CHILD = HERE / "download_child.py"
+README = HERE / "README.md"
+FAKE_TOKEN = "-bench-token-starting-with-a-dash"  # nginx ignores it; keeps --token=... honest
 RESOURCES_PER_PATIENT = 8.1  # what the sandbox's seeded data averages (all four types)
-PATIENTS = 100
-CLIENT_ID = "bench"
+MODES = {
+    "plain": "plain NDJSON",
+    "te": "gzip (Content-Encoding)",
+    "gzfile": "gzip files (.ndjson.gz)",
+}
 
 
-class StaticToken:
-    """A token from the sandbox's control API (the benchmark measures downloads, not OAuth)."""
-
-    def __init__(self, value: str) -> None:
-        self.token = AccessToken(value=value, expires_at=time.time() + 3600)
-
-    def get(self) -> AccessToken:
-        return self.token
-
-    def invalidate(self, value: str | None = None) -> None:
-        pass
-
-
-def http_for(token: str, origin: str) -> BulkHttp:
-    return BulkHttp(requests.Session, StaticToken(token), [origin], timeout=60)
-
-
-# --- the sandbox process --------------------------------------------------------------------
+# --- what is measured --------------------------------------------------------------------
 
 
 @dataclass
-class SandboxProcess:
-    process: subprocess.Popen[str]
-    url: str
-    fhir_base: str
+class Case:
+    """One set of files on one server, fetched by every contender."""
 
-    def control(self, method: str, path: str, body: Any = None) -> Any:
-        response = requests.request(method, f"{self.url}/_sandbox/{path}", json=body, timeout=30)
-        response.raise_for_status()
-        return response.json()
-
-    def token(self) -> str:
-        body = {"client_id": CLIENT_ID, "scope": "system/*.rs", "lifetime": 7200}
-        answer = self.control("POST", "tokens", body)
-        return str(answer.get("access_token") or answer.get("token") or answer["value"])
-
-
-@contextmanager
-def sandbox(gzip: bool) -> Iterator[SandboxProcess]:
-    command = [
-        sys.executable, "-m", "backendauth_sandbox",
-        "--patients", str(PATIENTS), "--bulk-job-seconds", "0",
-        "--set", f"bulk_gzip={'true' if gzip else 'false'}",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        ready = json.loads(process.stdout.readline())
-        yield SandboxProcess(process, ready["url"], ready["fhir_base"])
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-@dataclass
-class Export:
-    manifest: BulkManifest
-    status_url: str
+    server: str
+    mode: str
+    size_mb: float
+    urls: list[str]
+    manifest: dict[str, Any]
     token: str
     origin: str
+    expected_bytes: int | None
+    manifest_file: Path = field(default=Path())
+    status_url: str = ""  # a sandbox export's, to delete it afterwards
+
+    @property
+    def label(self) -> str:
+        return f"{self.server} {MODES[self.mode]} {self.size_mb:g} MB"
 
 
-def make_export(sb: SandboxProcess, megabytes: float, files: int) -> Export:
-    """A system export of about ``megabytes`` MB in about ``files`` files."""
-    resources = RESOURCES_PER_PATIENT * PATIENTS
+@dataclass
+class Sample:
+    seconds: float
+    cpu_seconds: float
+    bytes: int
+    rss_kb: int | None = None
+
+
+def cpu_of(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def names_for(case: Case) -> list[str]:
+    return [f"Observation.{i:03d}.ndjson" for i in range(len(case.urls))]
+
+
+def size_of(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def ours_fresh(case: Case, folder: Path, parallel: int) -> Sample:
+    command = [
+        sys.executable, str(CHILD), "--manifest", str(case.manifest_file), "--dest",
+        str(folder), f"--token={case.token}", "--origin", case.origin,
+        "--parallel", str(parallel),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    output = child.stdout.read()
+    # wait4, not wait(): the child's own CPU time and nothing else's.
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"{case.label}: the download child failed ({child.returncode})")
+    report = json.loads(output.strip().splitlines()[-1])
+    return Sample(seconds, cpu_of(usage), int(report["bytes"]), int(report["vmhwm_kb"]))
+
+
+def ours_inprocess(case: Case, folder: Path, parallel: int) -> Sample:
+    manifest = BulkManifest.from_json(case.manifest)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    nbytes, _ = download(manifest, folder, case.token, case.origin, parallel)
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return Sample(seconds, cpu_of(after) - cpu_of(before), nbytes)
+
+
+def _curl_config(case: Case, folder: Path, pairs: Sequence[tuple[str, str]], path: Path) -> Path:
+    lines = [
+        f'header = "Authorization: Bearer {case.token}"',
+        'header = "Accept: application/fhir+ndjson"',
+    ]
+    for url, name in pairs:
+        lines += [f'url = "{url}"', f'output = "{folder / name}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+CURL = ["curl", "--silent", "--no-progress-meter", "--show-error", "--fail"]
+
+
+def _run_all(commands: list[list[str]]) -> tuple[float, float]:
+    """Start the commands together; (seconds until the last one ends, their CPU seconds).
+
+    No peak RSS: a child's ``ru_maxrss`` keeps the high-water mark of the moment between
+    fork and exec (this process's size), which dwarfs curl's own."""
+    started = time.perf_counter()
+    children = [subprocess.Popen(c, stdin=subprocess.DEVNULL) for c in commands]
+    cpu, failed = 0.0, []
+    for child in children:
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            failed.append(child.returncode)
+        cpu += cpu_of(usage)
+    seconds = time.perf_counter() - started
+    if failed:
+        raise SystemExit(f"a baseline process failed with exit codes {failed}")
+    return seconds, cpu
+
+
+def curl_processes(case: Case, folder: Path, parallel: int) -> Sample:
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = list(zip(case.urls, names_for(case), strict=True))
+    commands = []
+    for worker in range(parallel):
+        mine = pairs[worker::parallel]
+        if not mine:
+            continue
+        if case.mode == "gzfile":
+            # curl cannot gunzip a body without Content-Encoding: pipe each file to gzip -d,
+            # which is what a shell user does.
+            auth = f"Authorization: Bearer {case.token}"
+            script = " && ".join(
+                f"curl -sSf -H '{auth}' '{url}' | gzip -dc > '{folder / name}'"
+                for url, name in mine
+            )
+            commands.append(["bash", "-o", "pipefail", "-c", script])
+        else:
+            config = _curl_config(case, folder, mine, folder.parent / f"{folder.name}.{worker}.rc")
+            commands.append(
+                [*CURL, "--config", str(config)] + (["--compressed"] if case.mode == "te" else [])
+            )
+    seconds, cpu = _run_all(commands)
+    return Sample(seconds, cpu, size_of(folder))
+
+
+def curl_parallel(case: Case, folder: Path, parallel: int) -> Sample:
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = list(zip(case.urls, names_for(case), strict=True))
+    config = _curl_config(case, folder, pairs, folder.parent / f"{folder.name}.rc")
+    command = [*CURL, "--parallel", "--parallel-max", str(parallel), "--config", str(config)]
+    if case.mode == "te":
+        command.append("--compressed")
+    seconds, cpu = _run_all([command])
+    return Sample(seconds, cpu, size_of(folder))
+
+
+Contender = Callable[[Case, Path, int], Sample]
+CONTENDERS: dict[str, Contender] = {
+    "BulkDownloader, fresh process": ours_fresh,
+    "BulkDownloader, in-process": ours_inprocess,
+    "{n} curl processes": curl_processes,
+    "curl --parallel": curl_parallel,
+}
+BASELINES = ("{n} curl processes", "curl --parallel")
+
+
+def applies(name: str, case: Case) -> bool:
+    # curl --parallel has no way to gunzip a gzip file without a content encoding.
+    return not (name == "curl --parallel" and case.mode == "gzfile")
+
+
+def measure(case: Case, work: Path, args: argparse.Namespace, warm_up: bool) -> dict[str, list]:
+    names = [n for n in CONTENDERS if applies(n, case)]
+    samples: dict[str, list[Sample]] = {n: [] for n in names}
+    rounds = args.repeat + (1 if warm_up else 0)
+    for rep in range(rounds):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:  # rotate: every contender in every slot
+            slug = re.sub(r"\W+", "-", name)
+            folder = work / "out" / f"{rep}-{slug}"
+            try:
+                sample = CONTENDERS[name](case, folder, args.parallel)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+                for rc in folder.parent.glob(f"{folder.name}*.rc"):
+                    rc.unlink()
+            expected = case.expected_bytes if case.expected_bytes is not None else sample.bytes
+            case.expected_bytes = expected
+            if sample.bytes != expected:
+                raise SystemExit(
+                    f"{case.label}: {name.format(n=args.parallel)} wrote {sample.bytes} bytes, "
+                    f"expected {expected}"
+                )
+            if warm_up and rep == 0:
+                continue  # the first round fills caches (.pyc, page cache); not counted
+            samples[name].append(sample)
+    return samples
+
+
+# --- the cases -----------------------------------------------------------------------------
+
+
+def nginx_case(server: Nginx, files: FileSet, mode: str, size_mb: float) -> Case:
+    urls = [server.url + path for path in files.paths[mode]]
+    manifest = {
+        "transactionTime": "2026-01-01T00:00:00Z",
+        "request": f"{server.url}/$export",
+        "requiresAccessToken": True,
+        "output": [{"type": "Observation", "url": u, "count": files.lines} for u in urls],
+        "error": [],
+    }
+    return Case("nginx", mode, size_mb, urls, manifest, FAKE_TOKEN, server.url, files.total_bytes)
+
+
+def sandbox_case(sb: SandboxProcess, size_mb: float, files: int, patients: int) -> Case:
+    resources = RESOURCES_PER_PATIENT * patients
     sb.control(
         "POST",
         "settings",
         {
-            "bulk_resource_padding_bytes": max(0, int(megabytes * MB / resources) - 400),
+            "bulk_resource_padding_bytes": max(0, int(size_mb * MB / resources) - 400),
             "bulk_lines_per_file": max(1, int(resources / files)),
         },
     )
     token = sb.token()
-    client = BulkExportClient(
-        http_for(token, sb.url), sb.fhir_base, poll_interval_min=0.2, poll_interval_max=1
-    )
+    http = BulkHttp(requests.Session, StaticToken(token), [sb.url], timeout=120)
+    client = BulkExportClient(http, sb.fhir_base, poll_interval_min=0.2, poll_interval_max=1)
     status_url = client.kickoff(BulkExportRequest.create("system"))
     manifest = client.wait(status_url)
-    return Export(manifest, status_url, token, sb.url)
-
-
-def drop_export(sb: SandboxProcess, export: Export) -> None:
-    BulkExportClient(http_for(export.token, sb.url), sb.fhir_base).cancel(export.status_url)
-
-
-# --- 1. throughput ----------------------------------------------------------------------------
-
-
-def size_of(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*.ndjson"))
-
-
-def ours(export: Export, folder: Any, parallel: int) -> tuple[int, float]:
-    downloader = BulkDownloader(http_for(export.token, export.origin), parallel=parallel)
-    started = time.perf_counter()
-    results = downloader.download(plan_files(export.manifest), folder, requires_access_token=True)
-    elapsed = time.perf_counter() - started
-    return sum(r.bytes for r in results), elapsed
-
-
-def curl(export: Export, folder: Path, parallel: int, gzip: bool) -> tuple[int, float]:
-    folder.mkdir(parents=True, exist_ok=True)
-    config = folder.parent / f"{folder.name}.curlrc"
-    lines = [
-        f'header = "Authorization: Bearer {export.token}"',
-        'header = "Accept: application/fhir+ndjson"',
-    ]
-    for file in plan_files(export.manifest):
-        target = folder / file.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        lines += [f'url = "{file.url}"', f'output = "{target}"']
-    config.write_text("\n".join(lines) + "\n")
-    command = [
-        "curl",
-        "--silent",
-        "--no-progress-meter",
-        "--show-error",
-        "--fail",
-        "--parallel",
-        "--parallel-max",
-        str(parallel),
-        "--config",
-        str(config),
-    ]
-    if gzip:
-        command.append("--compressed")
-    started = time.perf_counter()
-    subprocess.run(command, check=True)
-    elapsed = time.perf_counter() - started
-    config.unlink()
-    return size_of(folder), elapsed
-
-
-def throughput(sb: SandboxProcess, work: Path, args: argparse.Namespace) -> dict[str, float]:
-    export = make_export(sb, args.throughput_mb, files=args.files)
-    best = {"ours": 0.0, "curl": 0.0}
-    size = {"ours": 0, "curl": 0}
-    try:
-        for attempt in range(args.repeat):
-            for name in ("curl", "ours") if attempt % 2 else ("ours", "curl"):
-                folder = work / f"{name}-{attempt}"
-                if name == "ours":
-                    nbytes, seconds = ours(export, folder, args.parallel)
-                else:
-                    nbytes, seconds = curl(export, folder, args.parallel, args.gzip)
-                size[name] = nbytes
-                best[name] = max(best[name], nbytes / MB / seconds)
-                shutil.rmtree(folder)
-    finally:
-        drop_export(sb, export)
-    if size["ours"] != size["curl"]:
-        raise SystemExit(f"size mismatch: ours {size['ours']} B, curl {size['curl']} B")
-    ratio = best["ours"] / best["curl"]
-    print(
-        f"\n1. Download throughput, {size['ours'] / MB:.0f} MB in "
-        f"{len(export.manifest.output)} files, {args.parallel} in parallel, "
-        f"{'gzip' if args.gzip else 'identity'} encoding, best of {args.repeat}:"
+    urls = [e.url for e in manifest.output]
+    return Case(
+        "sandbox", "plain", size_mb, urls, manifest.raw, token, sb.url, None, Path(), status_url
     )
-    print(f"   BulkDownloader  {best['ours']:8.1f} MB/s")
-    print(f"   curl --parallel {best['curl']:8.1f} MB/s")
-    print(f"   ratio           {ratio:8.2f}   (goal >= 0.80: {'PASS' if ratio >= 0.8 else 'FAIL'})")
-    return {"ours_mb_s": best["ours"], "curl_mb_s": best["curl"], "ratio": ratio}
 
 
-# --- 2. peak memory -----------------------------------------------------------------------------
+def drop_sandbox_case(sb: SandboxProcess, case: Case) -> None:
+    http = BulkHttp(requests.Session, StaticToken(case.token), [sb.url], timeout=60)
+    BulkExportClient(http, sb.fhir_base).cancel(case.status_url)
 
 
-def vmhwm_kb() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# --- the table -------------------------------------------------------------------------------
 
 
-def child_download(args: argparse.Namespace) -> None:
-    """The measured step, in a fresh process: download a manifest's files."""
-    manifest = BulkManifest.from_json(json.loads(Path(args.manifest).read_text()))
-    export = Export(manifest, "", args.token, args.origin)
-    destination: Any = Path(args.dest)
-    if args.object_storage:
-        from airflow.sdk import ObjectStoragePath
-
-        destination = ObjectStoragePath(destination.as_uri())
-    nbytes, seconds = ours(export, destination, args.parallel)
-    print(json.dumps({"bytes": nbytes, "seconds": seconds, "vmhwm_kb": vmhwm_kb()}))
+@dataclass
+class Row:
+    case: Case
+    contender: str
+    mb_s_median: float
+    mb_s_best: float
+    cpu_ms_per_mb: float
+    rss_mib: float | None
+    ratio: float | None = None
 
 
-def memory(sb: SandboxProcess, work: Path, args: argparse.Namespace) -> dict[str, float]:
-    peaks: dict[str, dict[str, Any]] = {}
-    for label, megabytes in (("small", args.small_mb), ("large", args.large_mb)):
-        export = make_export(sb, megabytes, files=args.files)
-        manifest_file = work / f"{label}-manifest.json"
-        manifest_file.write_text(json.dumps(export.manifest.raw))
-        dest = work / f"{label}-files"
-        command = [
-            sys.executable, __file__, "_download", "--manifest", str(manifest_file),
-            "--dest", str(dest), "--token", export.token, "--origin", export.origin,
-            "--parallel", str(args.parallel),
-        ]  # fmt: skip
-        if args.object_storage:
-            command.append("--object-storage")
-        try:
-            child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-            assert child.stdout is not None
-            output = child.stdout.read()
-            # wait4 gives this child's own rusage; but its ru_maxrss also counts the moment
-            # between fork and exec (a copy of this process), so VmHWM is the figure shown.
-            _, status, usage = os.wait4(child.pid, 0)
-            child.returncode = os.waitstatus_to_exitcode(status)
-            if child.returncode != 0:
-                raise SystemExit(f"the download child failed with exit code {child.returncode}")
-        finally:
-            drop_export(sb, export)
-            shutil.rmtree(dest, ignore_errors=True)
-        peaks[label] = json.loads(output.strip().splitlines()[-1])
-        peaks[label]["maxrss_kb"] = usage.ru_maxrss
-    small, large = peaks["small"], peaks["large"]
-    difference = (large["vmhwm_kb"] - small["vmhwm_kb"]) / 1024
-    print(f"\n2. Peak memory of the download step (fresh process each, {args.parallel} parallel):")
-    for label in ("small", "large"):
-        p = peaks[label]
-        print(
-            f"   {p['bytes'] / MB:8.0f} MB export: VmHWM {p['vmhwm_kb'] / 1024:6.1f} MiB, "
-            f"{p['bytes'] / MB / p['seconds']:.0f} MB/s"
+def rows_for(case: Case, samples: dict[str, list[Sample]], parallel: int) -> list[Row]:
+    rows = []
+    decoded_mb = (case.expected_bytes or 0) / MB
+    for name, runs in samples.items():
+        seconds = [s.seconds for s in runs]
+        rss = [s.rss_kb for s in runs if s.rss_kb is not None]
+        rows.append(
+            Row(
+                case,
+                name.format(n=parallel),
+                decoded_mb / statistics.median(seconds),
+                decoded_mb / min(seconds),
+                statistics.median(s.cpu_seconds for s in runs) * 1000 / decoded_mb,
+                max(rss) / 1024 if rss else None,
+            )
         )
-    print(
-        f"   difference {difference:+.1f} MiB   (goal < 50 MiB: "
-        f"{'PASS' if difference < 50 else 'FAIL'})"
+    baselines = [r for r, n in zip(rows, samples, strict=True) if n in BASELINES]
+    fastest = max(r.mb_s_median for r in baselines)
+    for row in rows:
+        row.ratio = row.mb_s_median / fastest
+    return rows
+
+
+def table(rows: Sequence[Row]) -> str:
+    header = (
+        "| server | files | size | client | MB/s median | MB/s best | CPU ms/MB "
+        "| peak RSS MiB | vs fastest baseline |"
     )
+    lines = [header, "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        rss = f"{r.rss_mib:.0f}" if r.rss_mib is not None else "-"
+        lines.append(
+            f"| {r.case.server} | {MODES[r.case.mode]} | {r.case.size_mb:g} MB | {r.contender} "
+            f"| {r.mb_s_median:.0f} | {r.mb_s_best:.0f} | {r.cpu_ms_per_mb:.2f} | {rss} "
+            f"| {r.ratio:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for tool, flag in (("curl", "--version"), ("nginx", "-v")):
+        try:
+            out = subprocess.run([tool, flag], capture_output=True, text=True, check=False)
+            versions[tool] = (out.stdout or out.stderr).splitlines()[0]
+        except (OSError, IndexError):
+            versions[tool] = "?"
     return {
-        "small_mib": small["vmhwm_kb"] / 1024,
-        "large_mib": large["vmhwm_kb"] / 1024,
-        "difference_mib": difference,
+        "nproc": os.cpu_count(),
+        "cpu": model or platform.processor(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "curl": versions["curl"].split(" (")[0],
+        "nginx": versions["nginx"].replace("nginx version: ", ""),
+        "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
     }
 
 
-# --- command line -------------------------------------------------------------------------------
+def write_readme(text: str) -> None:
+    begin, end = "<!-- figures:begin -->", "<!-- figures:end -->"
+    current = README.read_text() if README.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in current:
+        current += f"\n{begin}\n{end}\n"
+    head, rest = current.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
+# --- command line ----------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
-    child = sub.add_parser("_download", help=argparse.SUPPRESS)
-    for name in ("--manifest", "--dest", "--token", "--origin"):
-        child.add_argument(name, required=True)
-    child.add_argument("--parallel", type=int, default=4)
-    child.add_argument("--object-storage", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
-    parser.add_argument("--throughput-mb", type=float, default=300)
-    parser.add_argument("--small-mb", type=float, default=10)
-    parser.add_argument("--large-mb", type=float, default=1000)
-    parser.add_argument("--files", type=int, default=16, help="files per export (about)")
-    parser.add_argument("--parallel", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--gzip", action="store_true", help="serve files gzip-encoded")
+    parser.add_argument("--quick", action="store_true", help="small sizes, 3 repetitions")
+    parser.add_argument("--sizes", help="comma-separated MB (default 20,200,2000)")
+    parser.add_argument("--files", type=int, default=16, help="files per export")
+    parser.add_argument("--parallel", type=int, default=4, help="N: connections at a time")
+    parser.add_argument("--repeat", type=int, help="repetitions (default 5; --quick 3)")
     parser.add_argument(
-        "--object-storage",
-        action="store_true",
-        help="memory run: write through Airflow's ObjectStoragePath (file://) instead of pathlib",
+        "--modes", default=",".join(MODES), help=f"comma-separated, of {','.join(MODES)}"
     )
-    parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--sandbox-max-mb", type=float, default=300)
+    parser.add_argument("--patients", type=int, default=100, help="sandbox patients (downloads)")
+    parser.add_argument("--skip-sandbox", action="store_true")
+    parser.add_argument("--skip-nginx", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write every sample here")
+    parser.add_argument(
+        "--readme",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the figures into benchmarks/README.md (default: on for full runs)",
+    )
     args = parser.parse_args(argv)
-    if args.quick:
-        args.throughput_mb, args.small_mb, args.large_mb, args.repeat = 60, 5, 100, 1
+    default_sizes = "5,20" if args.quick else "20,200,2000"
+    args.size_list = [float(s) for s in (args.sizes or default_sizes).split(",")]
+    args.repeat = args.repeat or (3 if args.quick else 5)
+    args.mode_list = [m for m in args.modes.split(",") if m]
+    unknown = set(args.mode_list) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}")
+    if args.readme is None:
+        args.readme = not args.quick and args.sizes is None
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.command == "_download":
-        child_download(args)
-        return 0
-    if shutil.which("curl") is None and not args.skip_throughput:
-        raise SystemExit("curl is needed for the comparison (apt-get install -y curl)")
-    figures: dict[str, Any] = {}
+    if shutil.which("curl") is None:
+        raise SystemExit("curl is needed for the baselines (apt-get install -y curl)")
+    host = machine()
+    print(
+        f"{host['nproc']} CPUs ({host['cpu']}), Python {host['python']}, {host['curl']}, "
+        f"nginx {host['nginx']}; load average {' '.join(host['loadavg_start'])}",
+        flush=True,
+    )
     work = Path(tempfile.mkdtemp(prefix="backendauth-bench-"))
+    work.chmod(0o755)  # nginx's workers run as another user when started as root
+    rows: list[Row] = []
+    raw: list[dict[str, Any]] = []
+    warm = True
+
+    def run_case(case: Case) -> None:
+        nonlocal warm
+        case.manifest_file = work / "manifest.json"
+        case.manifest_file.write_text(json.dumps(case.manifest))
+        print(f"  {case.label}: {args.repeat} rounds...", flush=True)
+        samples = measure(case, work, args, warm_up=warm)
+        warm = False
+        new = rows_for(case, samples, args.parallel)
+        for row in new:
+            print(
+                f"    {row.contender:32} {row.mb_s_median:7.0f} MB/s "
+                f"({row.cpu_ms_per_mb:.2f} CPU ms/MB)  {row.ratio:.2f}x",
+                flush=True,
+            )
+        rows.extend(new)
+        raw.append(
+            {
+                "case": case.label,
+                "bytes": case.expected_bytes,
+                "samples": {
+                    n.format(n=args.parallel): [s.__dict__ for s in runs]
+                    for n, runs in samples.items()
+                },
+            }
+        )
+
     try:
-        with sandbox(args.gzip) as sb:
-            print(f"sandbox at {sb.url} (own process), work dir {work}")
-            if not args.skip_throughput:
-                figures["throughput"] = throughput(sb, work, args)
-            if not args.skip_memory:
-                figures["memory"] = memory(sb, work, args)
+        if not args.skip_nginx:
+            block = fhir_like_block()
+            with nginx(work / "www", work / "nginx") as server:
+                print(f"nginx at {server.url}, work dir {work}", flush=True)
+                for size in args.size_list:
+                    files = make_files(work / "www", f"s{size:g}", size, args.files, block)
+                    for mode in args.mode_list:
+                        run_case(nginx_case(server, files, mode, size))
+                    shutil.rmtree(work / "www" / "source" / f"s{size:g}")
+                    for mode in MODES:
+                        shutil.rmtree(work / "www" / mode / f"s{size:g}", ignore_errors=True)
+        if not args.skip_sandbox:
+            with sandbox(args.patients) as sb:
+                print(f"sandbox at {sb.url} (own process)", flush=True)
+                for size in [s for s in args.size_list if s <= args.sandbox_max_mb]:
+                    case = sandbox_case(sb, size, args.files, args.patients)
+                    try:
+                        run_case(case)
+                    finally:
+                        drop_sandbox_case(sb, case)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+    host["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    text = table(rows)
+    print(f"\nBulk downloads, {args.files} files, {args.parallel} at a time, {args.repeat} rounds:")
+    print(text)
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=1))
+        args.json.write_text(json.dumps({"machine": host, "cases": raw}, indent=1))
+    if args.readme:
+        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        write_readme(
+            f"Last full run: {when}. Machine: {host['nproc']} CPUs ({host['cpu']}), "
+            f"Python {host['python']}, Linux {host['kernel']}, {host['curl']}, nginx "
+            f"{host['nginx']}; load average {' '.join(host['loadavg_start'])} at the start, "
+            f"{' '.join(host['loadavg_end'])} at the end. {args.files} files, "
+            f"{args.parallel} at a time, {args.repeat} rotating rounds.\n\n{text}"
+        )
+        print(f"(written to {README.relative_to(HERE.parent)})")
     return 0
 
 
