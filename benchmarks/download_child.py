@@ -17,8 +17,8 @@ import requests
 
 from airflow_provider_backendauth.core.auth.tokens import AccessToken
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader, plan_files
-from airflow_provider_backendauth.core.bulk.export import BulkManifest
 from airflow_provider_backendauth.core.bulk.http import BulkHttp
+from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 
 
 class StaticToken:

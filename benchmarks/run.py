@@ -47,12 +47,10 @@ import requests
 from download_child import StaticToken, download
 from servers import MB, FileSet, Nginx, SandboxProcess, fhir_like_block, make_files, nginx, sandbox
 
-from airflow_provider_backendauth.core.bulk.export import (
-    BulkExportClient,
-    BulkExportRequest,
-    BulkManifest,
-)
+from airflow_provider_backendauth.core.bulk.client import BulkExportClient
 from airflow_provider_backendauth.core.bulk.http import BulkHttp
+from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
+from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "download_child.py"

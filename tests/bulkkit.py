@@ -17,8 +17,8 @@ import pytest
 
 from airflow_provider_backendauth.core.auth.client import BackendAuthClient
 from airflow_provider_backendauth.core.auth.settings import ClientSettings
+from airflow_provider_backendauth.core.bulk.client import BulkExportClient
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader
-from airflow_provider_backendauth.core.bulk.export import BulkExportClient
 from airflow_provider_backendauth.core.bulk.job import BulkExportJob, bulk_http_for
 from airflow_provider_backendauth.core.bulk.state import BulkStateStore
 from airflow_provider_backendauth.core.retry import RetryPolicy

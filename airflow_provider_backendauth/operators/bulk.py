@@ -32,8 +32,9 @@ from airflow_provider_backendauth._compat import BaseOperator, conf
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-    from airflow_provider_backendauth.core.bulk.export import BulkExportRequest, BulkManifest
     from airflow_provider_backendauth.core.bulk.job import BulkExportJob
+    from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
+    from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
     from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 
 AUTO = "auto"
@@ -114,8 +115,8 @@ class _BulkBase(BaseOperator):
         client_options: Mapping[str, Any] | None = None,
         downloader_options: Mapping[str, Any] | None = None,
     ) -> BulkExportJob:
+        from airflow_provider_backendauth.core.bulk.client import BulkExportClient
         from airflow_provider_backendauth.core.bulk.download import BulkDownloader
-        from airflow_provider_backendauth.core.bulk.export import BulkExportClient
         from airflow_provider_backendauth.core.bulk.job import BulkExportJob, bulk_http_for
         from airflow_provider_backendauth.core.bulk.state import BulkStateStore
 
@@ -329,7 +330,7 @@ class FhirBulkExportOperator(_BulkBase):
         )
 
     def _since_key(self, job: BulkExportJob) -> str:
-        from airflow_provider_backendauth.core.bulk.export import as_list
+        from airflow_provider_backendauth.core.bulk.request import as_list
         from airflow_provider_backendauth.core.bulk.state import export_key
 
         return export_key(
@@ -341,7 +342,7 @@ class FhirBulkExportOperator(_BulkBase):
         )
 
     def _request(self, job: BulkExportJob, since_key: str) -> BulkExportRequest:
-        from airflow_provider_backendauth.core.bulk.export import BulkExportRequest
+        from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 
         since = self.since
         if isinstance(since, str) and since.strip().lower() == AUTO:
@@ -418,7 +419,7 @@ class FhirBulkExportOperator(_BulkBase):
 
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> Any:
         """Resumes after the trigger fired: download (or hand over) the files."""
-        from airflow_provider_backendauth.core.bulk.export import BulkManifest
+        from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
         from airflow_provider_backendauth.core.errors import BulkExportError
 
         job = self._job_for(context)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import httpx
 
     from airflow_provider_backendauth.core.auth.client import BackendAuthClient
-    from airflow_provider_backendauth.core.bulk.export import StatusResult
+    from airflow_provider_backendauth.core.bulk.protocol import StatusResult
 
 USER_AGENT = "airflow-provider-backendauth"
 MAX_REDIRECTS = 5
@@ -128,13 +128,13 @@ class BulkExportTrigger(BaseTrigger):
         yield TriggerEvent(payload)
 
     async def _wait(self) -> dict[str, Any]:
-        from airflow_provider_backendauth.core.bulk.export import (
+        from airflow_provider_backendauth.core.bulk.http import display_url
+        from airflow_provider_backendauth.core.bulk.protocol import (
             Complete,
             Failed,
             RetryLater,
             poll_delay,
         )
-        from airflow_provider_backendauth.core.bulk.http import display_url
 
         client = await self._auth_client()
         shown = display_url(self.status_url)
@@ -270,7 +270,7 @@ class BulkExportTrigger(BaseTrigger):
     async def _poll(self, http: httpx.AsyncClient, client: BackendAuthClient) -> StatusResult:
         import httpx
 
-        from airflow_provider_backendauth.core.bulk.export import RetryLater, interpret_status
+        from airflow_provider_backendauth.core.bulk.protocol import RetryLater, interpret_status
 
         try:
             response = await self._send(http, client, "GET", self.status_url)

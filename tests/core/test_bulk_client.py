@@ -8,13 +8,11 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_backendauth.core.bulk.export import (
-    BulkExportClient,
-    BulkExportRequest,
-    BulkManifest,
-    Failed,
-)
+from airflow_provider_backendauth.core.bulk.client import BulkExportClient
 from airflow_provider_backendauth.core.bulk.job import bulk_http_for
+from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
+from airflow_provider_backendauth.core.bulk.protocol import Failed
+from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.errors import BulkExportError
 from tests.bulkkit import FAST_POLL, BulkEnv
 
@@ -170,7 +168,7 @@ def test_progress_is_logged(bulk_env: BulkEnv, caplog: pytest.LogCaptureFixture)
     bulk_env.sb.settings.update(bulk_job_seconds=0.5)
     seen: list[str] = []
     c = client(bulk_env)
-    with caplog.at_level(logging.INFO, logger="airflow_provider_backendauth.core.bulk.export"):
+    with caplog.at_level(logging.INFO, logger="airflow_provider_backendauth.core.bulk.client"):
         c.wait(c.kickoff(BulkExportRequest.create("system")), on_progress=seen.append)
     assert seen and "exported" in seen[0]
     assert any("Export in progress: " in r.getMessage() for r in caplog.records)

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_backendauth.core.bulk.export import BulkExportRequest, BulkManifest
 from airflow_provider_backendauth.core.bulk.job import BulkExportJob
+from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
+from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.errors import BulkExportError
 from tests.bulkkit import BulkEnv, ndjson_lines, partials
 

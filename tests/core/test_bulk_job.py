@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from airflow_provider_backendauth.core.bulk.export import BulkExportRequest
+from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.bulk.state import (
     CANCELLED,
     COMPLETE,

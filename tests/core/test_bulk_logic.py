@@ -25,9 +25,9 @@ from airflow_provider_backendauth.core.bulk.download import (
     scan_error_files,
     summarize,
 )
-from airflow_provider_backendauth.core.bulk.export import (
-    BulkExportRequest,
-    BulkManifest,
+from airflow_provider_backendauth.core.bulk.http import display_url, redirect_target, with_query
+from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
+from airflow_provider_backendauth.core.bulk.protocol import (
     Complete,
     Failed,
     KickoffAccepted,
@@ -41,7 +41,7 @@ from airflow_provider_backendauth.core.bulk.export import (
     is_retryable_error,
     poll_delay,
 )
-from airflow_provider_backendauth.core.bulk.http import display_url, redirect_target, with_query
+from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.bulk.state import (
     BulkStateStore,
     FileMarker,
@@ -517,7 +517,7 @@ class TestErrorFilesAndSummary:
 
 
 def test_format_instant_naive_is_utc() -> None:
-    from airflow_provider_backendauth.core.bulk.export import format_instant
+    from airflow_provider_backendauth.core.bulk.request import format_instant
 
     assert format_instant(datetime(2024, 1, 1)) == "2024-01-01T00:00:00+00:00"
     aware = datetime(2024, 1, 1, tzinfo=timezone.utc)

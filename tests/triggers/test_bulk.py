@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_backendauth.core.bulk.export import BulkExportClient, BulkExportRequest
+from airflow_provider_backendauth.core.bulk.client import BulkExportClient
 from airflow_provider_backendauth.core.bulk.job import bulk_http_for
+from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.triggers.bulk import BulkExportTrigger
 from tests.bulkkit import CONN_ID, FAST_POLL, BulkEnv, assert_no_token_in
 

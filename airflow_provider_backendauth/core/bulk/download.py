@@ -25,8 +25,9 @@ from typing import Any, NoReturn
 
 import requests
 
-from airflow_provider_backendauth.core.bulk.export import BulkManifest, error_details
 from airflow_provider_backendauth.core.bulk.http import BulkHttp, display_url
+from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
+from airflow_provider_backendauth.core.bulk.protocol import error_details
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
 from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after

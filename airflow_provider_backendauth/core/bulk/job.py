@@ -27,6 +27,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_backendauth.core.bulk.client import BulkExportClient
 from airflow_provider_backendauth.core.bulk.download import (
     BulkDownloader,
     ExportFile,
@@ -35,12 +36,9 @@ from airflow_provider_backendauth.core.bulk.download import (
     scan_error_files,
     summarize,
 )
-from airflow_provider_backendauth.core.bulk.export import (
-    BulkExportClient,
-    BulkExportRequest,
-    BulkManifest,
-)
 from airflow_provider_backendauth.core.bulk.http import BulkHttp, display_url
+from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
+from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.bulk.state import (
     CANCELLED,
     COMPLETE,

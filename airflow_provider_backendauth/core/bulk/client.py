@@ -1,0 +1,272 @@
+"""A synchronous client for the Bulk Data ``$export`` flow: kick-off, status polling,
+manifest fetch and cancellation, over ``BulkHttp``.
+
+This module imports no Airflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import requests
+
+from airflow_provider_backendauth.core.bulk.http import BulkHttp, display_url
+from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
+from airflow_provider_backendauth.core.bulk.protocol import (
+    Complete,
+    Failed,
+    KickoffAccepted,
+    KickoffBusy,
+    KickoffFailed,
+    KickoffResult,
+    KickoffRetry,
+    RetryLater,
+    StatusResult,
+    error_details,
+    interpret_kickoff,
+    interpret_status,
+    poll_delay,
+)
+from airflow_provider_backendauth.core.bulk.request import (
+    FHIR_JSON,
+    KICKOFF_HEADERS,
+    STATUS_HEADERS,
+    BulkExportRequest,
+)
+from airflow_provider_backendauth.core.errors import BulkExportError
+
+log = logging.getLogger(__name__)
+
+
+class BulkExportClient:
+    """Kick-off, status polling and cancellation over ``BulkHttp`` (blocking).
+
+    Args:
+        http: the authenticated HTTP helper.
+        base_url: the FHIR base URL.
+        poll_interval_min: shortest wait between polls (also floors ``Retry-After``).
+        poll_interval_max: longest wait between polls (also caps ``Retry-After``).
+        kickoff_busy_budget: seconds to keep retrying a kick-off answered 429 (the server
+            runs another export of this client) before failing.
+        max_transient_errors: consecutive transient failures (5xx, ``transient``
+            OperationOutcomes, network errors) tolerated while polling or kicking off.
+        stop: set it to make waits end early (``on_kill``).
+        clock: a monotonic clock (tests).
+    """
+
+    def __init__(
+        self,
+        http: BulkHttp,
+        base_url: str,
+        *,
+        poll_interval_min: float = 2.0,
+        poll_interval_max: float = 3600.0,
+        kickoff_busy_budget: float = 300.0,
+        max_transient_errors: int = 10,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.poll_interval_min = poll_interval_min
+        self.poll_interval_max = poll_interval_max
+        self.kickoff_busy_budget = kickoff_busy_budget
+        self.max_transient_errors = max_transient_errors
+        self.stop = stop or threading.Event()
+        self._clock = clock
+
+    def _sleep(self, seconds: float, why: str) -> None:
+        if self.stop.wait(max(0.0, seconds)):
+            raise BulkExportError(f"Stopped while {why}.")
+
+    def kickoff(self, request: BulkExportRequest) -> str:
+        """Start the export; returns the status URL.
+
+        A 429 answer (another export running) is waited out within ``kickoff_busy_budget``;
+        5xx/transient answers are retried up to ``max_transient_errors`` times.
+        """
+        url = request.url(self.base_url)
+        started = self._clock()
+        transient = 0
+        delay: float | None = None
+        log.info("Starting a %s at %s", request.describe(), display_url(url))
+        while True:
+            result = self._kickoff_once(request, url)
+            if isinstance(result, KickoffAccepted):
+                log.info("Export accepted; status URL %s", display_url(result.status_url))
+                return result.status_url
+            if isinstance(result, KickoffFailed):
+                raise BulkExportError(
+                    f"The $export kick-off at {display_url(url)} failed"
+                    + (f" with HTTP {result.status_code}" if result.status_code else "")
+                    + f": {result.diagnostics}",
+                    status_code=result.status_code,
+                    diagnostics=result.diagnostics,
+                )
+            delay = poll_delay(
+                result.retry_after,
+                previous=delay,
+                minimum=self.poll_interval_min,
+                maximum=self.poll_interval_max,
+            )
+            if isinstance(result, KickoffBusy):
+                waited = self._clock() - started
+                if waited + delay > self.kickoff_busy_budget:
+                    raise BulkExportError(
+                        f"The server kept answering the $export kick-off with 429 (busy: "
+                        f"{result.diagnostics or 'no details'}) for {waited:.0f} s, longer than "
+                        f"kickoff_busy_budget={self.kickoff_busy_budget:.0f} s. Another export "
+                        "by this client may be running; cancel it or raise the budget.",
+                        status_code=429,
+                        diagnostics=result.diagnostics,
+                        transient=True,
+                    )
+                log.info("Server busy (429) on kick-off; retrying in %.1f s", delay)
+            else:
+                transient += 1
+                if transient > self.max_transient_errors:
+                    raise BulkExportError(
+                        f"The $export kick-off at {display_url(url)} kept failing "
+                        f"({result.diagnostics}); gave up after {transient} attempts.",
+                        status_code=result.status_code,
+                        diagnostics=result.diagnostics,
+                        transient=True,
+                    )
+                log.warning(
+                    "Kick-off failed transiently (%s); retrying in %.1f s",
+                    result.diagnostics,
+                    delay,
+                )
+            self._sleep(delay, "waiting to retry the kick-off")
+
+    def _kickoff_once(self, request: BulkExportRequest, url: str) -> KickoffResult:
+        post = request.http_method == "POST"
+        headers = dict(KICKOFF_HEADERS)
+        if post:
+            headers["Content-Type"] = FHIR_JSON
+        try:
+            response = self.http.send(
+                request.http_method,
+                url,
+                headers=headers,
+                json=request.parameters() if post else None,
+            )
+        except requests.RequestException as exc:
+            return KickoffRetry(None, f"no answer ({type(exc).__name__})")
+        with response:
+            return interpret_kickoff(
+                response.status_code, response.headers, response.content, request_url=url
+            )
+
+    def poll(self, status_url: str) -> StatusResult:
+        """One status request."""
+        try:
+            response = self.http.send("GET", status_url, headers=STATUS_HEADERS)
+        except requests.RequestException as exc:
+            return RetryLater(None, f"no answer ({type(exc).__name__})")
+        with response:
+            return interpret_status(response.status_code, response.headers, response.content)
+
+    def wait(
+        self,
+        status_url: str,
+        *,
+        deadline: float | None = None,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> BulkManifest:
+        """Poll until the export completes; returns its manifest.
+
+        Args:
+            status_url: from the kick-off.
+            deadline: a ``time.time()`` after which to give up.
+            on_progress: called with each new ``X-Progress`` text.
+        """
+        delay: float | None = None
+        transient = 0
+        last_progress: str | None = None
+        while True:
+            result = self.poll(status_url)
+            if isinstance(result, Complete):
+                return BulkManifest.from_json(result.manifest)
+            if isinstance(result, Failed):
+                raise BulkExportError(
+                    f"The export at {display_url(status_url)} failed: {result.diagnostics}",
+                    status_code=result.status_code,
+                    diagnostics=result.diagnostics,
+                )
+            if isinstance(result, RetryLater):
+                transient += 1
+                if transient > self.max_transient_errors:
+                    raise BulkExportError(
+                        f"Polling {display_url(status_url)} kept failing ({result.reason}); gave "
+                        f"up after {transient} consecutive errors.",
+                        status_code=result.status_code,
+                        diagnostics=result.reason,
+                        transient=True,
+                    )
+                log.warning("Status poll failed transiently (%s); will retry", result.reason)
+            else:
+                transient = 0
+                if result.throttled:
+                    log.info("Status polled too often (429); slowing down")
+                elif result.progress and result.progress != last_progress:
+                    last_progress = result.progress
+                    log.info("Export in progress: %s", result.progress)
+                    if on_progress is not None:
+                        on_progress(result.progress)
+            delay = poll_delay(
+                result.retry_after,
+                previous=delay,
+                minimum=self.poll_interval_min,
+                maximum=self.poll_interval_max,
+            )
+            if deadline is not None and time.time() + delay > deadline:
+                raise BulkExportError(
+                    f"The export at {display_url(status_url)} did not complete within max_wait.",
+                    transient=True,
+                )
+            self._sleep(delay, "waiting for the export")
+
+    def fetch_manifest(self, status_url: str) -> BulkManifest:
+        """The manifest of a completed export (one request; fails if it is not complete)."""
+        result = self.poll(status_url)
+        if isinstance(result, Complete):
+            return BulkManifest.from_json(result.manifest)
+        if isinstance(result, Failed):
+            raise BulkExportError(
+                f"Could not fetch the manifest from {display_url(status_url)}: "
+                f"{result.diagnostics}",
+                status_code=result.status_code,
+                diagnostics=result.diagnostics,
+            )
+        raise BulkExportError(
+            f"The export at {display_url(status_url)} is not complete ({type(result).__name__}).",
+            transient=True,
+        )
+
+    def cancel(self, status_url: str) -> bool:
+        """``DELETE`` the status URL (cancel a running export, or let the server delete a
+        finished one's files). Returns whether the server accepted; never raises."""
+        try:
+            response = self.http.send("DELETE", status_url, headers=STATUS_HEADERS, timeout=30)
+        except (requests.RequestException, BulkExportError) as exc:
+            log.warning("Could not DELETE %s: %s", display_url(status_url), type(exc).__name__)
+            return False
+        with response:
+            if response.status_code in (200, 202, 204):
+                log.info("Deleted the export job at %s", display_url(status_url))
+                return True
+            if response.status_code == 404:
+                log.info("Export job %s was already gone (404)", display_url(status_url))
+                return True
+            diagnostics, _ = error_details(response.status_code, response.content)
+            log.warning(
+                "DELETE %s answered HTTP %d: %s",
+                display_url(status_url),
+                response.status_code,
+                diagnostics,
+            )
+            return False
