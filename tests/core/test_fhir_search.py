@@ -99,14 +99,47 @@ def test_pages_follow_next_links(fhir: FhirClient, sb: Any, style: str) -> None:
     assert not search.truncated
 
 
-def test_one_progress_line_per_page(fhir: FhirClient, caplog: pytest.LogCaptureFixture) -> None:
+def test_progress_is_logged_at_a_rate_not_per_page(
+    fhir: FhirClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A line per page costs as much as a fast server's page: the first page, then one line
+    # per PROGRESS_LOG_SECONDS, and the total at the end.
     with caplog.at_level(logging.INFO, logger="airflow_provider_backendauth.core.fhir.search"):
         list(fhir.search("Patient", count=7))
-    lines = [r.getMessage() for r in caplog.records if "search: page" in r.getMessage()]
-    assert len(lines) == 3
+    lines = [r.getMessage() for r in caplog.records if "search: " in r.getMessage()]
+    assert len(lines) == 2, lines
     assert lines[0].startswith("Patient search: page 1, 7")
+    assert lines[1].startswith("Patient search: done: page 3, 20")
     assert "s elapsed" in lines[-1]
-    assert "20" in lines[-1]
+
+
+def test_debug_logs_every_page(fhir: FhirClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="airflow_provider_backendauth.core.fhir.search"):
+        list(fhir.search("Patient", count=7))
+    lines = [r.getMessage() for r in caplog.records if "search: page" in r.getMessage()]
+    assert [line.split(",")[0] for line in lines] == [
+        f"Patient search: page {n}" for n in (1, 2, 3)
+    ]
+
+
+def test_one_retry_loop_per_client(fhir: FhirClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tenacity
+
+    list(fhir.search("Patient", count=50))  # the token's and this client's retry loops
+    built: list[object] = []
+    original = tenacity.Retrying.__init__
+
+    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        built.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tenacity.Retrying, "__init__", counting_init)
+    assert len(list(fhir.search("Patient", count=5))) == 4
+    assert len(list(fhir.search("Observation", count=50))) > 1
+    assert built == []
+    fhir.rest.retry = FAST_RETRY.__class__(attempts=2)  # a new policy is honoured
+    list(fhir.search("Patient", count=5))
+    assert len(built) == 1
 
 
 def test_params_lists_repeat(fhir: FhirClient) -> None:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
+from airflow_provider_backendauth.core.auth.cache import CacheInfo, SingleFlightCache
 from airflow_provider_backendauth.core.errors import DiscoveryError
 from airflow_provider_backendauth.core.urls import join_url
-
-_cache: dict[tuple[str, str], SmartConfiguration] = {}
-_cache_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -56,13 +53,20 @@ def discover(
     session: requests.Session | None = None,
     timeout: float = 30.0,
 ) -> SmartConfiguration:
-    """Fetch (once per process and base URL) the server's discovery document."""
+    """Fetch (once per process and base URL) the server's discovery document.
+
+    Single flight: threads asking at the same time for a document not yet cached wait for
+    one request and share its answer, or its error (a failure is not cached).
+    """
     url = join_url(base_url, path)
-    key = (url, path)
-    with _cache_lock:
-        cached = _cache.get(key)
-    if cached is not None:
-        return cached
+    return _cache.get(
+        (url, base_url), lambda: _fetch(url, base_url, session=session, timeout=timeout)
+    )
+
+
+def _fetch(
+    url: str, base_url: str, *, session: requests.Session | None, timeout: float
+) -> SmartConfiguration:
     http = session or requests.Session()
     try:
         response = http.get(url, headers={"Accept": "application/json"}, timeout=timeout)
@@ -82,12 +86,17 @@ def discover(
         raise DiscoveryError(f"{url} did not return JSON; set the 'token_url' extra.") from None
     if not isinstance(document, dict):
         raise DiscoveryError(f"{url} did not return a JSON object; set the 'token_url' extra.")
-    config = SmartConfiguration.from_document(document, url, base_url)
-    with _cache_lock:
-        _cache[key] = config
-    return config
+    return SmartConfiguration.from_document(document, url, base_url)
+
+
+# Per process, keyed by the document's URL and the base URL relative endpoints resolve
+# against.
+_cache: SingleFlightCache[SmartConfiguration] = SingleFlightCache(maxsize=256)
+
+
+def discovery_cache_info() -> CacheInfo:
+    return _cache.info()
 
 
 def clear_discovery_cache() -> None:
-    with _cache_lock:
-        _cache.clear()
+    _cache.clear()

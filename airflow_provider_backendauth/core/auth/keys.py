@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from airflow_provider_backendauth.core.auth.cache import CacheInfo, SingleFlightCache
 from airflow_provider_backendauth.core.errors import ConfigurationError, KeyLoadError
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -106,13 +109,41 @@ class SigningKey:
         return {"keys": [jwk]}
 
 
+# Parsed keys, per process. Loading an RSA key costs ~36 ms (cryptography checks the key on
+# every load), paid by every hook and client built for a connection; the parsed key is
+# immutable and safe to share between threads. Entries are keyed by HMACs (with a secret
+# drawn per process) of the key text and passphrase, so the cache keeps no copy of either
+# and its keys are useless outside this process; the kid picks a key out of a JWKS.
+_KEY_CACHE: SingleFlightCache[SigningKey] = SingleFlightCache(maxsize=32)
+_KEY_CACHE_SECRET = secrets.token_bytes(32)
+
+
+def _digest(value: str | bytes | None) -> bytes | None:
+    if value is None:
+        return None
+    data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    return hmac.new(_KEY_CACHE_SECRET, data, hashlib.sha256).digest()
+
+
+def key_cache_info() -> CacheInfo:
+    """Hits and misses of the per-process parsed-key cache."""
+    return _KEY_CACHE.info()
+
+
+def clear_key_cache() -> None:
+    """Forget the parsed keys (tests; a process that wants a rotated key re-read at once
+    needs nothing: new key text is a new entry)."""
+    _KEY_CACHE.clear()
+
+
 def load_signing_key(
     material: str | bytes,
     *,
     passphrase: str | bytes | None = None,
     kid: str | None = None,
 ) -> SigningKey:
-    """Load a private key from PEM, JWK or JWKS text.
+    """Load a private key from PEM, JWK or JWKS text (parsed once per process for the same
+    text, passphrase and kid).
 
     Args:
         material: the key text as pasted into the connection or read from a file.
@@ -122,6 +153,15 @@ def load_signing_key(
     Raises:
         KeyLoadError: the text is not a usable private key; the message says why.
     """
+    ident = (_digest(material), _digest(passphrase), kid)
+    return _KEY_CACHE.get(
+        ident, lambda: _parse_signing_key(material, passphrase=passphrase, kid=kid)
+    )
+
+
+def _parse_signing_key(
+    material: str | bytes, *, passphrase: str | bytes | None, kid: str | None
+) -> SigningKey:
     text = material.decode("utf-8", "replace") if isinstance(material, bytes) else material
     text = text.strip().strip('"').strip()
     if not text:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -46,6 +47,18 @@ class TransientResponseError(Exception):
         self.response = response
         self.reason = reason
         self.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call's values, handed to the shared retry loop's attempt and callbacks."""
+
+    method: str
+    url: str
+    kwargs: dict[str, Any]
+    parse_json: bool
+    safe: bool
+    target: str
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -85,6 +98,7 @@ class RestClient:
         self.timeout = timeout
         self.retry_args = dict(retry_args or {})
         self.retry_unsafe_methods = retry_unsafe_methods
+        self._retryings: dict[bool, tuple[Any, Any]] = {}
 
     def url_for(self, endpoint: str) -> str:
         """The absolute URL of ``endpoint`` (absolute URLs are returned unchanged)."""
@@ -137,36 +151,18 @@ class RestClient:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _send(
-        self,
-        method: str,
-        endpoint: str,
-        *,
-        check: bool,
-        what: str | None,
-        parse_json: bool,
-        **kwargs: Any,
-    ) -> tuple[Any, requests.Response]:
+    def _retrying(self, safe: bool) -> Any:
+        """The ``tenacity.Retrying`` for idempotent (``safe``) or other calls: built once per
+        client (and again only if ``retry``/``retry_args`` are replaced), since building one
+        per call costs more than a fast answer's parsing; tenacity keeps its per-call state
+        thread-local, so threads share it. The call's own values reach the callbacks as the
+        attempt's argument (``state.args[0]``)."""
         import tenacity
 
-        method = method.upper()
-        url = self.url_for(endpoint)
-        target = what or f"{method} {url}"
-        kwargs.setdefault("timeout", self.timeout)
-        safe = method in IDEMPOTENT_METHODS or self.retry_unsafe_methods
-
-        def attempt() -> tuple[Any, requests.Response]:
-            response = self.session.request(method, url, **kwargs)
-            status = response.status_code
-            if status in RETRYABLE_STATUS and (safe or status in _NOT_PROCESSED_STATUS):
-                response.content  # noqa: B018 - read the body so the connection can be reused
-                raise TransientResponseError(response, f"HTTP {status}")
-            if not parse_json or not response.ok:
-                return None, response
-            try:
-                return response.json(), response
-            except ValueError:
-                raise TransientResponseError(response, "a body that is not valid JSON") from None
+        config = (self.retry, dict(self.retry_args))
+        cached = self._retryings.get(safe)
+        if cached is not None and cached[0] == config:
+            return cached[1]
 
         def is_retryable(exc: BaseException) -> bool:
             if isinstance(exc, TransientResponseError):
@@ -183,7 +179,7 @@ class RestClient:
             wait = state.next_action.sleep if state.next_action else 0.0
             log.warning(
                 "%s %s; retrying in %.1f s (attempt %d failed)",
-                target,
+                state.args[0].target if state.args else "the call",
                 _describe(exc),
                 wait,
                 state.attempt_number,
@@ -192,8 +188,41 @@ class RestClient:
         retry_kwargs = self.retry.tenacity_kwargs(is_retryable, retry_after_of, before_sleep)
         retry_kwargs.update(self.retry_args)
         retry_kwargs["reraise"] = True
+        retrying = tenacity.Retrying(**retry_kwargs)
+        self._retryings[safe] = (config, retrying)
+        return retrying
+
+    def _attempt(self, call: _Call) -> tuple[Any, requests.Response]:
+        response = self.session.request(call.method, call.url, **call.kwargs)
+        status = response.status_code
+        if status in RETRYABLE_STATUS and (call.safe or status in _NOT_PROCESSED_STATUS):
+            response.content  # noqa: B018 - read the body so the connection can be reused
+            raise TransientResponseError(response, f"HTTP {status}")
+        if not call.parse_json or not response.ok:
+            return None, response
         try:
-            body, response = tenacity.Retrying(**retry_kwargs)(attempt)
+            return response.json(), response
+        except ValueError:
+            raise TransientResponseError(response, "a body that is not valid JSON") from None
+
+    def _send(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        check: bool,
+        what: str | None,
+        parse_json: bool,
+        **kwargs: Any,
+    ) -> tuple[Any, requests.Response]:
+        method = method.upper()
+        url = self.url_for(endpoint)
+        target = what or f"{method} {url}"
+        kwargs.setdefault("timeout", self.timeout)
+        safe = method in IDEMPOTENT_METHODS or self.retry_unsafe_methods
+        call = _Call(method, url, kwargs, parse_json, safe, target)
+        try:
+            body, response = self._retrying(safe)(self._attempt, call)
         except TransientResponseError as exc:
             response = exc.response
             if response.ok:  # valid status, unusable body
