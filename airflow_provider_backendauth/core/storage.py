@@ -1,29 +1,37 @@
-"""Atomic file output over local paths and object stores, and an NDJSON record writer.
+"""Files that appear under their final name complete or not at all, written once, in place.
 
-A file is written under a hidden temporary sibling name (``.{name}.partial-{random}``) and
-moved to its final name only when writing succeeded; on failure the temporary file is
-deleted. So a reader (or the next task) never mistakes the output of a failed run for a
-complete file.
+Local paths (``pathlib.Path``, ``file://``): the file is written under a hidden temporary
+sibling name (``.{name}.partial-{random}``) and renamed over the final name when complete.
+A rename within one directory is atomic, so a reader never sees half a file.
+
+Object stores (S3, GCS, Azure, fsspec memory, ...): there is no rename (fsspec's ``mv`` is a
+server-side copy plus a delete, so every byte would be stored twice and a crash between the
+two leaves litter). Instead each file is written *once, under its final key*, as an
+uncommitted fsspec write (``fs.open(path, "wb", autocommit=False)``): the data is uploaded
+while it is written (S3: multipart upload parts), and the object appears only on
+``commit()`` (S3: ``CompleteMultipartUpload``); ``discard()`` aborts the upload. A failed or
+killed run therefore leaves no object under the final name, and none under any other name.
+A file that stays smaller than one part is kept in memory and stored by one ``PUT`` at
+commit (what s3fs does for small files too): one request for a small state record.
 
 Paths may be ``pathlib.Path`` objects or pathlib-like objects over fsspec filesystems
 (Airflow's ``ObjectStoragePath``, ``upath.UPath``): anything with ``name``, ``parent``,
 ``with_name()``, ``open()`` and ``unlink()``; fsspec-backed ones also have ``fs`` and
-``path``. On a local filesystem the final move is an atomic ``rename``; on object stores it
-is a server-side copy followed by a delete, so a reader may briefly see both names, but never
-a partial file under the final name.
+``path``.
 
 This module imports no Airflow.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import pathlib
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -32,6 +40,10 @@ log = logging.getLogger(__name__)
 PARTIAL_MARKER = ".partial-"
 _LOCAL_PROTOCOLS = frozenset({"", "file", "local"})
 _WRITE_MODES = frozenset({"w", "wb", "wt"})
+# Bytes kept in memory before an object-store upload starts; also the multipart part size.
+# 16 MiB parts: memory stays at about parallel * 16 MiB, and S3's 10,000-part limit allows
+# files up to 160 GB. (S3's minimum part size is 5 MiB.)
+DEFAULT_PART_SIZE = 16 * 2**20
 
 # ``Any`` on purpose: pathlib.Path, ObjectStoragePath and UPath share this duck type but no
 # common base class.
@@ -58,7 +70,7 @@ def is_local(path: StoragePath) -> bool:
 
 
 def partial_name(name: str) -> str:
-    """The temporary name a file called ``name`` is written under (random per call)."""
+    """The temporary local name a file called ``name`` is written under (random per call)."""
     return f".{name}{PARTIAL_MARKER}{secrets.token_hex(6)}"
 
 
@@ -68,11 +80,10 @@ def is_partial_name(name: str) -> bool:
 
 
 def _move(source: StoragePath, target: StoragePath) -> None:
-    """Move ``source`` over ``target`` (replacing it)."""
+    """Rename local ``source`` over ``target`` (atomic within a directory)."""
     fs = getattr(source, "fs", None)
     if fs is not None:
-        # fsspec: a local filesystem renames (atomic); object stores copy then delete.
-        fs.mv(source.path, target.path)
+        fs.mv(source.path, target.path)  # LocalFileSystem.mv is os.rename here
     else:
         os.replace(source, target)
 
@@ -84,8 +95,105 @@ def _remove_quietly(path: StoragePath) -> None:
         log.warning("Could not delete the temporary file %s", path, exc_info=True)
 
 
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = getattr(fs, "protocol", ())
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+class _UncommittedUpload(io.RawIOBase):
+    """A binary writer for one object-store file that becomes visible only on ``commit()``.
+
+    Bytes are buffered in memory up to ``part_size``; past that an fsspec file is opened with
+    ``autocommit=False`` (S3: a multipart upload) and receives the buffer and everything
+    after it, part by part. ``commit()`` completes the upload (or, for a small file, stores
+    the buffer with one ``pipe_file``); ``discard()`` aborts it. Nothing is ever copied.
+    """
+
+    def __init__(self, fs: Any, path: str, part_size: int) -> None:
+        super().__init__()
+        self.fs = fs
+        self.path = path
+        self.part_size = part_size
+        self._buffer: bytearray | None = bytearray()
+        self._file: Any = None  # the fsspec file, once the data outgrew the buffer
+        # fsspec's memory filesystem publishes a file as soon as it is opened, whatever
+        # ``autocommit`` says; since it keeps everything in memory anyway, buffer it all.
+        self._buffer_only = "memory" in _protocols(fs)
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.closed:
+            raise ValueError(f"write to a closed upload of {self.path}")
+        view = memoryview(data).cast("B")
+        if self._file is not None:
+            self._file.write(view)
+        else:
+            assert self._buffer is not None
+            self._buffer += view
+            if len(self._buffer) >= self.part_size and not self._buffer_only:
+                self._start_upload()
+        self.size += len(view)
+        return len(view)
+
+    def _start_upload(self) -> None:
+        file = self.fs.open(self.path, "wb", autocommit=False, block_size=self.part_size)
+        # fsspec also queues every autocommit=False file on the filesystem's (shared,
+        # cached) transaction object; this file is committed or discarded here, never by a
+        # transaction someone else may run on the same filesystem instance.
+        with suppress(Exception):
+            self.fs.transaction.files.remove(file)
+        self._file = file
+        buffer, self._buffer = self._buffer, None
+        file.write(bytes(buffer or b""))
+
+    def commit(self) -> None:
+        """Make the file visible under its name (complete the upload)."""
+        if self.closed:
+            raise ValueError(f"the upload of {self.path} was already finished")
+        try:
+            if self._file is None:
+                self.fs.pipe_file(self.path, bytes(self._buffer or b""))
+            else:
+                self._file.close()  # uploads the last part; the object is still invisible
+                self._file.commit()
+        finally:
+            self._buffer = None
+            super().close()
+
+    def discard(self) -> None:
+        """Abort the upload: no object appears. Idempotent."""
+        if self.closed:
+            return
+        file, self._file, self._buffer = self._file, None, None
+        super().close()
+        if file is not None:
+            try:
+                file.discard()  # S3: AbortMultipartUpload
+            finally:
+                # The discarded file has no buffer left; closing it only marks it closed
+                # (so garbage collection does not try to upload anything).
+                with suppress(Exception):
+                    file.close()
+
+    def close(self) -> None:
+        # Closing is not committing: an AtomicFile decides which of the two happens.
+        # (io.TextIOWrapper closes its buffer when it is closed; that must not upload.)
+        pass
+
+    @property
+    def parts_uploaded(self) -> int:
+        """How many multipart parts were sent so far (0 while the data is still buffered)."""
+        return len(getattr(self._file, "parts", None) or [])
+
+
 class AtomicFile:
-    """One output file written under a temporary name and moved into place on ``commit()``.
+    """One output file that appears under its final name only on ``commit()``.
+
+    Locally it is written under a temporary sibling name and renamed on commit; on object
+    stores it is an uncommitted upload to the final key (see the module docstring).
 
     Args:
         path: the final path (``pathlib.Path``, ``ObjectStoragePath``, ``UPath`` or string).
@@ -93,6 +201,8 @@ class AtomicFile:
         encoding: text encoding for text modes (default UTF-8).
         make_parents: create missing parent directories on local filesystems. Object stores
             have no directories to create.
+        part_size: object stores: bytes buffered before the upload starts, and the size of
+            each multipart part.
 
     Use as a context manager (commits on success, discards on error) or call ``open()``,
     then ``commit()`` or ``discard()`` yourself, e.g. to commit several files together.
@@ -105,6 +215,7 @@ class AtomicFile:
         *,
         encoding: str | None = None,
         make_parents: bool = True,
+        part_size: int = DEFAULT_PART_SIZE,
     ) -> None:
         if mode not in _WRITE_MODES:
             raise ValueError(f"mode must be one of {sorted(_WRITE_MODES)}, not {mode!r}")
@@ -112,7 +223,13 @@ class AtomicFile:
         self.mode = mode
         self.encoding = None if "b" in mode else (encoding or "utf-8")
         self.make_parents = make_parents
-        self.temp_path: StoragePath = self.path.with_name(partial_name(self.path.name))
+        self.part_size = part_size
+        self.local = is_local(self.path)
+        # Local files only: object-store files are written under their final key.
+        self.temp_path: StoragePath | None = (
+            self.path.with_name(partial_name(self.path.name)) if self.local else None
+        )
+        self._upload: _UncommittedUpload | None = None
         self._handle: IO[Any] | None = None
         self._done = False
 
@@ -124,29 +241,51 @@ class AtomicFile:
         """The open file object (opening it on first use)."""
         return self._handle if self._handle is not None else self.open()
 
+    @property
+    def bytes_uploaded(self) -> int:
+        """Object stores: bytes already sent to the store in parts (kept on resume)."""
+        upload = self._upload
+        if upload is None or upload._file is None:
+            return 0
+        return int(getattr(upload._file, "offset", 0) or 0)
+
     def open(self) -> IO[Any]:
-        """Open the temporary file for writing and return the file object."""
+        """Open the file for writing and return the file object."""
         if self._done:
             raise ValueError(f"{self!r} was already committed or discarded")
         if self._handle is None:
-            if self.make_parents and is_local(self.path):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.encoding is None:
-                self._handle = self.temp_path.open(self.mode)
+            if self.local:
+                assert self.temp_path is not None
+                if self.make_parents:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                if self.encoding is None:
+                    self._handle = self.temp_path.open(self.mode)
+                else:
+                    self._handle = self.temp_path.open(self.mode, encoding=self.encoding)
             else:
-                self._handle = self.temp_path.open(self.mode, encoding=self.encoding)
+                upload = self._upload = _UncommittedUpload(
+                    self.path.fs, self.path.path, self.part_size
+                )
+                handle: Any = upload
+                if self.encoding is not None:
+                    handle = io.TextIOWrapper(handle, encoding=self.encoding)
+                self._handle = handle
+        assert self._handle is not None
         return self._handle
 
     def commit(self) -> StoragePath:
-        """Close the file and move it to its final name; returns the final path.
+        """Close the file and make it appear under its final name; returns the final path.
 
         A file that was never opened is created empty (the caller asked for this output).
         """
         if self._done:
             raise ValueError(f"{self!r} was already committed or discarded")
         try:
-            self.handle.close()
-            _move(self.temp_path, self.path)
+            self.handle.close()  # text mode: flushes into the upload; never commits
+            if self._upload is not None:
+                self._upload.commit()
+            else:
+                _move(self.temp_path, self.path)
         except BaseException:
             self.discard()
             raise
@@ -154,14 +293,19 @@ class AtomicFile:
         return self.path
 
     def discard(self) -> None:
-        """Close and delete the temporary file; the final name is left untouched. Idempotent."""
+        """Drop what was written; the final name is left untouched. Idempotent."""
         if self._done:
             return
         self._done = True
-        if self._handle is not None:
+        if self._upload is not None:
+            try:
+                self._upload.discard()
+            except Exception:  # cleanup must not hide the error that got us here
+                log.warning("Could not abort the upload of %s", self.path, exc_info=True)
+        elif self._handle is not None:
             try:
                 self._handle.close()
-            except Exception:  # e.g. an object-store upload failing on close
+            except Exception:
                 log.warning("Could not close the temporary file %s", self.temp_path, exc_info=True)
             _remove_quietly(self.temp_path)
 
@@ -197,10 +341,10 @@ def atomic_writer(
         make_parents: create missing parent directories on local filesystems.
 
     Yields:
-        The open file object (of the temporary file).
+        The open file object.
 
     Raises:
-        Whatever the block raised; the temporary file is deleted first and any existing
+        Whatever the block raised; what was written is dropped first and any existing
         file at the final name is left as it was.
     """
     with AtomicFile(path, mode, encoding=encoding, make_parents=make_parents) as handle:
@@ -208,7 +352,8 @@ def atomic_writer(
 
 
 def remove_partials(directory: str | os.PathLike[str] | StoragePath) -> list[str]:
-    """Delete temporary files left in ``directory`` by killed processes; returns their names.
+    """Delete temporary local files left in ``directory`` by killed processes; returns their
+    names. (Object stores keep no temporary objects; see ``discard_leftovers``.)
 
     Only call this when no other writer can be using the directory.
     """
@@ -223,6 +368,41 @@ def remove_partials(directory: str | os.PathLike[str] | StoragePath) -> list[str
             _remove_quietly(child)
             removed.append(child.name)
     return removed
+
+
+def discard_leftovers(path: str | os.PathLike[str] | StoragePath) -> str | None:
+    """Drop what a killed earlier writer of ``path`` left behind; returns what it was (for a
+    log line), or None when there was nothing.
+
+    Locally: the file's temporary siblings. On S3: incomplete multipart uploads of the key
+    (invisible, but stored and billed until aborted). Their data cannot be continued by this
+    process (S3 does not let a part be read before the upload completes, and the download
+    checks every byte it writes), so the file starts again.
+
+    Only call this when no other writer can be writing ``path``.
+    """
+    path = as_path(path)
+    if is_local(path):
+        prefix = f".{path.name}{PARTIAL_MARKER}"
+        try:
+            stale = [c for c in path.parent.iterdir() if c.name.startswith(prefix)]
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        sizes = 0
+        for child in stale:
+            with suppress(OSError):
+                sizes += child.stat().st_size
+            _remove_quietly(child)
+        return f"{len(stale)} temporary file(s), {sizes} bytes" if stale else None
+    fs = path.fs
+    if not hasattr(fs, "call_s3"):
+        return None  # other stores expire uncommitted uploads themselves (GCS, Azure)
+    bucket, key, _ = fs.split_path(path.path)
+    answer = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+    uploads = [u for u in answer.get("Uploads", []) if u.get("Key") == key]
+    for upload in uploads:
+        fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+    return f"{len(uploads)} incomplete multipart upload(s)" if uploads else None
 
 
 class NdjsonWriter:
@@ -272,8 +452,8 @@ class NdjsonFileSet:
 
     Use as a context manager: on success every file is committed (``written`` lists them), on
     error all are discarded.
-    Committing is one move per file, so a crash *during* commit can leave some files moved
-    and others not; each moved file is still complete.
+    Committing is one rename (or one upload completion) per file, so a crash *during*
+    commit can leave some files committed and others not; each committed file is complete.
 
     Args:
         directory: the directory (local path, ``ObjectStoragePath`` or URL string).
@@ -308,7 +488,7 @@ class NdjsonFileSet:
         return sum(w.bytes for w in self._writers.values())
 
     def commit(self) -> list[WrittenFile]:
-        """Move every file to its final name; returns what was written, in creation order.
+        """Commit every file under its final name; returns what was written, in creation order.
 
         Calling it again returns the same list.
         """
@@ -327,7 +507,7 @@ class NdjsonFileSet:
         return written
 
     def discard(self) -> None:
-        """Delete every temporary file not yet committed."""
+        """Drop every file not yet committed."""
         for atomic in self._files.values():
             atomic.discard()
 

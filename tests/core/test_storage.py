@@ -14,6 +14,8 @@ from airflow_provider_backendauth.core.storage import (
     NdjsonFileSet,
     NdjsonWriter,
     atomic_writer,
+    discard_leftovers,
+    is_local,
     is_partial_name,
     remove_partials,
 )
@@ -32,7 +34,8 @@ def _object_storage(tmp_path: Path) -> Any:
 def _memory(tmp_path: Path) -> Any:
     from upath import UPath
 
-    # fsspec's memory filesystem stands in for an object store: no rename, mv = copy + delete.
+    # fsspec's memory filesystem stands in for an object store: files are uncommitted
+    # writes under the final name (tests/s3/ runs the same code against a real S3 endpoint).
     return UPath(f"memory://bucket-{uuid.uuid4().hex}/out")
 
 
@@ -56,8 +59,13 @@ def test_success_moves_to_final_name(root: Any) -> None:
     target = root / "sub" / "data.bin"
     with atomic_writer(target) as f:
         f.write(b"hello")
-        # While writing, only the hidden temporary name exists.
-        assert names(target.parent) and all(is_partial_name(n) for n in names(target.parent))
+        if is_local(target):
+            # While writing, only the hidden temporary name exists...
+            assert names(target.parent)
+            assert all(is_partial_name(n) for n in names(target.parent))
+        else:
+            # ...and on an object store nothing at all: the upload is not committed yet.
+            assert names(target.parent) == []
     assert target.read_bytes() == b"hello"
     assert names(target.parent) == ["data.bin"]
 
@@ -172,3 +180,35 @@ def test_remove_partials(tmp_path: Path) -> None:
     assert remove_partials(tmp_path) == [leftover.temp_path.name]
     assert names(tmp_path) == ["done.ndjson"]
     assert remove_partials(tmp_path / "missing") == []
+
+
+def test_object_store_writes_never_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from upath import UPath
+
+    root = UPath(f"memory://bucket-{uuid.uuid4().hex}/out")
+
+    def no_copy(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an object-store commit must not copy")
+
+    monkeypatch.setattr(type(root.fs), "mv", no_copy)
+    monkeypatch.setattr(type(root.fs), "copy", no_copy)
+    with atomic_writer(root / "a.ndjson") as f:
+        f.write(b"{}\n")
+    big = AtomicFile(root / "big.ndjson", part_size=8)
+    big.handle.write(b"0123456789" * 3)  # past the part size: an fsspec uncommitted file
+    assert not (root / "big.ndjson").exists()
+    big.commit()
+    assert (root / "big.ndjson").read_bytes() == b"0123456789" * 3
+    assert names(root) == ["a.ndjson", "big.ndjson"]
+
+
+def test_discard_leftovers_local(tmp_path: Path) -> None:
+    killed = AtomicFile(tmp_path / "cut.ndjson")
+    killed.handle.write(b"half")
+    killed.handle.flush()  # the process dies here
+    other = AtomicFile(tmp_path / "other.ndjson")
+    other.handle.write(b"x")
+    other.handle.flush()
+    assert discard_leftovers(tmp_path / "cut.ndjson") == "1 temporary file(s), 4 bytes"
+    assert discard_leftovers(tmp_path / "cut.ndjson") is None
+    assert names(tmp_path) == [other.temp_path.name]  # another file's writer is left alone

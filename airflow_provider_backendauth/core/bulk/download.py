@@ -31,7 +31,7 @@ from airflow_provider_backendauth.core.bulk.protocol import error_details
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
 from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
-from airflow_provider_backendauth.core.storage import AtomicFile, StoragePath
+from airflow_provider_backendauth.core.storage import AtomicFile, StoragePath, discard_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +242,9 @@ def _range_start(content_range: str | None) -> int | None:
 
 
 class _PartialFile:
-    """A file being downloaded. Its temporary file outlives a failed attempt, so that the
-    next attempt can ask for the rest only (``Range``) when the server supports it."""
+    """A file being downloaded. Its uncommitted output (a local temporary file, or an
+    object-store upload whose parts are already stored) outlives a failed attempt, so that
+    the next attempt can ask for the rest only (``Range``) when the server supports it."""
 
     def __init__(self, target: StoragePath) -> None:
         self.target = target
@@ -261,7 +262,14 @@ class _PartialFile:
         self._atomic.handle.write(chunk)
         self.counter.feed(chunk)
 
-    def restart(self) -> None:
+    def restart(self, why: str = "") -> None:
+        if self.offset and why:
+            log.warning(
+                "Restarting %s from byte 0 (%s); the %d bytes written so far are dropped",
+                self.target.name,
+                why,
+                self.offset,
+            )
         self.discard()
         self.counter = _LineCounter()
         self.resumable = False
@@ -391,6 +399,15 @@ class BulkDownloader:
         abort: threading.Event,
     ) -> FileResult:
         partial = _PartialFile(destination / file.name)
+        leftover = discard_leftovers(partial.target)
+        if leftover:
+            # A killed earlier try's upload cannot be continued: its data cannot be read
+            # back to count lines (S3 parts are unreadable before completion).
+            log.warning(
+                "%s: dropped what an interrupted earlier try left (%s); downloading it again",
+                file.name,
+                leftover,
+            )
         try:
             return self._attempts(file, partial, requires_access_token, abort)
         finally:
@@ -454,7 +471,7 @@ class BulkDownloader:
             # Ask for the rest of the plain representation: the offset counts decoded bytes.
             headers.update({"Range": f"bytes={partial.offset}-", "Accept-Encoding": "identity"})
         else:
-            partial.restart()
+            partial.restart("this file cannot be resumed: no Accept-Ranges, or gzip-encoded")
         timeout = self.read_timeout or self.http.timeout
         response = self.http.send(
             "GET",
@@ -469,16 +486,17 @@ class BulkDownloader:
             body: _Body | None = None
             if status == 206 and resuming:
                 if _range_start(response.headers.get("Content-Range")) != partial.offset:
-                    partial.restart()
+                    partial.restart("the server answered a different byte range")
                     raise _Retryable("the server answered a different byte range")
                 log.info("Resuming %s at byte %d", file.name, partial.offset)
                 chunks: Iterable[bytes] = response.iter_content(self.chunk_size)
             elif status == 200:
-                partial.restart()  # a whole body (even if we asked for the rest)
+                # a whole body (even if we asked for the rest)
+                partial.restart("the server sent the whole file again")
                 partial.resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes"
                 chunks = body = _Body(response.iter_content(self.chunk_size))
             else:
-                partial.restart()
+                # Keep what was written: the next attempt asks for the rest.
                 self._raise_for(file, response, requires_access_token)
             for chunk in chunks:
                 if self._stopped(abort):
