@@ -83,6 +83,7 @@ class ExportJob:
     started: float
     duration: float
     plan: ExportPlan
+    complete_after_polls: int
     requires_access_token: bool
     file_origin: str
     directory: str
@@ -91,13 +92,18 @@ class ExportJob:
     written: threading.Event = field(default_factory=threading.Event)
     cancelled: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    polls: int = 0
 
     def remaining(self) -> float:
         return max(0.0, self.started + self.duration - time.monotonic())
 
     @property
     def complete(self) -> bool:
-        return self.written.is_set() and self.remaining() == 0.0
+        return (
+            self.written.is_set()
+            and self.remaining() == 0.0
+            and self.polls >= self.complete_after_polls
+        )
 
     @property
     def in_progress(self) -> bool:
@@ -296,7 +302,7 @@ class BulkExports:
                     code="too-costly",
                 )
                 response.header(
-                    "Retry-After", format_seconds(max(1, math.ceil(busy[0].remaining())))
+                    "Retry-After", self._retry_after(max(1, math.ceil(busy[0].remaining())))
                 )
                 return response
 
@@ -321,6 +327,7 @@ class BulkExports:
             started=time.monotonic(),
             duration=settings.bulk_job_seconds,
             plan=plan,
+            complete_after_polls=settings.bulk_complete_after_polls,
             requires_access_token=settings.bulk_requires_access_token,
             file_origin=settings.bulk_file_origin,
             directory=self._job_directory(job_id),
@@ -382,6 +389,7 @@ class BulkExports:
         if request.method not in ("GET", "HEAD"):
             return outcome_response(405, "status URLs accept GET and DELETE", code="not-supported")
         self.stats.incr("bulk_status_polls")
+        job.polls += 1  # this poll counts towards bulk_complete_after_polls
         if job.failure is not None:
             return outcome_response(500, job.failure, code="exception", severity="fatal")
         if not job.complete:
@@ -393,17 +401,23 @@ class BulkExports:
     def _in_progress(self, job: ExportJob) -> Response:
         remaining = job.remaining()
         done = 1.0 if job.duration == 0 else min(1.0, 1 - remaining / job.duration)
+        if job.complete_after_polls:
+            done = min(done, job.polls / job.complete_after_polls)
         configured = self.settings.bulk_retry_after
         wait = max(1.0, math.ceil(remaining)) if configured is None else configured
-        retry_after = (
-            http_date(time.time() + wait)
-            if self.settings.bulk_retry_after_http_date
-            else format_seconds(wait)
-        )
         response = Response(202)
         response.header("X-Progress", f"in-progress: {int(done * 100)}% exported")
-        response.header("Retry-After", retry_after)
+        response.header("Retry-After", self._retry_after(wait))
         return response
+
+    def _retry_after(self, wait: float) -> str:
+        """A ``Retry-After`` value in the configured form: delta-seconds, an HTTP-date, or
+        the Unix time some servers send (``bulk_retry_after_epoch``)."""
+        if self.settings.bulk_retry_after_epoch:
+            return str(math.ceil(time.time() + wait))
+        if self.settings.bulk_retry_after_http_date:
+            return http_date(time.time() + wait)
+        return format_seconds(wait)
 
     def _delete(self, job: ExportJob) -> None:
         job.cancelled.set()

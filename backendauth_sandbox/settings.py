@@ -31,6 +31,8 @@ class SandboxSettings:
     bulk_job_seconds: float = 1.0
     bulk_retry_after: float | None = None
     bulk_retry_after_http_date: bool = False
+    bulk_retry_after_epoch: bool = False
+    bulk_complete_after_polls: int = 0
     bulk_requires_access_token: bool = True
     bulk_gzip: bool = True
     bulk_error_file: str | None = None
@@ -59,6 +61,8 @@ class SandboxSettings:
             raise ValueError("bulk_lines_per_file must be >= 1")
         if self.bulk_resource_padding_bytes < 0:
             raise ValueError("bulk_resource_padding_bytes must be >= 0")
+        if self.bulk_complete_after_polls < 0:
+            raise ValueError("bulk_complete_after_polls must be >= 0")
         if self.bulk_job_seconds < 0:
             raise ValueError("bulk_job_seconds must be >= 0")
         if not 1 <= self.search_default_count <= self.search_max_count:

@@ -1,43 +1,78 @@
 """Retry policy shared by the token client, the REST/FHIR client and bulk downloads.
 
 Transient failures (connection errors, timeouts, 429, 5xx) are retried with exponential
-backoff and jitter; a server's ``Retry-After`` (seconds or HTTP-date) wins, within a cap.
+backoff and jitter; a server's ``Retry-After`` (seconds, HTTP-date or a Unix time) wins,
+within a cap.
 """
 
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
+# A delta-seconds value this large is not a delay (it would be decades) but a Unix time some
+# servers send instead of an HTTP-date (e.g. ``Retry-After: 1796160426``). It is read as one
+# when it lands within this window around now; outside it, it stays a (huge) delay, which
+# callers refuse rather than sleep through.
+EPOCH_PAST_WINDOW = 86_400.0  # a moment up to a day ago: the wait is over
+EPOCH_FUTURE_WINDOW = 366 * 86_400.0
+# Larger values are clamped so arithmetic with them stays finite (about 317 years).
+RETRY_AFTER_CEILING = 1e10
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    """Seconds to wait from a ``Retry-After`` header, or None when there is no usable value.
+
+    Accepted forms: delta-seconds (``120``, also ``1.5``), an HTTP-date, and a Unix time in
+    seconds or milliseconds (``1796160426``) when it falls between a day ago and a year ahead.
+    A moment in the past means 0 (retry now). Negative, NaN, infinite and unparseable values
+    give None, so the caller backs off as if the header were absent. A huge delay is
+    returned as is (at most ``RETRY_AFTER_CEILING``): the caller compares it with its budget.
+    """
     if value is None:
         return None
     value = value.strip()
     if not value:
         return None
+    current = time.time() if now is None else now
     try:
-        return max(0.0, float(value))
+        number = float(value)
     except ValueError:
-        pass
+        return _http_date_delay(value, current)
+    if not math.isfinite(number) or number < 0:
+        return None
+    for scale in (1.0, 1000.0):  # Unix seconds, then milliseconds
+        moment = number / scale
+        # (The size check keeps a delay of hours a delay even with a clock near zero.)
+        in_window = current - EPOCH_PAST_WINDOW <= moment <= current + EPOCH_FUTURE_WINDOW
+        if in_window and number >= EPOCH_PAST_WINDOW:
+            return max(0.0, moment - current)
+    return min(number, RETRY_AFTER_CEILING)
+
+
+def _http_date_delay(value: str, current: float) -> float | None:
     try:
         moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if moment is None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    current = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
-    return max(0.0, (moment - current).total_seconds())
+    try:
+        delay = moment.timestamp() - current
+    except (OverflowError, OSError, ValueError):
+        return None
+    return min(max(0.0, delay), RETRY_AFTER_CEILING)
 
 
 @dataclass(frozen=True)

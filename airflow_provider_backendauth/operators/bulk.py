@@ -206,7 +206,8 @@ class FhirBulkExportOperator(_BulkBase):
         cancel_on_failure: ``DELETE`` the job when the task is killed or fails for good.
         poll_interval_min, poll_interval_max: bounds for the wait between status polls
             (``Retry-After``, seconds or HTTP-date, is honoured within them).
-        max_wait: give up when the export has not completed this long after the kick-off.
+        max_wait: give up when the export has not completed this long after the kick-off
+            (default: 7 days, ``DEFAULT_MAX_WAIT``; polling is always bounded).
         kickoff_busy_budget: seconds to keep retrying a kick-off answered 429 (another
             export running) before failing.
         max_transient_errors: consecutive 5xx/transient errors tolerated while polling.
@@ -367,10 +368,14 @@ class FhirBulkExportOperator(_BulkBase):
         )
 
     def _deadline(self, job: BulkExportJob) -> float | None:
-        if self.max_wait is None or job.record is None:
+        """``max_wait`` after the kick-off (``DEFAULT_MAX_WAIT`` when unset): every try and
+        the trigger count from the same moment, so retries never extend the wait."""
+        from airflow_provider_backendauth.core.bulk.poller import DEFAULT_MAX_WAIT
+
+        if job.record is None:
             return None
         started = datetime.fromisoformat(job.record.kicked_off_at).timestamp()
-        return started + self.max_wait
+        return started + (DEFAULT_MAX_WAIT if self.max_wait is None else self.max_wait)
 
     # -- execution -------------------------------------------------------------------
 

@@ -128,64 +128,45 @@ class BulkExportTrigger(BaseTrigger):
         yield TriggerEvent(payload)
 
     async def _wait(self) -> dict[str, Any]:
+        """The asyncio driver of the shared ``StatusPoller``: it only performs the requests
+        and sleeps the poller asks for."""
         from airflow_provider_backendauth.core.bulk.http import display_url
-        from airflow_provider_backendauth.core.bulk.protocol import (
-            Complete,
-            Failed,
-            RetryLater,
-            poll_delay,
+        from airflow_provider_backendauth.core.bulk.poller import (
+            Action,
+            Done,
+            Poll,
+            Sleep,
+            StatusPoller,
         )
 
         client = await self._auth_client()
-        shown = display_url(self.status_url)
-        delay: float | None = None
-        transient = 0
-        last_progress: str | None = None
+        poller = StatusPoller(
+            self.status_url,
+            poll_interval_min=self.poll_interval_min,
+            poll_interval_max=self.poll_interval_max,
+            max_transient_errors=self.max_transient_errors,
+            deadline=self.deadline,
+            shown_url=display_url(self.status_url),
+        )
         async with await self._http(client) as http:
+            action: Action = poller.start(time.time())
             while True:
-                result = await self._poll(http, client)
-                if isinstance(result, Complete):
-                    return self._complete_payload(result.manifest)
-                if isinstance(result, Failed):
-                    return {
-                        "status": "error",
-                        "status_url": self.status_url,
-                        "message": f"The export at {shown} failed: {result.diagnostics}",
-                        "status_code": result.status_code,
-                    }
-                if isinstance(result, RetryLater):
-                    transient += 1
-                    if transient > self.max_transient_errors:
-                        return {
-                            "status": "error",
-                            "status_url": self.status_url,
-                            "message": f"Polling {shown} kept failing ({result.reason}); gave up "
-                            f"after {transient} consecutive errors.",
-                            "status_code": result.status_code,
-                        }
-                    self.log.warning(
-                        "Status poll failed transiently (%s); will retry", result.reason
-                    )
+                if isinstance(action, Poll):
+                    action = poller.feed(await self._poll(http, client), time.time())
+                elif isinstance(action, Sleep):
+                    for note in action.notes:
+                        self.log.log(note.level, "%s", note.message)
+                    await asyncio.sleep(action.seconds)
+                    action = poller.start(time.time())
+                elif isinstance(action, Done):
+                    return self._complete_payload(action.manifest)
                 else:
-                    transient = 0
-                    if result.throttled:
-                        self.log.info("Status polled too often (429); slowing down")
-                    elif result.progress and result.progress != last_progress:
-                        last_progress = result.progress
-                        self.log.info("Export in progress: %s", result.progress)
-                delay = poll_delay(
-                    result.retry_after,
-                    previous=delay,
-                    minimum=self.poll_interval_min,
-                    maximum=self.poll_interval_max,
-                )
-                if self.deadline is not None and time.time() + delay > self.deadline:
                     return {
-                        "status": "timeout",
+                        "status": "timeout" if action.timeout else "error",
                         "status_url": self.status_url,
-                        "message": f"The export at {shown} did not complete within max_wait.",
+                        "message": action.message,
+                        "status_code": action.status_code,
                     }
-                await asyncio.sleep(delay)
 
     def _complete_payload(self, manifest: dict[str, Any]) -> dict[str, Any]:
         size = len(json.dumps(manifest, separators=(",", ":")))

@@ -165,7 +165,8 @@ def test_retry_after_as_http_date(bulk_env: BulkEnv) -> None:
 
 
 def test_progress_is_logged(bulk_env: BulkEnv, caplog: pytest.LogCaptureFixture) -> None:
-    bulk_env.sb.settings.update(bulk_job_seconds=0.5)
+    # Still running for the first two polls whatever the machine's load: no timing race.
+    bulk_env.sb.settings.update(bulk_job_seconds=0, bulk_complete_after_polls=3)
     seen: list[str] = []
     c = client(bulk_env)
     with caplog.at_level(logging.INFO, logger="airflow_provider_backendauth.core.bulk.client"):
@@ -248,6 +249,27 @@ def test_kickoff_429_waits_for_the_running_export(bulk_env: BulkEnv) -> None:
     assert c.wait(second).output
 
 
+def test_kickoff_429_with_a_unix_time_retry_after_waits_within_the_budget(
+    bulk_env: BulkEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 10 #3: "Retry-After: 1796160426" was read as 57 years, clamped to
+    # poll_interval_max (1 h) and compared with the budget: the kick-off failed at once.
+    bulk_env.sb.settings.update(
+        bulk_reject_concurrent=True, bulk_job_seconds=1.0, bulk_retry_after_epoch=True
+    )
+    c = client(bulk_env, kickoff_busy_budget=30, poll_interval_max=3600)
+    first = c.kickoff(BulkExportRequest.create("system", types="Patient"))
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="airflow_provider_backendauth.core.bulk.client"):
+        second = c.kickoff(BulkExportRequest.create("system", types="Condition"))
+    assert second != first
+    assert time.monotonic() - started < 10
+    assert bulk_env.sb.stats["bulk_rejected_concurrent"] >= 1
+    waits = [r.getMessage() for r in caplog.records if "Server busy (429)" in r.getMessage()]
+    assert waits and "kickoff_busy_budget left" in waits[0]
+    assert c.wait(second).output
+
+
 def test_kickoff_429_budget(bulk_env: BulkEnv) -> None:
     bulk_env.sb.settings.update(bulk_reject_concurrent=True, bulk_job_seconds=30)
     c = client(bulk_env, kickoff_busy_budget=0.5)
@@ -256,6 +278,9 @@ def test_kickoff_429_budget(bulk_env: BulkEnv) -> None:
         with pytest.raises(BulkExportError, match="kickoff_busy_budget") as info:
             c.kickoff(BulkExportRequest.create("system"))
         assert info.value.status_code == 429
+        # The real numbers: how often, for how long, and what the server asked for.
+        message = str(info.value)
+        assert "times over" in message and "Retry-After asked for" in message
     finally:
         assert c.cancel(status_url)
 
@@ -285,6 +310,41 @@ def test_status_401_renews_the_token(bulk_env: BulkEnv) -> None:
     stats = bulk_env.sb.stats
     assert stats["unauthorized"] == 1
     assert stats["token_requests"] == 2
+
+
+def test_far_future_retry_after_on_a_status_429_fails_at_once(bulk_env: BulkEnv) -> None:
+    # Issue 10 #4: the far-future value was clamped to poll_interval_max and polled again,
+    # 429 after 429, without backoff and without a word until max_wait ran out.
+    bulk_env.sb.settings.update(bulk_job_seconds=30)
+    c = client(bulk_env, poll_interval_max=0.2)
+    status_url = c.kickoff(BulkExportRequest.create("system"))
+    later = str(int(time.time()) + 7200)  # a Unix time, as servers in the wild send
+    bulk_env.sb.faults.add(
+        "/fhir/_bulk/jobs", method="GET", status=429, headers={"Retry-After": later}, times=None
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(BulkExportError, match=r"asked to wait 2\.0 h") as info:
+            c.wait(status_url, deadline=time.time() + 30)
+        assert time.monotonic() - started < 5
+        assert bulk_env.sb.stats["responses_by_status"]["429"] == 1
+        assert "left before the export's deadline" in str(info.value)
+    finally:
+        bulk_env.sb.faults.clear()
+        c.cancel(status_url)
+
+
+def test_long_retry_after_on_a_202_is_said_not_silently_cut(
+    bulk_env: BulkEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    bulk_env.sb.settings.update(
+        bulk_job_seconds=0, bulk_complete_after_polls=2, bulk_retry_after=30
+    )
+    c = client(bulk_env, poll_interval_max=0.1)
+    with caplog.at_level(logging.INFO, logger="airflow_provider_backendauth.core.bulk.client"):
+        assert run_export(c, BulkExportRequest.create("system", types="Patient")).output
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert "asked to poll again in 30.0 s (Retry-After); polling in 0.1 s instead" in said
 
 
 def test_deadline(bulk_env: BulkEnv) -> None:

@@ -162,6 +162,24 @@ def test_http_date_retry_after(bulk_env: BulkEnv) -> None:
     assert polls >= 2
 
 
+def test_far_future_retry_after_is_a_timeout_event_at_once(bulk_env: BulkEnv) -> None:
+    bulk_env.sb.settings.update(bulk_job_seconds=30)
+    status_url = kickoff(bulk_env)
+    later = str(int(time.time()) + 7200)
+    bulk_env.sb.faults.add(
+        "/fhir/_bulk/jobs", method="GET", status=429, headers={"Retry-After": later}, times=None
+    )
+    started = time.monotonic()
+    payload = run_trigger(trigger(status_url, deadline=time.time() + 60))
+    assert time.monotonic() - started < 5
+    assert payload["status"] == "timeout"
+    assert "asked to wait 2.0 h" in payload["message"]
+    bulk_env.sb.faults.clear()
+    BulkExportClient(bulk_http_for(bulk_env.auth_client()), bulk_env.sb.fhir_base).cancel(
+        status_url
+    )
+
+
 def test_unknown_status_url_is_an_error_event(bulk_env: BulkEnv) -> None:
     payload = run_trigger(trigger(f"{bulk_env.sb.fhir_base}/_bulk/jobs/nope"))
     assert payload["status"] == "error"
@@ -171,7 +189,9 @@ def test_unknown_status_url_is_an_error_event(bulk_env: BulkEnv) -> None:
 def test_progress_is_logged(
     bulk_env: BulkEnv, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    bulk_env.sb.settings.update(bulk_job_seconds=0.5)
+    # The job answers 202 to the first two polls whatever the load: under CPU pressure a
+    # 0.5 s job used to finish before the first poll, and no progress was ever seen.
+    bulk_env.sb.settings.update(bulk_job_seconds=0, bulk_complete_after_polls=3)
     status_url = kickoff(bulk_env)
     with caplog.at_level(logging.INFO):
         run_trigger(trigger(status_url))

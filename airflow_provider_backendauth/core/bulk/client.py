@@ -10,11 +10,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import requests
 
 from airflow_provider_backendauth.core.bulk.http import BulkHttp, display_url
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
+from airflow_provider_backendauth.core.bulk.poller import (
+    Action,
+    Done,
+    Poll,
+    Sleep,
+    StatusPoller,
+    describe_seconds,
+)
 from airflow_provider_backendauth.core.bulk.protocol import (
     Complete,
     Failed,
@@ -85,12 +94,15 @@ class BulkExportClient:
     def kickoff(self, request: BulkExportRequest) -> str:
         """Start the export; returns the status URL.
 
-        A 429 answer (another export running) is waited out within ``kickoff_busy_budget``;
-        5xx/transient answers are retried up to ``max_transient_errors`` times.
+        A 429 answer (another export running) is waited out within ``kickoff_busy_budget``:
+        each wait is the server's ``Retry-After`` (or a doubling backoff without one), cut
+        to what is left of the budget. 5xx/transient answers are retried up to
+        ``max_transient_errors`` times.
         """
         url = request.url(self.base_url)
         started = self._clock()
         transient = 0
+        busy = 0
         delay: float | None = None
         log.info("Starting a %s at %s", request.describe(), display_url(url))
         while True:
@@ -106,25 +118,9 @@ class BulkExportClient:
                     status_code=result.status_code,
                     diagnostics=result.diagnostics,
                 )
-            delay = poll_delay(
-                result.retry_after,
-                previous=delay,
-                minimum=self.poll_interval_min,
-                maximum=self.poll_interval_max,
-            )
             if isinstance(result, KickoffBusy):
-                waited = self._clock() - started
-                if waited + delay > self.kickoff_busy_budget:
-                    raise BulkExportError(
-                        f"The server kept answering the $export kick-off with 429 (busy: "
-                        f"{result.diagnostics or 'no details'}) for {waited:.0f} s, longer than "
-                        f"kickoff_busy_budget={self.kickoff_busy_budget:.0f} s. Another export "
-                        "by this client may be running; cancel it or raise the budget.",
-                        status_code=429,
-                        diagnostics=result.diagnostics,
-                        transient=True,
-                    )
-                log.info("Server busy (429) on kick-off; retrying in %.1f s", delay)
+                busy += 1
+                delay = self._busy_wait(result, url, busy, started, delay)
             else:
                 transient += 1
                 if transient > self.max_transient_errors:
@@ -135,12 +131,60 @@ class BulkExportClient:
                         diagnostics=result.diagnostics,
                         transient=True,
                     )
+                delay = poll_delay(
+                    result.retry_after,
+                    previous=delay,
+                    minimum=self.poll_interval_min,
+                    maximum=self.poll_interval_max,
+                )
                 log.warning(
-                    "Kick-off failed transiently (%s); retrying in %.1f s",
+                    "Kick-off failed transiently (%s); retrying in %s",
                     result.diagnostics,
-                    delay,
+                    describe_seconds(delay),
                 )
             self._sleep(delay, "waiting to retry the kick-off")
+
+    def _busy_wait(
+        self, result: KickoffBusy, url: str, busy: int, started: float, previous: float | None
+    ) -> float:
+        """How long to wait after a 429 on kick-off: the server's Retry-After (else a
+        doubling backoff) within what is left of ``kickoff_busy_budget``; fails when the
+        budget is spent."""
+        waited = self._clock() - started
+        left = self.kickoff_busy_budget - waited
+        asked = (
+            f"its last Retry-After asked for {describe_seconds(result.retry_after)} more"
+            if result.retry_after is not None
+            else "it sent no usable Retry-After"
+        )
+        if left <= 0:
+            raise BulkExportError(
+                f"The server kept answering the $export kick-off at {display_url(url)} with 429 "
+                f"(busy: {result.diagnostics or 'no details'}) {busy} times over "
+                f"{describe_seconds(waited)}, the whole kickoff_busy_budget="
+                f"{describe_seconds(self.kickoff_busy_budget)}; {asked}. Another export by this "
+                "client may be running; cancel it or raise the budget.",
+                status_code=429,
+                diagnostics=result.diagnostics,
+                transient=True,
+            )
+        if result.retry_after is not None:
+            delay, why = max(result.retry_after, self.poll_interval_min), "Retry-After"
+        else:
+            base = previous if previous is not None else self.poll_interval_min / 2
+            delay = min(max(self.poll_interval_min, base * 2), self.poll_interval_max)
+            why = "backoff"
+        wait = min(delay, left)
+        log.info(
+            "Server busy (429) on kick-off (%s); retrying in %s (%s%s; %s of "
+            "kickoff_busy_budget left)",
+            result.diagnostics or "no details",
+            describe_seconds(wait),
+            why,
+            f" {describe_seconds(delay)}, cut to the budget" if wait < delay else "",
+            describe_seconds(left),
+        )
+        return wait
 
     def _kickoff_once(self, request: BulkExportRequest, url: str) -> KickoffResult:
         post = request.http_method == "POST"
@@ -170,6 +214,48 @@ class BulkExportClient:
         with response:
             return interpret_status(response.status_code, response.headers, response.content)
 
+    def poller(self, status_url: str, *, deadline: float | None = None) -> StatusPoller:
+        """The sans-IO poller for ``status_url`` with this client's settings."""
+        return StatusPoller(
+            status_url,
+            poll_interval_min=self.poll_interval_min,
+            poll_interval_max=self.poll_interval_max,
+            max_transient_errors=self.max_transient_errors,
+            deadline=deadline,
+            shown_url=display_url(status_url),
+        )
+
+    def wait_json(
+        self,
+        status_url: str,
+        *,
+        deadline: float | None = None,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the URL answers 200 with a manifest; returns it as JSON (the blocking
+        driver of ``StatusPoller``)."""
+        poller = self.poller(status_url, deadline=deadline)
+        action: Action = poller.start(time.time())
+        while True:
+            if isinstance(action, Poll):
+                action = poller.feed(self.poll(action.url), time.time())
+            elif isinstance(action, Sleep):
+                for note in action.notes:
+                    log.log(note.level, "%s", note.message)
+                if action.progress and on_progress is not None:
+                    on_progress(action.progress)
+                self._sleep(action.seconds, "waiting for the export")
+                action = poller.start(time.time())
+            elif isinstance(action, Done):
+                return action.manifest
+            else:
+                raise BulkExportError(
+                    action.message,
+                    status_code=action.status_code,
+                    diagnostics=action.diagnostics,
+                    transient=action.transient,
+                )
+
     def wait(
         self,
         status_url: str,
@@ -181,54 +267,12 @@ class BulkExportClient:
 
         Args:
             status_url: from the kick-off.
-            deadline: a ``time.time()`` after which to give up.
+            deadline: a ``time.time()`` after which to give up (None: ``DEFAULT_MAX_WAIT``).
             on_progress: called with each new ``X-Progress`` text.
         """
-        delay: float | None = None
-        transient = 0
-        last_progress: str | None = None
-        while True:
-            result = self.poll(status_url)
-            if isinstance(result, Complete):
-                return BulkManifest.from_json(result.manifest)
-            if isinstance(result, Failed):
-                raise BulkExportError(
-                    f"The export at {display_url(status_url)} failed: {result.diagnostics}",
-                    status_code=result.status_code,
-                    diagnostics=result.diagnostics,
-                )
-            if isinstance(result, RetryLater):
-                transient += 1
-                if transient > self.max_transient_errors:
-                    raise BulkExportError(
-                        f"Polling {display_url(status_url)} kept failing ({result.reason}); gave "
-                        f"up after {transient} consecutive errors.",
-                        status_code=result.status_code,
-                        diagnostics=result.reason,
-                        transient=True,
-                    )
-                log.warning("Status poll failed transiently (%s); will retry", result.reason)
-            else:
-                transient = 0
-                if result.throttled:
-                    log.info("Status polled too often (429); slowing down")
-                elif result.progress and result.progress != last_progress:
-                    last_progress = result.progress
-                    log.info("Export in progress: %s", result.progress)
-                    if on_progress is not None:
-                        on_progress(result.progress)
-            delay = poll_delay(
-                result.retry_after,
-                previous=delay,
-                minimum=self.poll_interval_min,
-                maximum=self.poll_interval_max,
-            )
-            if deadline is not None and time.time() + delay > deadline:
-                raise BulkExportError(
-                    f"The export at {display_url(status_url)} did not complete within max_wait.",
-                    transient=True,
-                )
-            self._sleep(delay, "waiting for the export")
+        return BulkManifest.from_json(
+            self.wait_json(status_url, deadline=deadline, on_progress=on_progress)
+        )
 
     def fetch_manifest(self, status_url: str) -> BulkManifest:
         """The manifest of a completed export (one request; fails if it is not complete)."""

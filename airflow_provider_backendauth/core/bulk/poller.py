@@ -1,0 +1,291 @@
+"""The export status poller, sans-IO: one state machine that decides when to poll, how long
+to wait, and when to give up, fed the interpreted answers by a driver that does the I/O.
+
+Two drivers execute it: ``BulkExportClient.wait`` (blocking, in a worker) and
+``BulkExportTrigger`` (asyncio, in the triggerer). Neither keeps its own counters, delays or
+deadline, so the two paths cannot drift apart::
+
+    poller = StatusPoller(status_url, ...)
+    action = poller.start(now)
+    while True:
+        if isinstance(action, Poll):  action = poller.feed(fetch(action.url), now)
+        elif isinstance(action, Sleep): sleep(action.seconds); action = poller.start(now)
+        else: break                    # Done (the manifest) or Fail (why, with numbers)
+
+Waiting rules (``docs/bulk-export.md``, "Waiting"):
+
+- ``202``: the server's ``Retry-After`` within [``poll_interval_min``, ``poll_interval_max``]
+  (a longer one is said in the log, not silently cut), else a delay growing by 1.5x.
+- ``429`` (polled too often): the server's ``Retry-After`` is honoured even beyond
+  ``poll_interval_max`` (polling earlier only earns another 429); without a usable value
+  the delay doubles on each 429 in a row.
+- 5xx / ``transient`` / no answer: up to ``max_transient_errors`` in a row, backing off.
+- Every wait ends by the deadline (``max_wait`` after the kick-off, ``DEFAULT_MAX_WAIT``
+  when unset): the last poll happens at the deadline, and a server asking to wait beyond
+  it fails at once, saying so.
+
+This module imports no Airflow and does no I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_backendauth.core.bulk.protocol import (
+    Complete,
+    Failed,
+    Pending,
+    RetryLater,
+    StatusResult,
+)
+
+# Polling is bounded even when max_wait is not set: a week covers the multi-day exports
+# real servers run (Epic), and a server that flaps or never finishes ends the task.
+DEFAULT_MAX_WAIT = 7 * 86_400.0
+GROWTH = 1.5  # 202 without Retry-After
+THROTTLE_GROWTH = 2.0  # 429 or errors without a usable Retry-After
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line for the driver's log (the poller has no logger of its own to stay sans-IO)."""
+
+    level: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Poll:
+    """Request ``url`` now and ``feed`` the interpreted answer."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Wait ``seconds``, then call ``start`` again. ``progress`` is new ``X-Progress`` text."""
+
+    seconds: float
+    notes: tuple[Note, ...] = ()
+    progress: str | None = None
+
+
+@dataclass(frozen=True)
+class Done:
+    """The export is complete: ``manifest`` is the server's JSON object."""
+
+    manifest: dict[str, Any] = field(repr=False)
+    notes: tuple[Note, ...] = ()
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Give up. ``timeout``: the deadline passed (or would pass); ``transient``: a later
+    attempt could succeed (errors that persisted, a server asking to wait too long)."""
+
+    message: str
+    status_code: int | None = None
+    diagnostics: str | None = None
+    timeout: bool = False
+    transient: bool = False
+
+
+Action = Poll | Sleep | Done | Fail
+
+
+def describe_seconds(seconds: float) -> str:
+    """``12.0 s``, ``5.0 min``, ``3.2 h``, ``4.5 days``, ``31.7 years``: waits in messages."""
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds < 2 * 31_557_600:
+        return f"{seconds / 86_400:.1f} days"
+    return f"{seconds / 31_557_600:.1f} years"
+
+
+class StatusPoller:
+    """Decides the polling of one status URL (see the module docstring).
+
+    Args:
+        status_url: the URL to poll (a status URL, or a manifest page's ``next`` link).
+        poll_interval_min, poll_interval_max: bounds of the wait between polls.
+        max_transient_errors: consecutive transient failures tolerated.
+        deadline: a ``time.time()`` to give up at; None: ``DEFAULT_MAX_WAIT`` after the
+            first ``start``.
+        what: how messages name the thing polled.
+    """
+
+    def __init__(
+        self,
+        status_url: str,
+        *,
+        poll_interval_min: float = 2.0,
+        poll_interval_max: float = 3600.0,
+        max_transient_errors: int = 10,
+        deadline: float | None = None,
+        shown_url: str | None = None,
+        what: str = "the export",
+    ) -> None:
+        self.status_url = status_url
+        self.minimum = max(0.0, float(poll_interval_min))
+        self.maximum = max(float(poll_interval_max), self.minimum)
+        self.max_transient_errors = int(max_transient_errors)
+        self.deadline = deadline
+        self.shown = shown_url or status_url
+        self.what = what
+        self.polls = 0
+        self.transient = 0
+        self.throttled = 0
+        self._delay: float | None = None
+        self._last_progress: str | None = None
+
+    # -- the driver's calls ------------------------------------------------------------
+
+    def start(self, now: float) -> Poll | Fail:
+        """The next step before a request: poll now, or fail when the deadline has passed."""
+        if self.deadline is None:
+            self.deadline = now + DEFAULT_MAX_WAIT
+        if self.polls and now >= self.deadline:
+            return self._timeout(now, "")
+        return Poll(self.status_url)
+
+    def feed(self, result: StatusResult, now: float) -> Action:
+        """The next step after an answer (``interpret_status``'s result)."""
+        self.polls += 1
+        if self.deadline is None:
+            self.deadline = now + DEFAULT_MAX_WAIT
+        if isinstance(result, Complete):
+            return Done(result.manifest)
+        if isinstance(result, Failed):
+            return Fail(
+                f"The export at {self.shown} failed: {result.diagnostics}",
+                status_code=result.status_code,
+                diagnostics=result.diagnostics,
+            )
+        if isinstance(result, RetryLater):
+            return self._after_error(result, now)
+        return self._after_pending(result, now)
+
+    # -- the rules -----------------------------------------------------------------------
+
+    def _after_pending(self, result: Pending, now: float) -> Action:
+        self.transient = 0
+        notes: list[Note] = []
+        progress: str | None = None
+        if result.throttled:
+            self.throttled += 1
+            if result.retry_after is not None:
+                # The server said when; polling earlier only earns another 429.
+                delay = max(result.retry_after, self.minimum)
+                why = "Retry-After"
+            else:
+                base = self._delay if self._delay is not None else self.minimum
+                delay = max(self.minimum, base * THROTTLE_GROWTH)
+                why = f"no usable Retry-After; backing off, 429 #{self.throttled} in a row"
+            return self._sleep(
+                delay,
+                now,
+                "Status polled too often (429)",
+                why,
+                level=logging.WARNING if self.throttled > 1 else logging.INFO,
+            )
+        self.throttled = 0
+        if result.retry_after is not None:
+            delay = min(max(result.retry_after, self.minimum), self.maximum)
+            if result.retry_after > self.maximum:
+                notes.append(
+                    Note(
+                        logging.INFO,
+                        f"The server asked to poll again in {describe_seconds(result.retry_after)}"
+                        f" (Retry-After); polling in {describe_seconds(delay)} instead "
+                        "(poll_interval_max)",
+                    )
+                )
+        else:
+            previous = self._delay
+            delay = self.minimum if previous is None else previous * GROWTH
+            delay = min(max(delay, self.minimum), self.maximum)
+        if result.progress and result.progress != self._last_progress:
+            self._last_progress = progress = result.progress
+        prefix = f"Export in progress: {progress}" if progress else "Export in progress"
+        return self._sleep(
+            delay,
+            now,
+            prefix,
+            "",
+            level=logging.INFO if progress or notes else logging.DEBUG,
+            notes=notes,
+            progress=progress,
+        )
+
+    def _after_error(self, result: RetryLater, now: float) -> Action:
+        self.transient += 1
+        if self.transient > self.max_transient_errors:
+            return Fail(
+                f"Polling {self.shown} kept failing ({result.reason}); gave up after "
+                f"{self.transient} consecutive errors (max_transient_errors="
+                f"{self.max_transient_errors}).",
+                status_code=result.status_code,
+                diagnostics=result.reason,
+                transient=True,
+            )
+        if result.retry_after is not None:
+            delay = min(max(result.retry_after, self.minimum), self.maximum)
+        else:
+            base = self._delay if self._delay is not None else self.minimum / THROTTLE_GROWTH
+            delay = min(max(self.minimum, base * THROTTLE_GROWTH), self.maximum)
+        return self._sleep(
+            delay,
+            now,
+            f"Status poll failed transiently ({result.reason}; "
+            f"{self.transient} of {self.max_transient_errors} in a row)",
+            "",
+            level=logging.WARNING,
+        )
+
+    def _sleep(
+        self,
+        delay: float,
+        now: float,
+        what: str,
+        why: str,
+        *,
+        level: int,
+        notes: list[Note] | None = None,
+        progress: str | None = None,
+    ) -> Sleep | Fail:
+        assert self.deadline is not None
+        left = self.deadline - now
+        if left <= 0:
+            return self._timeout(now, why)
+        if delay > left and why.startswith("Retry-After"):
+            # The server will not answer before the deadline: waiting is pointless.
+            return Fail(
+                f"{what}: the server asked to wait {describe_seconds(delay)} ({why}) but only "
+                f"{describe_seconds(left)} are left before the export's deadline (max_wait); "
+                f"{self.what} at {self.shown} is not complete.",
+                status_code=429,
+                diagnostics=why,
+                timeout=True,
+                transient=True,
+            )
+        self._delay = delay
+        seconds = min(delay, left)  # the last poll happens at the deadline
+        suffix = f" ({why})" if why else ""
+        at_deadline = " (the deadline)" if seconds < delay else ""
+        message = f"{what}; next poll in {describe_seconds(seconds)}{at_deadline}{suffix}"
+        return Sleep(seconds, (*(notes or []), Note(level, message)), progress)
+
+    def _timeout(self, now: float, why: str) -> Fail:
+        return Fail(
+            f"{self.what[0].upper()}{self.what[1:]} at {self.shown} did not complete within "
+            f"max_wait ({self.polls} polls).",
+            diagnostics=why or None,
+            timeout=True,
+            transient=True,
+        )

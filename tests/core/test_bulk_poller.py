@@ -1,0 +1,164 @@
+"""The sans-IO status poller: fed answers and a clock, it says poll / sleep N / done / fail.
+No network and no real time: each rule is checked exactly."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from airflow_provider_backendauth.core.bulk.poller import (
+    DEFAULT_MAX_WAIT,
+    Done,
+    Fail,
+    Poll,
+    Sleep,
+    StatusPoller,
+    describe_seconds,
+)
+from airflow_provider_backendauth.core.bulk.protocol import (
+    Complete,
+    Failed,
+    Pending,
+    RetryLater,
+    StatusResult,
+    interpret_status,
+)
+
+URL = "https://fhir.example/status/1"
+T0 = 1_800_000_000.0
+
+
+def poller(**options: float) -> StatusPoller:
+    settings = {"poll_interval_min": 1.0, "poll_interval_max": 60.0, "deadline": T0 + 10_000}
+    settings.update(options)
+    return StatusPoller(URL, **settings)  # type: ignore[arg-type]
+
+
+def run(p: StatusPoller, answers: list[StatusResult]) -> list[Sleep | Done | Fail]:
+    """Drive ``p`` over ``answers`` with a clock that advances by each sleep."""
+    now = T0
+    actions: list[Sleep | Done | Fail] = []
+    step = p.start(now)
+    for answer in answers:
+        assert isinstance(step, Poll)
+        assert step.url == URL
+        after = p.feed(answer, now)
+        assert not isinstance(after, Poll)
+        actions.append(after)
+        if not isinstance(after, Sleep):
+            return actions
+        now += after.seconds
+        step = p.start(now)
+        if isinstance(step, Fail):
+            actions.append(step)
+            return actions
+    return actions
+
+
+def seconds(actions: list[Sleep | Done | Fail]) -> list[float]:
+    return [a.seconds for a in actions if isinstance(a, Sleep)]
+
+
+def test_complete_and_failed() -> None:
+    assert isinstance(run(poller(), [Complete({"output": []})])[0], Done)
+    fail = run(poller(), [Failed("no such job", 404)])[0]
+    assert isinstance(fail, Fail)
+    assert fail.status_code == 404 and not fail.transient and "no such job" in fail.message
+
+
+def test_pending_without_retry_after_grows_to_the_maximum() -> None:
+    actions = run(poller(poll_interval_min=2, poll_interval_max=10), [Pending()] * 6)
+    assert seconds(actions) == [2, 3, 4.5, 6.75, 10, 10]
+
+
+def test_pending_retry_after_is_clamped_and_a_long_one_is_said() -> None:
+    actions = run(poller(), [Pending(0.1), Pending(30), Pending(7200)])
+    assert seconds(actions) == [1, 30, 60]
+    last = actions[-1]
+    assert isinstance(last, Sleep)
+    said = " ".join(n.message for n in last.notes)
+    assert "2.0 h" in said and "poll_interval_max" in said and "60.0 s instead" in said
+
+
+def test_progress_is_reported_once_per_change() -> None:
+    actions = run(poller(), [Pending(1, "10%"), Pending(1, "10%"), Pending(1, "50%")])
+    assert [a.progress for a in actions if isinstance(a, Sleep)] == ["10%", None, "50%"]
+    levels = [a.notes[-1].level for a in actions if isinstance(a, Sleep)]
+    assert levels == [logging.INFO, logging.DEBUG, logging.INFO]
+    assert "Export in progress: 10%; next poll in 1.0 s" in actions[0].notes[-1].message  # type: ignore[union-attr]
+
+
+def test_throttled_honours_retry_after_beyond_the_maximum() -> None:
+    # 429 says "not before": polling at poll_interval_max would only earn more 429s.
+    actions = run(poller(poll_interval_max=5), [Pending(120, throttled=True), Pending(1)])
+    assert seconds(actions) == [120, 1]
+
+
+def test_throttled_without_retry_after_backs_off() -> None:
+    actions = run(poller(poll_interval_max=5), [Pending(None, throttled=True)] * 5)
+    assert seconds(actions) == [2, 4, 8, 16, 32]  # doubling, not stuck at the maximum
+    assert actions[-1].notes[-1].level == logging.WARNING  # type: ignore[union-attr]
+
+
+def test_throttled_beyond_the_deadline_fails_at_once_with_the_numbers() -> None:
+    actions = run(poller(deadline=T0 + 3600), [Pending(40 * 365 * 86400.0, throttled=True)])
+    fail = actions[-1]
+    assert isinstance(fail, Fail)
+    assert fail.timeout and fail.transient
+    assert "40.0 years" in fail.message and "60.0 min are left" in fail.message
+
+
+def test_transient_errors_back_off_and_are_bounded() -> None:
+    actions = run(poller(max_transient_errors=3), [RetryLater(None, "HTTP 503")] * 4)
+    assert seconds(actions) == [1, 2, 4]
+    fail = actions[-1]
+    assert isinstance(fail, Fail)
+    assert "gave up after 4 consecutive errors" in fail.message and fail.transient
+
+
+def test_a_pending_answer_resets_the_transient_count() -> None:
+    answers = [RetryLater(None, "x"), RetryLater(None, "x"), Pending(1)] * 3
+    assert all(isinstance(a, Sleep) for a in run(poller(max_transient_errors=2), answers))
+
+
+def test_the_last_poll_happens_at_the_deadline() -> None:
+    actions = run(poller(deadline=T0 + 25, poll_interval_max=10), [Pending(10)] * 4)
+    assert seconds(actions) == [10, 10, 5]
+    assert "(the deadline)" in actions[2].notes[-1].message  # type: ignore[union-attr]
+    fail = actions[-1]
+    assert isinstance(fail, Fail) and fail.timeout and "max_wait" in fail.message
+
+
+def test_polling_is_bounded_without_a_deadline() -> None:
+    p = StatusPoller(URL, poll_interval_min=1, poll_interval_max=3600)
+    assert isinstance(p.start(T0), Poll)
+    assert p.deadline == T0 + DEFAULT_MAX_WAIT
+    # A server flapping 500/202 forever (never transient twice in a row) still ends.
+    now, polls = T0, 0
+    step: object = Poll(URL)
+    while isinstance(step, Poll):
+        answer = RetryLater(None, "HTTP 500") if polls % 2 else Pending(3600)
+        after = p.feed(answer, now)
+        polls += 1
+        if not isinstance(after, Sleep):
+            step = after
+            break
+        now += after.seconds
+        step = p.start(now)
+    assert isinstance(step, Fail) and step.timeout
+    assert polls < 400
+
+
+def test_epoch_retry_after_on_a_status_answer_is_a_moment() -> None:
+    result = interpret_status(202, {"Retry-After": str(int(T0 + 30))}, b"", now=T0)
+    assert isinstance(result, Pending)
+    assert result.retry_after == pytest.approx(30)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(5, "5.0 s"), (300, "5.0 min"), (4 * 3600, "4.0 h"), (5 * 86400, "5.0 days")],
+)
+def test_describe_seconds(value: float, text: str) -> None:
+    assert describe_seconds(value) == text
