@@ -10,7 +10,7 @@ import binascii
 import calendar
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .fhir_store import PATIENT_COMPARTMENT, RESOURCE_TYPES, FhirStore, StoredResource
@@ -140,9 +140,26 @@ class Search:
             for conditions in self.last_updated
         )
 
-    def run(self, store: FhirStore) -> list[StoredResource]:
+    def result_key(self) -> tuple[object, ...]:
+        """What decides the matches and their order (not the page: ``_count``, the offset)."""
+        return (
+            self.resource_type,
+            None if self.ids is None else frozenset(self.ids),
+            None if self.patients is None else frozenset(self.patients),
+            tuple(tuple(conditions) for conditions in self.last_updated),
+            self.sort,
+        )
+
+    def run(self, store: FhirStore) -> Sequence[StoredResource]:
+        """The matches, in the store's order (seq) or ``_sort``'s. Computed once per query
+        and store (the store is immutable once generated), so paging through N results
+        costs a page each, not a scan of the type each."""
+        return store.cached_results(self.result_key(), lambda: self._compute(store))
+
+    def _compute(self, store: FhirStore) -> Sequence[StoredResource]:
         # Narrow with the indexes first, then keep the store's order (seq) for stable paging.
-        pool: Iterable[StoredResource]
+        pool: Sequence[StoredResource]
+        date_conditions = self.last_updated
         if self.ids is not None:
             found = (store.get(self.resource_type, i) for i in self.ids)
             pool = sorted((r for r in found if r is not None), key=lambda r: r.seq)
@@ -155,12 +172,23 @@ class Search:
                 ),
                 key=lambda r: r.seq,
             )
+        elif date_conditions:
+            # The narrowest _lastUpdated parameter, by binary search on the date index.
+            narrowest = min(
+                (store.updated_between(self.resource_type, c) for c in date_conditions),
+                key=len,
+            )
+            pool = sorted(narrowest, key=lambda r: r.seq)
         else:
             pool = store.by_type.get(self.resource_type, [])
-        results = [r for r in pool if self.matches(r)]
+        if self.ids is None and self.patients is None and not date_conditions:
+            results: Sequence[StoredResource] = pool  # everything matches: no copy
+        else:
+            results = [r for r in pool if self.matches(r)]
         if self.sort:
             key = self.sort.lstrip("-")
-            results.sort(
+            results = sorted(
+                results,
                 key=(lambda r: r.id) if key == "_id" else (lambda r: (r.last_updated, r.id)),
                 reverse=self.sort.startswith("-"),
             )
@@ -279,7 +307,7 @@ def parse_type_filter(value: str) -> tuple[str, Search]:
 
 
 def include_targets(
-    store: FhirStore, page: list[StoredResource], includes: list[str]
+    store: FhirStore, page: Sequence[StoredResource], includes: list[str]
 ) -> list[StoredResource]:
     if not includes:
         return []

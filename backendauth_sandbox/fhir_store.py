@@ -7,12 +7,19 @@ data-interval filters (``_lastUpdated``, bulk ``_since``/``_until``) select real
 
 from __future__ import annotations
 
+import bisect
 import json
 import random
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .fhir_search import DateCondition
 
 RESOURCE_TYPES = ("Patient", "Observation", "Condition", "Encounter")
 PATIENT_COMPARTMENT = ("Observation", "Condition", "Encounter")
@@ -111,8 +118,16 @@ class DeletedResource:
     deleted_at: float
 
 
+_RESULT_CACHE_SIZE = 64
+
+
 class FhirStore:
-    """All resources of one sandbox, indexed by type, id and patient."""
+    """All resources of one sandbox, indexed by type, id, patient and ``lastUpdated``.
+
+    The data never changes once generated, so search results are cached per query
+    (``cached_results``): a client paging through a large result set costs the sandbox a page
+    per request, and a search benchmark measures the client, not the sandbox's scans.
+    """
 
     def __init__(self, patients: int, seed: int) -> None:
         self.patients = patients
@@ -123,11 +138,66 @@ class FhirStore:
         self.deleted: dict[str, list[DeletedResource]] = {t: [] for t in RESOURCE_TYPES}
         self.groups: dict[str, list[str]] = {}
         self._generate()
+        # Per type: resources sorted by lastUpdated, and those instants (for bisect).
+        self._by_updated: dict[str, list[StoredResource]] = {}
+        self._updated_keys: dict[str, list[float]] = {}
+        for kind, stored in self.by_type.items():
+            ordered = sorted(stored, key=lambda r: (r.last_updated, r.seq))
+            self._by_updated[kind] = ordered
+            self._updated_keys[kind] = [r.last_updated for r in ordered]
+        self._results: OrderedDict[tuple[object, ...], Sequence[StoredResource]] = OrderedDict()
+        self._results_lock = threading.Lock()
+        self.result_computations = 0  # tests: how often a query was evaluated
 
     # --- queries -------------------------------------------------------------------------
 
     def get(self, resource_type: str, resource_id: str) -> StoredResource | None:
         return self.by_id.get((resource_type, resource_id))
+
+    def updated_between(
+        self, resource_type: str, conditions: Iterable[DateCondition]
+    ) -> list[StoredResource]:
+        """Resources of a type whose ``lastUpdated`` may match one of ``conditions`` (ORed):
+        the union of their ranges, found by binary search (``Search.matches`` still decides)."""
+        ordered = self._by_updated.get(resource_type, [])
+        keys = self._updated_keys.get(resource_type, [])
+        spans = []
+        for c in conditions:
+            low, high = {
+                "eq": (c.start, c.end),
+                "ge": (c.start, None),
+                "gt": (c.end, None),
+                "le": (None, c.end),
+                "lt": (None, c.start),
+            }[c.prefix]
+            first = 0 if low is None else bisect.bisect_left(keys, low)
+            last = len(keys) if high is None else bisect.bisect_left(keys, high)
+            spans.append((first, last))
+        picked: list[StoredResource] = []
+        end = 0
+        for first, last in sorted(spans):
+            first = max(first, end)
+            if first < last:
+                picked.extend(ordered[first:last])
+                end = last
+        return picked
+
+    def cached_results(
+        self, key: tuple[object, ...], compute: Callable[[], Sequence[StoredResource]]
+    ) -> Sequence[StoredResource]:
+        """Search results by query (see ``Search.result_key``), computed once (LRU)."""
+        with self._results_lock:
+            found = self._results.get(key)
+            if found is not None:
+                self._results.move_to_end(key)
+                return found
+        results = compute()  # outside the lock: two threads may both compute; same answer
+        with self._results_lock:
+            self.result_computations += 1
+            self._results[key] = results
+            while len(self._results) > _RESULT_CACHE_SIZE:
+                self._results.popitem(last=False)
+        return results
 
     def patient_ids(self) -> list[str]:
         return [r.id for r in self.by_type["Patient"]]

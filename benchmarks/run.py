@@ -47,10 +47,12 @@ import requests
 from download_child import StaticToken, download
 from servers import MB, FileSet, Nginx, SandboxProcess, fhir_like_block, make_files, nginx, sandbox
 
+from airflow_provider_backendauth.core.auth.bearer import BackendAuth
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
 from airflow_provider_backendauth.core.bulk.http import BulkHttp
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
+from airflow_provider_backendauth.core.fhir.search import FHIR_JSON, FhirClient
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "download_child.py"
@@ -62,6 +64,7 @@ MODES = {
     "te": "gzip (Content-Encoding)",
     "gzfile": "gzip files (.ndjson.gz)",
 }
+SEARCH_MODE = "search"  # FHIR search pages (Bundle JSON); not a download mode
 
 
 # --- what is measured --------------------------------------------------------------------
@@ -81,10 +84,20 @@ class Case:
     expected_bytes: int | None
     manifest_file: Path = field(default=Path())
     status_url: str = ""  # a sandbox export's, to delete it afterwards
+    fhir_base: str = ""  # searches: the FHIR base and what to search
+    search: tuple[str, int] = ("", 0)
 
     @property
     def label(self) -> str:
+        if self.mode == SEARCH_MODE:
+            return f"{self.server} {self.files_label}"
         return f"{self.server} {MODES[self.mode]} {self.size_mb:g} MB"
+
+    @property
+    def files_label(self) -> str:
+        if self.mode == SEARCH_MODE:
+            return f"FHIR search: {self.search[0]}, {self.search[1]} per page"
+        return MODES[self.mode]
 
 
 @dataclass
@@ -208,17 +221,61 @@ def curl_parallel(case: Case, folder: Path, parallel: int) -> Sample:
     return Sample(seconds, cpu, size_of(folder))
 
 
+def search_ours(case: Case, folder: Path, parallel: int) -> Sample:
+    """``FhirSearch`` as a user runs it: a session whose ``BackendAuth`` attaches the token,
+    every page parsed into a ``SearchPage``. ``bytes`` counts the matched resources."""
+    session = requests.Session()
+    session.auth = BackendAuth(StaticToken(case.token), [case.origin])  # type: ignore[arg-type]
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    search = FhirClient(session, case.fhir_base).search(case.search[0], count=case.search[1])
+    matched = sum(len(page.matches) for page in search)
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    session.close()
+    return Sample(seconds, cpu_of(after) - cpu_of(before), matched)
+
+
+def search_plain(case: Case, folder: Path, parallel: int) -> Sample:
+    """The baseline: a ``requests`` loop over the same ``next`` links, JSON parsed, matches
+    counted; nothing else."""
+    session = requests.Session()
+    session.headers.update({"Authorization": f"Bearer {case.token}", "Accept": FHIR_JSON})
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    url: str | None = f"{case.fhir_base}/{case.search[0]}"
+    params: dict[str, Any] | None = {"_count": case.search[1]}
+    matched = 0
+    while url:
+        response = session.get(url, params=params, timeout=60)
+        response.raise_for_status()
+        bundle = response.json()
+        matched += sum(
+            1 for e in bundle.get("entry") or [] if e.get("search", {}).get("mode") == "match"
+        )
+        links = [link["url"] for link in bundle.get("link") or [] if link["relation"] == "next"]
+        url, params = (links[0] if links else None), None
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    session.close()
+    return Sample(seconds, cpu_of(after) - cpu_of(before), matched)
+
+
 Contender = Callable[[Case, Path, int], Sample]
 CONTENDERS: dict[str, Contender] = {
     "BulkDownloader, fresh process": ours_fresh,
     "BulkDownloader, in-process": ours_inprocess,
     "{n} curl processes": curl_processes,
     "curl --parallel": curl_parallel,
+    "FhirSearch": search_ours,
+    "requests paging loop": search_plain,
 }
-BASELINES = ("{n} curl processes", "curl --parallel")
+BASELINES = ("{n} curl processes", "curl --parallel", "requests paging loop")
 
 
 def applies(name: str, case: Case) -> bool:
+    if (case.mode == SEARCH_MODE) != (name in ("FhirSearch", "requests paging loop")):
+        return False
     # curl --parallel has no way to gunzip a gzip file without a content encoding.
     return not (name == "curl --parallel" and case.mode == "gzfile")
 
@@ -287,6 +344,26 @@ def sandbox_case(sb: SandboxProcess, size_mb: float, files: int, patients: int) 
     )
 
 
+def search_case(sb: SandboxProcess, resource_type: str, count: int) -> Case:
+    """A search through every ``resource_type``; its size is the Bundles' bytes."""
+    token = sb.token()
+    session = requests.Session()
+    session.headers.update({"Authorization": f"Bearer {token}", "Accept": FHIR_JSON})
+    url: str | None = f"{sb.fhir_base}/{resource_type}?_count={count}"
+    nbytes = 0
+    while url:
+        response = session.get(url, timeout=60)
+        response.raise_for_status()
+        nbytes += len(response.content)
+        links = [k["url"] for k in response.json().get("link") or [] if k["relation"] == "next"]
+        url = links[0] if links else None
+    session.close()
+    return Case(
+        "sandbox", SEARCH_MODE, nbytes / MB, [], {}, token, sb.url, None,
+        fhir_base=sb.fhir_base, search=(resource_type, count),
+    )  # fmt: skip
+
+
 def drop_sandbox_case(sb: SandboxProcess, case: Case) -> None:
     http = BulkHttp(requests.Session, StaticToken(case.token), [sb.url], timeout=60)
     BulkExportClient(http, sb.fhir_base).cancel(case.status_url)
@@ -308,7 +385,8 @@ class Row:
 
 def rows_for(case: Case, samples: dict[str, list[Sample]], parallel: int) -> list[Row]:
     rows = []
-    decoded_mb = (case.expected_bytes or 0) / MB
+    # Searches: the MB are the Bundles' JSON, as the server sent it.
+    decoded_mb = (case.size_mb * MB if case.mode == SEARCH_MODE else case.expected_bytes or 0) / MB
     for name, runs in samples.items():
         seconds = [s.seconds for s in runs]
         rss = [s.rss_kb for s in runs if s.rss_kb is not None]
@@ -338,7 +416,7 @@ def table(rows: Sequence[Row]) -> str:
     for r in rows:
         rss = f"{r.rss_mib:.0f}" if r.rss_mib is not None else "-"
         lines.append(
-            f"| {r.case.server} | {MODES[r.case.mode]} | {r.case.size_mb:g} MB | {r.contender} "
+            f"| {r.case.server} | {r.case.files_label} | {r.case.size_mb:.3g} MB | {r.contender} "
             f"| {r.mb_s_median:.0f} | {r.mb_s_best:.0f} | {r.cpu_ms_per_mb:.2f} | {rss} "
             f"| {r.ratio:.2f} |"
         )
@@ -395,7 +473,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--sandbox-max-mb", type=float, default=300)
     parser.add_argument("--patients", type=int, default=100, help="sandbox patients (downloads)")
-    parser.add_argument("--skip-sandbox", action="store_true")
+    parser.add_argument("--skip-sandbox", action="store_true", help="no sandbox downloads")
+    parser.add_argument("--skip-search", action="store_true")
+    parser.add_argument(
+        "--search-patients",
+        type=int,
+        help="sandbox patients for the search benchmark (default 4300: ~35k resources)",
+    )
+    parser.add_argument("--search-counts", default="100", help="page sizes, comma-separated")
     parser.add_argument("--skip-nginx", action="store_true")
     parser.add_argument("--json", type=Path, help="also write every sample here")
     parser.add_argument(
@@ -408,6 +493,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default_sizes = "5,20" if args.quick else "20,200,2000"
     args.size_list = [float(s) for s in (args.sizes or default_sizes).split(",")]
     args.repeat = args.repeat or (3 if args.quick else 5)
+    args.search_patients = args.search_patients or (300 if args.quick else 4300)
+    args.search_counts = [int(c) for c in args.search_counts.split(",")]
     args.mode_list = [m for m in args.modes.split(",") if m]
     unknown = set(args.mode_list) - set(MODES)
     if unknown:
@@ -437,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal warm
         case.manifest_file = work / "manifest.json"
         case.manifest_file.write_text(json.dumps(case.manifest))
+        warm = warm or case.mode == SEARCH_MODE  # the first search warms connections too
         print(f"  {case.label}: {args.repeat} rounds...", flush=True)
         samples = measure(case, work, args, warm_up=warm)
         warm = False
@@ -480,12 +568,20 @@ def main(argv: list[str] | None = None) -> int:
                         run_case(case)
                     finally:
                         drop_sandbox_case(sb, case)
+        if not args.skip_search:
+            with sandbox(args.search_patients) as sb:
+                print(f"sandbox for searches at {sb.url}", flush=True)
+                for count in args.search_counts:
+                    run_case(search_case(sb, "Observation", count))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     host["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     text = table(rows)
-    print(f"\nBulk downloads, {args.files} files, {args.parallel} at a time, {args.repeat} rounds:")
+    print(
+        f"\nBulk downloads ({args.files} files, {args.parallel} at a time) and FHIR search, "
+        f"{args.repeat} rounds:"
+    )
     print(text)
     if args.json:
         args.json.write_text(json.dumps({"machine": host, "cases": raw}, indent=1))

@@ -20,7 +20,8 @@ def test_quick_run_measures_every_contender(tmp_path: Path) -> None:
     figures = tmp_path / "figures.json"
     result = subprocess.run(
         [sys.executable, str(RUN), "--quick", "--sizes", "1", "--files", "3", "--repeat", "1",
-         "--patients", "10", "--json", str(figures), "--no-readme"],
+         "--patients", "10", "--search-patients", "30", "--search-counts", "20",
+         "--json", str(figures), "--no-readme"],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -31,7 +32,12 @@ def test_quick_run_measures_every_contender(tmp_path: Path) -> None:
         "nginx gzip (Content-Encoding) 1 MB",
         "nginx gzip files (.ndjson.gz) 1 MB",
         "sandbox plain NDJSON 1 MB",
+        "sandbox FHIR search: Observation, 20 per page",
     }
+    search = cases.pop("sandbox FHIR search: Observation, 20 per page")
+    assert set(search["samples"]) == {"FhirSearch", "requests paging loop"}
+    matched = [run["bytes"] for runs in search["samples"].values() for run in runs]
+    assert len(set(matched)) == 1 and matched[0] > 20  # the same resources, several pages
     for label, case in cases.items():
         contenders = set(case["samples"])
         assert {"BulkDownloader, fresh process", "BulkDownloader, in-process"} <= contenders
