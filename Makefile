@@ -40,9 +40,13 @@ $(VENV_OLDEST)/.installed: pyproject.toml
 compat: $(VENV_OLDEST)/.installed
 	$(VENV_OLDEST)/bin/python -m pytest -q -m "not e2e" -p no:cacheprovider
 
-test: lint typecheck $(VENV)/.installed
-	$(VENV)/bin/pytest -q
-	$(MAKE) compat
+# Both suites always run (a failure in one does not hide the other); both must pass.
+test: lint typecheck $(VENV)/.installed $(VENV_OLDEST)/.installed
+	@newest=0; oldest=0; \
+	$(VENV)/bin/pytest -q || newest=$$?; \
+	$(VENV_OLDEST)/bin/python -m pytest -q -m "not e2e" -p no:cacheprovider || oldest=$$?; \
+	echo "make test: whole suite (newest Airflow) exit $$newest; fast suite (Airflow $(OLDEST_AIRFLOW)) exit $$oldest"; \
+	test $$newest -eq 0 && test $$oldest -eq 0
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py

@@ -8,11 +8,30 @@ from __future__ import annotations
 
 
 class BackendAuthError(Exception):
-    """Base class for every error raised by this provider."""
+    """Base class for every error raised by this provider.
+
+    Two questions every subclass answers, so adapters can act without knowing the class:
+
+    - ``retryable``: trying the same call again later may succeed (5xx, 429, network errors,
+      an OperationOutcome saying ``transient``).
+    - ``retry_cannot_help``: only a change by a person can fix it (the connection, the key,
+      the client's registration or scopes). Airflow operators turn these into
+      ``AirflowFailException`` so a task does not spend its retries on them.
+    """
+
+    retryable: bool = False
+
+    @property
+    def retry_cannot_help(self) -> bool:
+        return False
 
 
 class ConfigurationError(BackendAuthError):
     """The connection or operator configuration is wrong; detected before any network call."""
+
+    @property
+    def retry_cannot_help(self) -> bool:
+        return True
 
 
 class KeyLoadError(ConfigurationError):
@@ -35,6 +54,7 @@ class TokenRequestError(BackendAuthError):
         error: the OAuth `error` code when the server sent one (e.g. `invalid_client`).
         error_description: the server's own explanation, when it sent one.
         retryable: whether trying again later may succeed (5xx, 429, network errors).
+        retry_after: seconds the server asked us to wait, when it said.
     """
 
     def __init__(
@@ -54,6 +74,12 @@ class TokenRequestError(BackendAuthError):
         self.retryable = retryable
         self.retry_after = retry_after
 
+    @property
+    def retry_cannot_help(self) -> bool:
+        # The server answered and refused the grant: the registration, key or claims must
+        # change. No answer at all (status None) may be a network problem.
+        return not self.retryable and self.status_code is not None
+
 
 class InvalidClientError(TokenRequestError):
     """The server did not accept the client's identity or its signed assertion."""
@@ -63,13 +89,13 @@ class InvalidScopeError(TokenRequestError):
     """The requested scope is not allowed for this client."""
 
 
-class FhirError(BackendAuthError):
-    """A FHIR/REST call failed; carries the server's OperationOutcome diagnostics if any.
+class ApiError(BackendAuthError):
+    """An HTTP API call failed (any REST API; ``FhirError`` when the server speaks FHIR).
 
     Attributes:
         status_code: the HTTP status of the failing response, when there was one.
-        diagnostics: the human-readable text of the server's OperationOutcome issues.
-        transient: True when the OperationOutcome says `transient` (retry later).
+        diagnostics: the server's own explanation (redacted), when it sent one.
+        retryable: trying again later may succeed (429, 5xx, a ``transient`` outcome).
     """
 
     def __init__(
@@ -78,16 +104,40 @@ class FhirError(BackendAuthError):
         *,
         status_code: int | None = None,
         diagnostics: str | None = None,
-        transient: bool = False,
+        retryable: bool = False,
+        transient: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.diagnostics = diagnostics
-        self.transient = transient
+        # ``transient`` is the older name of the same idea, still accepted.
+        self.retryable = retryable or bool(transient)
+
+    @property
+    def transient(self) -> bool:
+        """Deprecated alias of ``retryable``."""
+        return self.retryable
+
+    @property
+    def retry_cannot_help(self) -> bool:
+        # The token was refused even after a renewal, or the client lacks the grant.
+        return self.status_code in (401, 403)
 
 
-class ResultTooLargeError(FhirError):
+class FhirError(ApiError):
+    """A FHIR call failed; ``diagnostics`` carries the OperationOutcome's issues if any."""
+
+
+class ResponseCheckError(ApiError):
+    """A user-supplied ``response_check`` rejected an answer."""
+
+
+class ResultTooLargeError(BackendAuthError):
     """More results than may be returned to XCom; write them to storage instead."""
+
+    @property
+    def retry_cannot_help(self) -> bool:
+        return True
 
 
 class BulkExportError(FhirError):

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import email.utils
 import math
-import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
@@ -75,16 +74,42 @@ def _http_date_delay(value: str, current: float) -> float | None:
     return min(max(0.0, delay), RETRY_AFTER_CEILING)
 
 
+class _StopWhenAskedToWaitLonger:
+    """tenacity stop condition: the server's Retry-After is beyond what we agree to sleep."""
+
+    def __init__(self, cap: float, retry_after: Callable[[Any], float | None]) -> None:
+        self.cap = cap
+        self.retry_after = retry_after
+
+    def __call__(self, state: Any) -> bool:
+        after = self.retry_after(state)
+        return after is not None and after > self.cap
+
+    def __or__(self, other: Any) -> Any:
+        import tenacity
+
+        return tenacity.stop_any(self, other)  # type: ignore[arg-type]
+
+    def __ror__(self, other: Any) -> Any:
+        import tenacity
+
+        return tenacity.stop_any(other, self)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard to try.
+    """How hard to try, expressed once and executed by tenacity everywhere.
+
+    Built once per connection (``BackendAuthClient.retry``) and shared by the token exchange,
+    REST/FHIR calls, the hook's ``run()`` and bulk downloads; the same policy drives
+    ``tenacity.Retrying`` in workers and ``tenacity.AsyncRetrying`` in the triggerer.
 
     Attributes:
         attempts: total attempts including the first (1 = no retry).
-        initial_wait: first backoff in seconds; doubles each attempt, with full jitter.
+        initial_wait: first backoff in seconds; doubles each attempt, half of it jittered.
         max_wait: cap on one backoff computed by us.
-        max_retry_after: cap on a server's Retry-After; a longer request fails instead of
-            sleeping for hours inside a worker.
+        max_retry_after: cap on a server's Retry-After. A server asking for longer makes the
+            call fail at once with its own answer instead of sleeping for hours in a worker.
     """
 
     attempts: int = 5
@@ -92,30 +117,60 @@ class RetryPolicy:
     max_wait: float = 30.0
     max_retry_after: float = 120.0
 
+    @classmethod
+    def from_retries(cls, retries: int, **overrides: Any) -> RetryPolicy:
+        """The policy for a connection's ``retries`` extra (retries after the first try)."""
+        return cls(attempts=max(0, int(retries)) + 1, **overrides)
+
+    def _exponential(self) -> Any:
+        import tenacity
+
+        # Half fixed, half random: spreads out many workers retrying the same server while
+        # keeping a floor, so a retry never comes back at once.
+        half_initial, half_cap = self.initial_wait / 2, self.max_wait / 2
+        return tenacity.wait_exponential(
+            multiplier=half_initial, max=half_cap, min=0
+        ) + tenacity.wait_random_exponential(multiplier=half_initial, max=half_cap)
+
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to sleep before attempt ``attempt + 1`` (``attempt`` starts at 1)."""
+        """Seconds to sleep before attempt ``attempt + 1`` (``attempt`` starts at 1), by the
+        same tenacity wait strategy the retrying objects use."""
         if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
-        ceiling = min(self.max_wait, self.initial_wait * (2 ** (attempt - 1)))
-        # Half fixed, half random: spreads out many workers retrying the same server.
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+            return min(max(0.0, retry_after), self.max_retry_after)
+        import tenacity
+
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = max(1, attempt)
+        return float(self._exponential()(state))
 
     def tenacity_kwargs(
         self,
         is_retryable: Callable[[BaseException], bool],
         retry_after_of: Callable[[BaseException], float | None],
-        before_sleep: Callable[[Any], None] | None = None,
+        before_sleep: Callable[[Any], Any] | None = None,
     ) -> dict[str, Any]:
-        """Arguments for ``tenacity.Retrying`` implementing this policy."""
+        """Arguments for ``tenacity.Retrying``/``AsyncRetrying`` implementing this policy.
+
+        A failure whose Retry-After exceeds ``max_retry_after`` stops the retries (the caller
+        sees that failure) rather than sleeping at the cap and asking again.
+        """
         import tenacity
 
-        def wait(state: tenacity.RetryCallState) -> float:
+        exponential = self._exponential()
+
+        def retry_after(state: tenacity.RetryCallState) -> float | None:
             exc = state.outcome.exception() if state.outcome else None
-            after = retry_after_of(exc) if exc is not None else None
-            return self.backoff(state.attempt_number, after)
+            return retry_after_of(exc) if exc is not None else None
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            after = retry_after(state)
+            if after is not None:
+                return min(max(0.0, after), self.max_retry_after)
+            return float(exponential(state))
 
         kwargs: dict[str, Any] = {
-            "stop": tenacity.stop_after_attempt(max(1, self.attempts)),
+            "stop": tenacity.stop_after_attempt(max(1, self.attempts))
+            | _StopWhenAskedToWaitLonger(self.max_retry_after, retry_after),
             "wait": wait,
             "retry": tenacity.retry_if_exception(is_retryable),
             "reraise": True,
@@ -123,3 +178,36 @@ class RetryPolicy:
         if before_sleep is not None:
             kwargs["before_sleep"] = before_sleep
         return kwargs
+
+    def retrying(
+        self,
+        is_retryable: Callable[[BaseException], bool],
+        retry_after_of: Callable[[BaseException], float | None] = lambda exc: None,
+        *,
+        before_sleep: Callable[[Any], Any] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """A ``tenacity.Retrying`` for this policy; ``overrides`` are the HTTP provider's
+        ``retry_args`` convention (``stop``, ``wait``, ``retry``... replace ours)."""
+        import tenacity
+
+        kwargs = self.tenacity_kwargs(is_retryable, retry_after_of, before_sleep)
+        kwargs.update(overrides or {})
+        kwargs["reraise"] = True
+        return tenacity.Retrying(**kwargs)
+
+    def async_retrying(
+        self,
+        is_retryable: Callable[[BaseException], bool],
+        retry_after_of: Callable[[BaseException], float | None] = lambda exc: None,
+        *,
+        before_sleep: Callable[[Any], Any] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """The same policy as ``retrying`` for asyncio code (the triggerer)."""
+        import tenacity
+
+        kwargs = self.tenacity_kwargs(is_retryable, retry_after_of, before_sleep)
+        kwargs.update(overrides or {})
+        kwargs["reraise"] = True
+        return tenacity.AsyncRetrying(**kwargs)

@@ -73,3 +73,15 @@ def join_url(base: str, endpoint: str) -> str:
     if not endpoint:
         return base
     return urljoin(base.rstrip("/") + "/", endpoint.lstrip("/"))
+
+
+def resolve_endpoint(base_url: str | None, endpoint: str, *, owner: str = "the connection") -> str:
+    """The absolute URL for ``endpoint``: joined to ``base_url`` (``join_url`` rules), or
+    ``endpoint`` itself when it is already absolute."""
+    if "://" in endpoint:
+        return endpoint
+    if base_url is None:
+        raise ConfigurationError(
+            f"Endpoint {endpoint!r} is relative but {owner} has no base URL (host)."
+        )
+    return join_url(base_url, endpoint)

@@ -68,17 +68,11 @@ class BackendAuthHook(BaseHook):
         return self.get_session()
 
     def url_for(self, endpoint: str) -> str:
-        from airflow_provider_backendauth.core.errors import ConfigurationError
-        from airflow_provider_backendauth.core.urls import join_url
+        from airflow_provider_backendauth.core.urls import resolve_endpoint
 
-        if self.base_url is None:
-            if "://" not in endpoint:
-                raise ConfigurationError(
-                    f"Endpoint {endpoint!r} is relative but connection "
-                    f"{self.backendauth_conn_id!r} has no base URL (host)."
-                )
-            return endpoint
-        return join_url(self.base_url, endpoint)
+        return resolve_endpoint(
+            self.base_url, endpoint, owner=f"connection {self.backendauth_conn_id!r}"
+        )
 
     def run(
         self,
@@ -87,24 +81,33 @@ class BackendAuthHook(BaseHook):
         *,
         session: requests.Session | None = None,
         check_response: bool = True,
+        retry_args: dict[str, Any] | None = None,
         **request_kwargs: Any,
     ) -> requests.Response:
-        """Send one authenticated request to ``{base URL}/{endpoint}``.
+        """Send one authenticated request to ``{base URL}/{endpoint}``, retrying transient
+        failures with the connection's retry policy (the same one the operators use).
 
         Args:
             method: HTTP method.
             endpoint: path relative to the base URL, or an absolute URL (which receives the
                 token only if its origin is the base URL's or an allowed host).
             session: reuse a session from ``get_session()`` (keeps connections alive).
-            check_response: raise ``FhirError`` (quoting the OperationOutcome) on 4xx/5xx.
+            check_response: raise ``ApiError``/``FhirError`` (quoting the OperationOutcome)
+                on a final 4xx/5xx.
+            retry_args: ``tenacity.Retrying`` arguments replacing ours, as in the HTTP
+                provider (e.g. ``{"stop": tenacity.stop_after_attempt(1)}`` for no retry).
             request_kwargs: passed to ``requests`` (params, json, data, headers, stream...).
         """
-        from airflow_provider_backendauth.core.fhir.outcome import check_response as check
+        from airflow_provider_backendauth.core.fhir.rest import RestClient
 
-        http = session or self.get_session()
-        request_kwargs.setdefault("timeout", self.client.settings.timeout)
-        response = http.request(method.upper(), self.url_for(endpoint), **request_kwargs)
-        return check(response) if check_response else response
+        rest = RestClient(
+            session or self.get_session(),
+            self.base_url,
+            retry=self.client.retry,
+            timeout=self.client.settings.timeout,
+            retry_args=retry_args,
+        )
+        return rest.request(method, self.url_for(endpoint), check=check_response, **request_kwargs)
 
     def test_connection(self) -> tuple[bool, str]:
         """Do a real token exchange (and a light GET of ``/metadata`` when a base URL is set)
@@ -124,7 +127,9 @@ class BackendAuthHook(BaseHook):
         )
         if client.base_url and client.profile.name not in ("mydatahelps",):
             try:
-                response = self.run("GET", "metadata", check_response=False)
+                response = self.run(
+                    "GET", "metadata", check_response=False, retry_args={"stop": _no_retry()}
+                )
             except Exception as exc:
                 return (
                     False,
@@ -143,3 +148,9 @@ class BackendAuthHook(BaseHook):
                 "(the API may not serve it).",
             )
         return True, message + "."
+
+
+def _no_retry() -> Any:
+    import tenacity
+
+    return tenacity.stop_after_attempt(1)

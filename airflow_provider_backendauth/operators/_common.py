@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
     from airflow_provider_backendauth.core.fhir.rest import RestClient
@@ -30,13 +31,45 @@ def rest_client_for(
     """A ``RestClient`` over the hook's authenticated session, retrying as the connection's
     ``retries`` and ``timeout`` extras say."""
     from airflow_provider_backendauth.core.fhir.rest import RestClient
-    from airflow_provider_backendauth.core.retry import RetryPolicy
 
-    settings = hook.client.settings
     return RestClient(
         hook.get_session(),
         hook.base_url,
-        retry=RetryPolicy(attempts=settings.retries + 1),
-        timeout=settings.timeout,
+        retry=hook.client.retry,
+        timeout=hook.client.settings.timeout,
         retry_args=retry_args,
     )
+
+
+def as_task_failure(exc: BaseException) -> BaseException:
+    """The exception a task should end with: ``AirflowFailException`` when retrying cannot
+    help (a wrong connection, key, registration or scope), so Airflow does not spend the
+    task's retries on it; anything else unchanged."""
+    from airflow_provider_backendauth._compat import AirflowFailException
+    from airflow_provider_backendauth.core.errors import BackendAuthError
+
+    if isinstance(exc, BackendAuthError) and exc.retry_cannot_help:
+        failure = AirflowFailException(f"{exc} (not retried: this needs a fix, not a retry)")
+        failure.__cause__ = exc
+        return failure
+    return exc
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def fails_fast(method: _F) -> _F:
+    """Decorate an operator's ``execute``: errors a retry cannot fix end the task at once
+    (``AirflowFailException``); transient ones stay retryable."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            failure = as_task_failure(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
+
+    return cast(_F, wrapper)

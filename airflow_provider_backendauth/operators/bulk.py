@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth._compat import BaseOperator, conf
+from airflow_provider_backendauth.operators._common import as_task_failure, fails_fast
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -402,8 +403,11 @@ class FhirBulkExportOperator(_BulkBase):
             job.accept_manifest(manifest)
             return self._after_manifest(job, manifest)
         except Exception as exc:
-            self._on_failure(context, job, exc)
-            raise
+            failure = as_task_failure(exc)
+            self._on_failure(context, job, failure)
+            if failure is exc:
+                raise
+            raise failure from exc
 
     def _defer(self, job: BulkExportJob) -> None:
         from airflow_provider_backendauth.triggers.bulk import BulkExportTrigger
@@ -440,7 +444,7 @@ class FhirBulkExportOperator(_BulkBase):
                 raise BulkExportError(
                     str(event.get("message") or f"The export trigger reported {status!r}."),
                     status_code=event.get("status_code"),
-                    transient=status == "timeout",
+                    retryable=status == "timeout",
                 )
             if not job.needs_wait:  # a retry after the manifest was saved
                 return self._after_manifest(job, job.local_manifest())
@@ -452,8 +456,11 @@ class FhirBulkExportOperator(_BulkBase):
             job.accept_manifest(manifest)
             return self._after_manifest(job, manifest)
         except Exception as exc:
-            self._on_failure(context, job, exc)
-            raise
+            failure = as_task_failure(exc)
+            self._on_failure(context, job, failure)
+            if failure is exc:
+                raise
+            raise failure from exc
 
     def _after_manifest(self, job: BulkExportJob, manifest: BulkManifest) -> Any:
         if not self.download:
@@ -554,6 +561,7 @@ class FhirBulkDownloadOperator(_BulkBase):
         self.check_counts = check_counts
         self.chunk_size = chunk_size
 
+    @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_backendauth.core.bulk.download import plan_files
         from airflow_provider_backendauth.core.errors import ConfigurationError
@@ -627,6 +635,7 @@ class FhirBulkFinalizeOperator(_BulkBase):
         self.cleanup = cleanup
         self.cancel_on_failure = cancel_on_failure
 
+    @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_backendauth.core.errors import BulkExportError
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth._compat import BaseOperator
+from airflow_provider_backendauth.operators._common import fails_fast
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -113,6 +114,7 @@ class FhirSearchOperator(BaseOperator):
 
     # -- execution -----------------------------------------------------------------------
 
+    @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
         search = self._start_search()
         self.log.info(
@@ -127,11 +129,9 @@ class FhirSearchOperator(BaseOperator):
 
     def _start_search(self) -> FhirSearch:
         from airflow_provider_backendauth.core.fhir.search import FhirClient
-        from airflow_provider_backendauth.core.retry import RetryPolicy
         from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 
         hook = BackendAuthHook(self.backendauth_conn_id)
-        settings = hook.client.settings
         if hook.base_url is None:
             from airflow_provider_backendauth.core.errors import ConfigurationError
 
@@ -142,8 +142,8 @@ class FhirSearchOperator(BaseOperator):
         client = FhirClient(
             hook.get_session(),
             hook.base_url,
-            retry=RetryPolicy(attempts=settings.retries + 1),
-            timeout=settings.timeout,
+            retry=hook.client.retry,
+            timeout=hook.client.settings.timeout,
             allowed_origins=hook.allowed_origins,
             retry_args=self.retry_args,
         )

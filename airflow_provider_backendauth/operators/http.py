@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth._compat import BaseOperator
+from airflow_provider_backendauth.operators._common import fails_fast
 
 if TYPE_CHECKING:
     import requests
@@ -129,6 +130,7 @@ class BackendAuthHttpOperator(BaseOperator):
         self.max_pages = max_pages
         self.max_xcom_bytes = max_xcom_bytes
 
+    @fails_fast
     def execute(self, context: Context) -> Any:
         from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
         from airflow_provider_backendauth.operators._common import rest_client_for
@@ -194,13 +196,15 @@ class BackendAuthHttpOperator(BaseOperator):
         self, context: Context, response: requests.Response | list[requests.Response]
     ) -> Any:
         """Apply ``response_check`` and ``response_filter``; return the XCom value."""
-        from airflow_provider_backendauth.core.errors import FhirError
+        from airflow_provider_backendauth.core.errors import ResponseCheckError
         from airflow_provider_backendauth.operators._common import call_with_context
 
         if self.response_check is not None and not call_with_context(
             self.response_check, response, context
         ):
-            raise FhirError(f"response_check returned False for {self.method} {self.endpoint!r}.")
+            raise ResponseCheckError(
+                f"response_check returned False for {self.method} {self.endpoint!r}."
+            )
         if self.response_filter is not None:
             result = call_with_context(self.response_filter, response, context)
         elif isinstance(response, list):

@@ -25,6 +25,7 @@ from airflow_provider_backendauth.operators.bulk import (
 )
 from airflow_provider_backendauth.triggers.bulk import BulkExportTrigger
 from tests.bulkkit import CONN_ID, FAST_POLL, BulkEnv, assert_no_token_in, partials, task_context
+from tests.support.failures import fails_for_good
 
 pytest_plugins = ("tests.bulk_fixtures",)
 
@@ -466,9 +467,9 @@ def test_finalize_without_export_state(bulk_env: BulkEnv) -> None:
 def test_download_operator_rejects_foreign_input(bulk_env: BulkEnv) -> None:
     from airflow_provider_backendauth.core.errors import ConfigurationError
 
-    with pytest.raises(ConfigurationError, match="download=False"):
+    with fails_for_good(ConfigurationError, "download=False"):
         download_op(bulk_env.tmp, file={"url": "x"}).execute(task_context())
     out = bulk_env.tmp / "out"
     mapped_run(bulk_env, out)
-    with pytest.raises(ConfigurationError, match="is not a file of the export"):
+    with fails_for_good(ConfigurationError, "is not a file of the export"):
         download_op(out, file={"job": "j", "name": "Nope.000.ndjson"}).execute(task_context())

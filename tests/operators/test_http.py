@@ -11,8 +11,14 @@ import pendulum
 import pytest
 import requests
 
-from airflow_provider_backendauth.core.errors import FhirError, ResultTooLargeError
+from airflow_provider_backendauth.core.errors import (
+    ApiError,
+    FhirError,
+    ResponseCheckError,
+    ResultTooLargeError,
+)
 from airflow_provider_backendauth.operators.http import BackendAuthHttpOperator, merge_request
+from tests.support.failures import fails_for_good
 from tests.support.faults import after_requests
 
 FHIR = "fhir_test"
@@ -125,7 +131,7 @@ def test_response_filter_and_check_get_the_list_and_context(mdh_conn: str) -> No
 
 
 def test_response_check_false_fails(fhir_conn: str) -> None:
-    with pytest.raises(FhirError, match="response_check returned False"):
+    with pytest.raises(ResponseCheckError, match="response_check returned False"):
         op(endpoint="Patient", response_check=lambda r: False).execute({})
 
 
@@ -194,7 +200,10 @@ def test_check_response_false_returns_the_error_body(fhir_conn: str) -> None:
 
 
 def test_plain_json_error_of_a_rest_api(mdh_conn: str) -> None:
-    with pytest.raises(FhirError, match=r"HTTP 400.*pageSize must be"):
+    with pytest.raises(ApiError, match=r"HTTP 400.*pageSize must be") as info:
+        op(backendauth_conn_id=MDH, endpoint="participants", data={"pageSize": 0}).execute({})
+    assert not isinstance(info.value, FhirError)  # a plain REST API, not FHIR
+    with pytest.raises(ApiError):
         op(backendauth_conn_id=MDH, endpoint="participants", data={"pageSize": 0}).execute({})
 
 
@@ -243,7 +252,7 @@ def test_expired_token_is_renewed(make_conn: Callable[..., str], sb: Any) -> Non
 
 
 def test_result_too_large_for_xcom(mdh_conn: str) -> None:
-    with pytest.raises(ResultTooLargeError, match="max_xcom_bytes=500.*response_filter"):
+    with fails_for_good(ResultTooLargeError, "max_xcom_bytes=500.*response_filter"):
         op(
             backendauth_conn_id=MDH,
             endpoint="participants",

@@ -90,7 +90,7 @@ class BackendAuthClient:
         self._certificate_headers()  # fail now if the profile needs a certificate
         self.scope = settings.scope if settings.scope is not None else self.profile.scope
         self.token_reuse = settings.token_reuse or self.profile.token_reuse
-        self.retry = RetryPolicy(attempts=settings.retries + 1)
+        self.retry = RetryPolicy.from_retries(settings.retries)
         self.allowed_origins = self._allowed_origins()
         self._http = self._new_plain_session()
         self._tokens: TokenCache | None = None

@@ -113,12 +113,10 @@ class TokenEndpoint:
                 exc,
             )
 
-        retrying = tenacity.Retrying(
-            **self.retry.tenacity_kwargs(
-                is_retryable=lambda e: isinstance(e, TokenRequestError) and e.retryable,
-                retry_after_of=lambda e: getattr(e, "retry_after", None),
-                before_sleep=log_retry,
-            )
+        retrying = self.retry.retrying(
+            is_retryable=lambda e: isinstance(e, TokenRequestError) and e.retryable,
+            retry_after_of=lambda e: getattr(e, "retry_after", None),
+            before_sleep=log_retry,
         )
         token: AccessToken = retrying(self._request_once)
         return token

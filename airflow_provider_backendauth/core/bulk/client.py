@@ -129,7 +129,7 @@ class BulkExportClient:
                         f"({result.diagnostics}); gave up after {transient} attempts.",
                         status_code=result.status_code,
                         diagnostics=result.diagnostics,
-                        transient=True,
+                        retryable=True,
                     )
                 delay = poll_delay(
                     result.retry_after,
@@ -166,7 +166,7 @@ class BulkExportClient:
                 "client may be running; cancel it or raise the budget.",
                 status_code=429,
                 diagnostics=result.diagnostics,
-                transient=True,
+                retryable=True,
             )
         if result.retry_after is not None:
             delay, why = max(result.retry_after, self.poll_interval_min), "Retry-After"
@@ -288,7 +288,7 @@ class BulkExportClient:
             )
         raise BulkExportError(
             f"The export at {display_url(status_url)} is not complete ({type(result).__name__}).",
-            transient=True,
+            retryable=True,
         )
 
     def cancel(self, status_url: str) -> bool:

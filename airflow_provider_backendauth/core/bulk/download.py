@@ -444,7 +444,7 @@ class BulkDownloader:
                 raise BulkExportError(
                     f"Downloading {file.name} from {display_url(file.url)} failed after "
                     f"{attempt} attempts; last error: {problem}",
-                    transient=True,
+                    retryable=True,
                 )
             delay = self.retry.backoff(attempt, problem.retry_after)
             log.warning(

@@ -6,7 +6,7 @@ from typing import Any
 
 import requests
 
-from airflow_provider_backendauth.core.errors import FhirError
+from airflow_provider_backendauth.core.errors import ApiError, FhirError
 from airflow_provider_backendauth.core.redact import redact
 
 
@@ -27,7 +27,8 @@ def operation_outcome_text(body: Any) -> tuple[str | None, bool]:
 
 
 def check_response(response: requests.Response, what: str | None = None) -> requests.Response:
-    """Return the response if it succeeded, else raise ``FhirError`` explaining why."""
+    """Return the response if it succeeded, else raise an error explaining why: ``FhirError``
+    when the server answered with an OperationOutcome, ``ApiError`` otherwise."""
     if response.ok:
         return response
     try:
@@ -48,9 +49,11 @@ def check_response(response: requests.Response, what: str | None = None) -> requ
     return_message = f"{target} failed with HTTP {response.status_code}"
     if diagnostics:
         return_message += f": {diagnostics}"
-    raise FhirError(
+    speaks_fhir = isinstance(body, dict) and body.get("resourceType") == "OperationOutcome"
+    error = FhirError if speaks_fhir else ApiError
+    raise error(
         return_message + "." + hint,
         status_code=response.status_code,
         diagnostics=diagnostics,
-        transient=transient or response.status_code in (429, 503),
+        retryable=transient or response.status_code in (429, 503),
     )

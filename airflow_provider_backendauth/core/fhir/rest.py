@@ -21,7 +21,7 @@ import requests
 from airflow_provider_backendauth.core.errors import FhirError
 from airflow_provider_backendauth.core.fhir.outcome import check_response
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
-from airflow_provider_backendauth.core.urls import join_url, origin_of
+from airflow_provider_backendauth.core.urls import origin_of, resolve_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,7 @@ class RestClient:
 
     def url_for(self, endpoint: str) -> str:
         """The absolute URL of ``endpoint`` (absolute URLs are returned unchanged)."""
-        if "://" in endpoint:
-            return endpoint
-        if self.base_url is None:
-            raise FhirError(f"Endpoint {endpoint!r} is relative but no base URL is configured.")
-        return join_url(self.base_url, endpoint)
+        return resolve_endpoint(self.base_url, endpoint)
 
     def request(
         self,
@@ -185,10 +181,9 @@ class RestClient:
                 state.attempt_number,
             )
 
-        retry_kwargs = self.retry.tenacity_kwargs(is_retryable, retry_after_of, before_sleep)
-        retry_kwargs.update(self.retry_args)
-        retry_kwargs["reraise"] = True
-        retrying = tenacity.Retrying(**retry_kwargs)
+        retrying = self.retry.retrying(
+            is_retryable, retry_after_of, before_sleep=before_sleep, overrides=self.retry_args
+        )
         self._retryings[safe] = (config, retrying)
         return retrying
 
