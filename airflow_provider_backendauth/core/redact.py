@@ -16,3 +16,13 @@ def redact(text: str) -> str:
     """Remove anything shaped like a JWT or a token/assertion value from server text."""
     text = _JWT_LIKE.sub("[redacted]", text)
     return _SECRET_WORDS.sub(lambda m: f"{m.group(1)}=[redacted]", text)
+
+
+_URL_QUERY = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
+
+
+def short_error(exc: BaseException, limit: int = 240) -> str:
+    """An exception's message fit for a log line or another error: redacted, query strings
+    dropped (signed URLs carry credentials there; HTTP client errors quote URLs), shortened."""
+    text = redact(_URL_QUERY.sub(r"\1?...", " ".join(str(exc).split())))
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -191,10 +191,9 @@ class RetryPolicy:
         ``retry_args`` convention (``stop``, ``wait``, ``retry``... replace ours)."""
         import tenacity
 
-        kwargs = self.tenacity_kwargs(is_retryable, retry_after_of, before_sleep)
-        kwargs.update(overrides or {})
-        kwargs["reraise"] = True
-        return tenacity.Retrying(**kwargs)
+        return tenacity.Retrying(
+            **self._final_kwargs(is_retryable, retry_after_of, before_sleep, overrides)
+        )
 
     def async_retrying(
         self,
@@ -204,10 +203,21 @@ class RetryPolicy:
         before_sleep: Callable[[Any], Any] | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> Any:
-        """The same policy as ``retrying`` for asyncio code (the triggerer)."""
+        """The same policy as ``retrying``, for asyncio code (the triggerer)."""
         import tenacity
 
+        return tenacity.AsyncRetrying(
+            **self._final_kwargs(is_retryable, retry_after_of, before_sleep, overrides)
+        )
+
+    def _final_kwargs(
+        self,
+        is_retryable: Callable[[BaseException], bool],
+        retry_after_of: Callable[[BaseException], float | None],
+        before_sleep: Callable[[Any], Any] | None,
+        overrides: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
         kwargs = self.tenacity_kwargs(is_retryable, retry_after_of, before_sleep)
         kwargs.update(overrides or {})
-        kwargs["reraise"] = True
-        return tenacity.AsyncRetrying(**kwargs)
+        kwargs["reraise"] = True  # callers see the real error, not tenacity's RetryError
+        return kwargs

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from airflow_provider_backendauth.core.auth.client import BackendAuthClient
     from airflow_provider_backendauth.core.bulk.protocol import StatusResult
 
-USER_AGENT = "airflow-provider-backendauth"
 MAX_REDIRECTS = 5
 LARGE_BODY = 256 * 1024  # parse bigger status answers (manifests) off the event loop
 
@@ -197,10 +196,12 @@ class BulkExportTrigger(BaseTrigger):
         bundle into an SSL context is slow, blocking work)."""
         import httpx
 
+        from airflow_provider_backendauth.core.auth.settings import USER_AGENT
+
         settings = client.settings
         return await asyncio.to_thread(
             httpx.AsyncClient,
-            verify=settings.ca_bundle or settings.verify_ssl,
+            verify=settings.tls_verify,
             timeout=settings.timeout,
             follow_redirects=False,
             headers={"User-Agent": USER_AGENT},

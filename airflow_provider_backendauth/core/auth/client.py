@@ -26,7 +26,7 @@ from airflow_provider_backendauth.core.auth.keys import (
     load_signing_key_file,
 )
 from airflow_provider_backendauth.core.auth.profiles import Profile, get_profile
-from airflow_provider_backendauth.core.auth.settings import ClientSettings
+from airflow_provider_backendauth.core.auth.settings import USER_AGENT, ClientSettings
 from airflow_provider_backendauth.core.auth.tokens import AccessToken, TokenCache, TokenEndpoint
 from airflow_provider_backendauth.core.errors import (
     ConfigurationError,
@@ -92,7 +92,7 @@ class BackendAuthClient:
         self.token_reuse = settings.token_reuse or self.profile.token_reuse
         self.retry = RetryPolicy.from_retries(settings.retries)
         self.allowed_origins = self._allowed_origins()
-        self._http = self._new_plain_session()
+        self._http = self.new_plain_session()
         self._tokens: TokenCache | None = None
         self._endpoint: TokenEndpoint | None = None
         self._lock = threading.Lock()
@@ -173,9 +173,12 @@ class BackendAuthClient:
             origins.add(origin_of(check_url(url, "allowed host", allow_insecure_http=insecure)))
         return frozenset(origins)
 
-    def _new_plain_session(self) -> requests.Session:
+    def new_plain_session(self) -> requests.Session:
+        """A ``requests.Session`` with the connection's TLS settings and our User-Agent, and
+        no auth (for the token endpoint, discovery and storage URLs)."""
         session = requests.Session()
-        session.verify = self.settings.ca_bundle or self.settings.verify_ssl
+        session.verify = self.settings.tls_verify
+        session.headers["User-Agent"] = USER_AGENT
         return session
 
     # -- network -----------------------------------------------------------------------
@@ -308,9 +311,8 @@ class BackendAuthClient:
 
     def new_session(self) -> requests.Session:
         """A ``requests.Session`` that authenticates to the base URL's origin."""
-        session = self._new_plain_session()
+        session = self.new_plain_session()
         session.auth = self.auth()
-        session.headers["User-Agent"] = "airflow-provider-backendauth"
         return session
 
 

@@ -13,6 +13,9 @@ from typing import Any
 
 from airflow_provider_backendauth.core.errors import ConfigurationError
 
+# Sent on every request (token, FHIR, bulk; sync and async), so server logs can tell us apart.
+USER_AGENT = "airflow-provider-backendauth"
+
 EXTRA_KEYS = (
     "profile",
     "token_url",
@@ -69,6 +72,11 @@ class ClientSettings:
     retries: int = 5
     allow_insecure_http: bool = False
     allowed_hosts: tuple[str, ...] = ()
+
+    @property
+    def tls_verify(self) -> bool | str:
+        """What HTTP clients get as ``verify``: the CA bundle's path, or whether to verify."""
+        return self.ca_bundle or self.verify_ssl
 
     @classmethod
     def from_connection_fields(

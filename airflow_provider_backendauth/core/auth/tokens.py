@@ -17,7 +17,7 @@ from airflow_provider_backendauth.core.errors import (
     InvalidScopeError,
     TokenRequestError,
 )
-from airflow_provider_backendauth.core.redact import redact
+from airflow_provider_backendauth.core.redact import redact, short_error
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -147,11 +147,11 @@ class TokenEndpoint:
         except requests.exceptions.SSLError as exc:
             raise TokenRequestError(
                 f"TLS verification failed for the token URL {self.token_url}: "
-                f"{_short(exc)}. If the server uses a private CA, set 'ca_bundle'."
+                f"{short_error(exc)}. If the server uses a private CA, set 'ca_bundle'."
             ) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TokenRequestError(
-                f"Could not reach the token URL {self.token_url}: {_short(exc)}.",
+                f"Could not reach the token URL {self.token_url}: {short_error(exc)}.",
                 retryable=True,
             ) from None
         if response.status_code == 200:
@@ -260,11 +260,6 @@ def _parse_expires_in(value: Any) -> float:
     except (TypeError, ValueError):
         return DEFAULT_EXPIRES_IN
     return seconds if seconds > 0 else DEFAULT_EXPIRES_IN
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return redact(text if len(text) < 200 else text[:200] + "...")
 
 
 class TokenCache:

@@ -30,6 +30,7 @@ from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.protocol import error_details
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
+from airflow_provider_backendauth.core.redact import short_error
 from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
 from airflow_provider_backendauth.core.storage import AtomicFile, StoragePath, discard_leftovers
 
@@ -435,7 +436,7 @@ class BulkDownloader:
             except _Retryable as exc:
                 problem: _Retryable = exc
             except requests.RequestException as exc:
-                problem = _Retryable(f"{type(exc).__name__}: {_short(exc)}")
+                problem = _Retryable(f"{type(exc).__name__}: {short_error(exc)}")
             finally:
                 self.limit.release()
             if problem.throttled:
@@ -533,13 +534,6 @@ class BulkDownloader:
             status_code=status,
             diagnostics=diagnostics,
         )
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    # requests messages can quote the URL, and signed URLs carry credentials in the query.
-    text = re.sub(r"(https?://[^\s?'\"]+)\?[^\s'\"]*", r"\1?...", text)
-    return text if len(text) < 240 else text[:240] + "..."
 
 
 # --- error files and the summary -----------------------------------------------------------

@@ -346,19 +346,9 @@ class _ClientTokens:
 def bulk_http_for(auth_client: BackendAuthClient, *, timeout: float | None = None) -> BulkHttp:
     """A ``BulkHttp`` for a ``BackendAuthClient``: its token cache, its allowed origins (the
     base URL's and the connection's ``allowed_hosts``) and its TLS settings."""
-    import requests
-
-    settings = auth_client.settings
-
-    def new_session() -> requests.Session:
-        session = requests.Session()
-        session.verify = settings.ca_bundle or settings.verify_ssl
-        session.headers["User-Agent"] = "airflow-provider-backendauth"
-        return session
-
     return BulkHttp(
-        new_session,
+        auth_client.new_plain_session,
         _ClientTokens(auth_client),
         auth_client.allowed_origins,
-        timeout=timeout or settings.timeout,
+        timeout=timeout or auth_client.settings.timeout,
     )

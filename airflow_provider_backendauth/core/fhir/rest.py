@@ -20,6 +20,7 @@ import requests
 
 from airflow_provider_backendauth.core.errors import FhirError
 from airflow_provider_backendauth.core.fhir.outcome import check_response
+from airflow_provider_backendauth.core.redact import short_error
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 from airflow_provider_backendauth.core.urls import origin_of, resolve_endpoint
 
@@ -231,14 +232,9 @@ class RestClient:
             return None, response
         except _TRANSIENT_ERRORS as exc:
             raise FhirError(
-                f"{target} failed: {type(exc).__name__} ({_short(exc)}); could not reach "
+                f"{target} failed: {type(exc).__name__} ({short_error(exc)}); could not reach "
                 f"{origin_of(url)} even after retrying. Check the network and the base URL.",
             ) from exc
         if check:
             check_response(response, target)
         return body, response
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] + ("..." if len(text) > 200 else "")
