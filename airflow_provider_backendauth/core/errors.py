@@ -26,8 +26,12 @@ class BackendAuthError(Exception):
         return False
 
 
-class ConfigurationError(BackendAuthError):
-    """The connection or operator configuration is wrong; detected before any network call."""
+class ConfigurationError(BackendAuthError, ValueError):
+    """The connection or operator configuration is wrong; detected before any network call.
+
+    Also a ``ValueError``: operators raise it for bad arguments at DAG parse time, where
+    that is what Python code expects.
+    """
 
     @property
     def retry_cannot_help(self) -> bool:

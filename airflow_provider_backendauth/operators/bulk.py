@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth._compat import BaseOperator, conf
+from airflow_provider_backendauth.core.errors import ConfigurationError
 from airflow_provider_backendauth.operators._common import as_task_failure, fails_fast
 
 if TYPE_CHECKING:
@@ -273,11 +274,11 @@ class FhirBulkExportOperator(_BulkBase):
             **kwargs,
         )
         if level not in ("system", "patient", "group"):
-            raise ValueError(f"level must be 'system', 'patient' or 'group', not {level!r}")
+            raise ConfigurationError(f"level must be 'system', 'patient' or 'group', not {level!r}")
         if parallel_downloads < 1:
-            raise ValueError("parallel_downloads must be >= 1")
+            raise ConfigurationError("parallel_downloads must be >= 1")
         if poll_interval_min <= 0 or poll_interval_max < poll_interval_min:
-            raise ValueError("need 0 < poll_interval_min <= poll_interval_max")
+            raise ConfigurationError("need 0 < poll_interval_min <= poll_interval_max")
         self.level = level
         self.group_id = group_id
         self.types = types

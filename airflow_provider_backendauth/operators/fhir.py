@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth._compat import BaseOperator
+from airflow_provider_backendauth.core.errors import ConfigurationError
 from airflow_provider_backendauth.operators._common import fails_fast
 
 if TYPE_CHECKING:
@@ -96,11 +97,11 @@ class FhirSearchOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         if include_mode not in INCLUDE_MODES:
-            raise ValueError(
+            raise ConfigurationError(
                 f"include_mode must be one of {', '.join(INCLUDE_MODES)}, not {include_mode!r}"
             )
         if max_xcom_resources < 0:
-            raise ValueError("max_xcom_resources must be >= 0")
+            raise ConfigurationError("max_xcom_resources must be >= 0")
         self.resource_type = resource_type
         self.search_params = search_params
         self.count = count

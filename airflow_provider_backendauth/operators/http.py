@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth._compat import BaseOperator
+from airflow_provider_backendauth.core.errors import ConfigurationError
 from airflow_provider_backendauth.operators._common import fails_fast
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def merge_request(current: Mapping[str, Any], overrides: Mapping[str, Any]) -> d
     """
     unknown = sorted(set(overrides) - set(_REQUEST_KEYS))
     if unknown:
-        raise ValueError(
+        raise ConfigurationError(
             f"pagination_function returned unknown key(s) {unknown}; allowed: {_REQUEST_KEYS}"
         )
     merged = dict(current)
@@ -161,7 +162,7 @@ class BackendAuthHttpOperator(BaseOperator):
                 break
             next_request = merge_request(request, overrides)
             if next_request == request:
-                raise ValueError(
+                raise ConfigurationError(
                     "pagination_function asked for the same request again; stopping to avoid "
                     "an endless loop. Return None when there are no more pages."
                 )
