@@ -146,3 +146,8 @@ class ResultTooLargeError(BackendAuthError):
 
 class BulkExportError(FhirError):
     """A FHIR Bulk Data export failed (kick-off, status, manifest or download)."""
+
+
+class UnsafeURLError(FhirError):
+    """A server sent a URL the provider will not follow: ambiguous (parsers would disagree on
+    its host), not http(s), a downgrade to plain HTTP, or outside the allowed origins."""

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from airflow_provider_backendauth.core.auth.client import BackendAuthClient
     from airflow_provider_backendauth.core.bulk.protocol import StatusResult
 
-MAX_REDIRECTS = 5
 LARGE_BODY = 256 * 1024  # parse bigger status answers (manifests) off the event loop
 
 
@@ -42,6 +41,8 @@ def _load_modules() -> None:
     pyjwt, httpx) never stall the triggerer's event loop."""
     import anyio._backends._asyncio  # noqa: F401 - httpcore imports it on the first request
     import httpx  # noqa: F401
+
+    import airflow_provider_backendauth.core.auth.httpx_auth  # noqa: F401
 
 
 def _make_client(conn: Any, extra: dict[str, Any]) -> BackendAuthClient:
@@ -207,47 +208,24 @@ class BulkExportTrigger(BaseTrigger):
             headers={"User-Agent": USER_AGENT},
         )
 
-    async def _token(self, client: BackendAuthClient) -> str:
-        token = await asyncio.to_thread(client.get_token)
-        if token.value not in self._masked:
+    async def _mask(self, token: str) -> None:
+        if token not in self._masked:
             from airflow_provider_backendauth._compat import amask_secret
 
-            await amask_secret(token.value)
-            self._masked.add(token.value)
-        return token.value
+            await amask_secret(token)
+            self._masked.add(token)
 
     async def _send(
         self, http: httpx.AsyncClient, client: BackendAuthClient, method: str, url: str
     ) -> httpx.Response:
-        """One request with the token for allowed origins only, re-authenticating once on 401
-        and following redirects hop by hop (never carrying the token to another origin)."""
-        from airflow_provider_backendauth.core.bulk.http import REDIRECT_STATUSES, redirect_target
+        """One request through the connection's token decision (the same ``BearerPolicy``
+        the workers use, as an ``httpx.Auth``): token for allowed origins only, renewed once
+        on 401, redirects followed hop by hop."""
+        from airflow_provider_backendauth.core.auth.httpx_auth import HttpxBearerAuth
         from airflow_provider_backendauth.core.errors import BulkExportError
-        from airflow_provider_backendauth.core.urls import origin_of
 
-        current = url
-        hops = 0
-        renewed = False
-        while True:
-            headers = {"Accept": "application/json"}
-            token: str | None = None
-            if origin_of(current) in client.allowed_origins:
-                token = await self._token(client)
-                headers["Authorization"] = f"Bearer {token}"
-            response = await http.request(method, current, headers=headers)
-            if response.status_code == 401 and token is not None and not renewed:
-                self.log.info("The status URL answered 401: renewing the access token")
-                await asyncio.to_thread(client.tokens.invalidate, token)
-                renewed = True
-                continue
-            location = response.headers.get("Location")
-            if response.status_code in REDIRECT_STATUSES and location:
-                if hops >= MAX_REDIRECTS:
-                    raise BulkExportError(f"The status URL redirected more than {hops} times.")
-                current = redirect_target(current, location)
-                hops += 1
-                continue
-            return response
+        auth = HttpxBearerAuth(client.bearer_policy(error=BulkExportError), on_token=self._mask)
+        return await http.request(method, url, headers={"Accept": "application/json"}, auth=auth)
 
     async def _poll(self, http: httpx.AsyncClient, client: BackendAuthClient) -> StatusResult:
         import httpx

@@ -25,7 +25,7 @@ from airflow_provider_backendauth.core.bulk.download import (
     scan_error_files,
     summarize,
 )
-from airflow_provider_backendauth.core.bulk.http import display_url, redirect_target, with_query
+from airflow_provider_backendauth.core.bulk.http import display_url, with_query
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.protocol import (
     Complete,
@@ -50,6 +50,7 @@ from airflow_provider_backendauth.core.bulk.state import (
     job_key,
 )
 from airflow_provider_backendauth.core.errors import BulkExportError, ConfigurationError
+from airflow_provider_backendauth.core.urls import redirect_target
 
 
 def outcome(code: str = "processing", severity: str = "error", text: str = "boom") -> bytes:
@@ -407,12 +408,12 @@ class TestUrls:
         assert with_query("https://h/x", []) == "https://h/x"
 
     def test_redirect_rules(self) -> None:
-        assert redirect_target("https://a/x/y", "/z") == "https://a/z"
-        assert redirect_target("http://a/x", "https://b/y") == "https://b/y"
+        assert redirect_target("https://a/x/y", "/z").url == "https://a/z"
+        assert redirect_target("http://a/x", "https://b/y").url == "https://b/y"
         with pytest.raises(BulkExportError, match="plain HTTP"):
-            redirect_target("https://a/x", "http://b/y")
-        with pytest.raises(BulkExportError, match="non-HTTP"):
-            redirect_target("https://a/x", "file:///etc/passwd")
+            redirect_target("https://a/x", "http://b/y", error=BulkExportError)
+        with pytest.raises(BulkExportError, match="not an absolute http"):
+            redirect_target("https://a/x", "file:///etc/passwd", error=BulkExportError)
 
 
 # --- durable state ----------------------------------------------------------------------

@@ -1,82 +1,305 @@
-"""``requests`` authentication that attaches a bearer token and renews it on a 401."""
+"""The one token-attachment decision, and its ``requests`` driver (``BackendAuth``).
+
+``BearerPolicy.flow`` is a sans-IO generator: fed with what each response said, it decides,
+per hop, whether the request carries the bearer token and what to send next:
+
+- the token goes only to an allowed origin (``scheme://host:port`` of the URL as the HTTP
+  client will connect to it: see ``core/urls.py``), never "forwarded" from a previous hop;
+- a redirect is followed hop by hop (GET/HEAD/DELETE keep their method, a 303 becomes a
+  GET); each hop is judged on its own, ambiguous targets and HTTPS → HTTP are refused;
+- a 401 from an allowed origin drops the rejected token, gets a new one and resends once
+  (not when the body was a stream that cannot be replayed);
+- ``with_token=False`` (a manifest's ``requiresAccessToken: false``) never sends a token.
+
+The drivers only do I/O: ``BackendAuth`` here (a ``requests`` ``AuthBase``, for sessions, the
+HTTP provider's ``auth_type`` and the bulk downloads) and ``HttpxBearerAuth`` in
+``core/auth/httpx_auth.py`` (an ``httpx.Auth`` for the triggerer, sync and async). So the
+worker and the triggerer cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import requests
 from requests.auth import AuthBase
 
-from airflow_provider_backendauth.core.auth.tokens import TokenCache
-from airflow_provider_backendauth.core.urls import origin_of
+from airflow_provider_backendauth.core.auth.tokens import AccessToken
+from airflow_provider_backendauth.core.errors import BackendAuthError, UnsafeURLError
+from airflow_provider_backendauth.core.urls import display_url, parse_url, redirect_target
 
 log = logging.getLogger(__name__)
 
-_RETRIED_MARK = "_backendauth_retried"
-_TOKEN_MARK = "_backendauth_token"
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+REDIRECTABLE_METHODS = frozenset({"GET", "HEAD", "DELETE"})
+MAX_REDIRECTS = 5
+
+
+class TokenSource(Protocol):
+    """Where tokens come from (``TokenCache`` fits)."""
+
+    def get(self) -> AccessToken: ...
+
+    def invalidate(self, value: str | None = None) -> None: ...
+
+
+# -- the steps the decision asks its driver to perform ----------------------------------
+
+
+@dataclass(frozen=True)
+class GetToken:
+    """Send back the current token value (a string)."""
+
+
+@dataclass(frozen=True)
+class DropToken:
+    """The server rejected ``value``: invalidate it (send back None)."""
+
+    value: str
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send this request; send back an ``Answer``.
+
+    Attributes:
+        method: the method for this hop.
+        url: the absolute URL for this hop.
+        token: the bearer token to attach, or None: send *no* Authorization header.
+        hop: 0 for the original request, then 1, 2... for redirect hops.
+        same_origin: this hop goes to the original request's origin (cookies may follow).
+        drop_body: a 303 turned the request into a body-less GET.
+    """
+
+    method: str
+    url: str
+    token: str | None
+    hop: int = 0
+    same_origin: bool = True
+    drop_body: bool = False
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the server said, as far as the decision cares."""
+
+    status: int
+    location: str | None = None
+
+
+Step = GetToken | DropToken | Send
+Flow = Generator[Step, Any, None]
+
+
+class BearerPolicy:
+    """Which requests carry the token, and what to do on 401s and redirects.
+
+    Args:
+        tokens: where tokens come from; None never sends one.
+        allowed_origins: origins (or URLs) that may receive the token.
+        with_token: False sends no token at all (``requiresAccessToken: false``).
+        follow_redirects: follow redirects in the flow (else return them unfollowed).
+        max_redirects: hops one request may take.
+        error: the exception raised for refused URLs and redirect loops.
+    """
+
+    def __init__(
+        self,
+        tokens: TokenSource | None,
+        allowed_origins: Iterable[str],
+        *,
+        with_token: bool = True,
+        follow_redirects: bool = True,
+        max_redirects: int = MAX_REDIRECTS,
+        error: type[BackendAuthError] = UnsafeURLError,
+    ) -> None:
+        self.tokens = tokens
+        self.allowed_origins = frozenset(
+            parse_url(o, "allowed origin").origin for o in allowed_origins
+        )
+        self.with_token = with_token
+        self.follow_redirects = follow_redirects
+        self.max_redirects = max_redirects
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"BearerPolicy(origins={sorted(self.allowed_origins)}, with_token={self.with_token})"
+
+    def allows(self, url: str) -> bool:
+        """May ``url`` receive the token? (Raises ``error`` for an ambiguous URL.)"""
+        return parse_url(url, "request URL", error=self.error).origin in self.allowed_origins
+
+    def flow(self, method: str, url: str, *, replayable: bool = True) -> Flow:
+        """The decision for one request, as a generator of ``Step``s (see the module doc)."""
+        method = method.upper()
+        first = parse_url(url, "request URL", error=self.error)
+        current = first
+        hops = 0
+        renewed = False
+        drop_body = False
+        while True:
+            token: str | None = None
+            allowed = current.origin in self.allowed_origins
+            if self.with_token and self.tokens is not None and allowed:
+                token = yield GetToken()
+            answer: Answer = yield Send(
+                method,
+                current.url,
+                token,
+                hop=hops,
+                same_origin=current.origin == first.origin,
+                drop_body=drop_body,
+            )
+            if answer.status == 401 and token is not None and not renewed and replayable:
+                log.info(
+                    "%s answered 401: renewing the access token and retrying once",
+                    current.origin,
+                )
+                yield DropToken(token)
+                renewed = True
+                continue
+            redirectable = method in REDIRECTABLE_METHODS or answer.status == 303
+            if not (
+                self.follow_redirects
+                and answer.status in REDIRECT_STATUSES
+                and answer.location
+                and redirectable
+            ):
+                return
+            if hops >= self.max_redirects:
+                raise self.error(
+                    f"{display_url(url)} redirected more than {self.max_redirects} times."
+                )
+            current = redirect_target(current.url, answer.location, error=self.error)
+            if answer.status == 303 and method != "HEAD":
+                method, drop_body = "GET", True
+            hops += 1
+            renewed = False
+
+
+def drive_tokens(flow: Flow, value: Any, tokens: TokenSource | None) -> Send | None:
+    """Advance ``flow`` past token steps (served synchronously) to its next ``Send``; None
+    when the flow is done."""
+    while True:
+        try:
+            step = flow.send(value)
+        except StopIteration:
+            return None
+        if isinstance(step, GetToken):
+            assert tokens is not None
+            value = tokens.get().value
+        elif isinstance(step, DropToken):
+            assert tokens is not None
+            tokens.invalidate(step.value)
+            value = None
+        else:
+            return step
+
+
+_FLOW_MARK = "_backendauth_flow"
+_HOP_HEADERS_DROPPED_ON_303 = ("Content-Length", "Content-Type", "Transfer-Encoding")
 
 
 class BackendAuth(AuthBase):
-    """Adds ``Authorization: Bearer`` to requests bound for the allowed origins only.
-
-    A request to any other origin (a redirect target, a signed storage URL, a typo'd
-    endpoint) goes out without the token. On a 401 from an allowed origin, the rejected
-    token is dropped, a new one obtained and the request sent once more. Streamed request
-    bodies cannot be replayed; such a request simply returns its 401.
+    """``requests`` driver of ``BearerPolicy``: adds ``Authorization: Bearer`` for the
+    allowed origins only, renews once on 401, follows redirects hop by hop.
 
     Usable with a plain ``requests.Session`` (``session.auth = auth``) and with the HTTP
-    provider's ``auth_type``.
+    provider's ``auth_type``. Redirects are followed by this auth (requests' own redirect
+    handling judges origins with a different URL parser than the one it connects with), so
+    ``allow_redirects=False`` does not stop them; build it with ``follow_redirects=False`` to
+    get the 3xx itself (then requests may follow it, but never with the token).
     """
 
-    def __init__(self, tokens: TokenCache, allowed_origins: Iterable[str]) -> None:
-        self.tokens = tokens
-        self.allowed_origins = frozenset(origin_of(o) for o in allowed_origins)
+    def __init__(
+        self,
+        tokens: TokenSource | None,
+        allowed_origins: Iterable[str] = (),
+        *,
+        policy: BearerPolicy | None = None,
+        follow_redirects: bool = True,
+    ) -> None:
+        self.policy = policy or BearerPolicy(
+            tokens, allowed_origins, follow_redirects=follow_redirects
+        )
+
+    @property
+    def tokens(self) -> TokenSource | None:
+        return self.policy.tokens
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        return self.policy.allowed_origins
 
     def __repr__(self) -> str:
         return f"BackendAuth(origins={sorted(self.allowed_origins)})"
 
     def allows(self, url: str) -> bool:
-        return origin_of(url) in self.allowed_origins
+        return self.policy.allows(url)
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        if not request.url or not self.allows(request.url):
-            request.headers.pop("Authorization", None)
-            return request
-        token = self.tokens.get().value
-        request.headers["Authorization"] = f"Bearer {token}"
-        setattr(request, _TOKEN_MARK, token)
-        request.register_hook("response", self._reauthenticate_on_401)
+        body = request.body
+        replayable = body is None or isinstance(body, (bytes, str))
+        flow = self.policy.flow(request.method or "GET", request.url or "", replayable=replayable)
+        step = drive_tokens(flow, None, self.policy.tokens)
+        assert step is not None  # a flow always starts with a Send
+        _apply(request, step)
+        setattr(request, _FLOW_MARK, flow)
+        request.register_hook("response", self._on_response)
         return request
 
-    def _reauthenticate_on_401(
-        self, response: requests.Response, **kwargs: Any
-    ) -> requests.Response:
-        request = response.request
-        if response.status_code != 401 or getattr(request, _RETRIED_MARK, False):
-            return response
-        if not request.url or not self.allows(request.url):
-            # A redirect hop to another origin carries this hook too (requests copies it):
-            # never answer that origin's 401 with our token.
-            return response
-        body = request.body
-        if body is not None and not isinstance(body, (bytes, str)):
-            return response  # a generator or file body was consumed; cannot resend it
-        log.info(
-            "%s answered 401: renewing the access token and retrying once", origin_of(response.url)
-        )
-        self.tokens.invalidate(getattr(request, _TOKEN_MARK, None))
-        response.content  # noqa: B018 - drain so the connection can be reused
-        response.close()
-        retry = request.copy()
-        setattr(retry, _RETRIED_MARK, True)
-        token = self.tokens.get().value
-        retry.headers["Authorization"] = f"Bearer {token}"
-        setattr(retry, _TOKEN_MARK, token)
-        # The response hook list was copied too; the mark stops a second round.
-        connection = response.connection
-        new_response: requests.Response = connection.send(retry, **kwargs)
-        new_response.history.append(response)
-        new_response.request = retry
-        return new_response
+    def _on_response(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+        while True:
+            request = response.request
+            # Hops that requests itself makes (copies of our request) carry this hook but not
+            # our flow: leave them alone (they never carry the token: see below).
+            flow = getattr(request, _FLOW_MARK, None)
+            if flow is None:
+                return response
+            setattr(request, _FLOW_MARK, None)
+            answer = Answer(response.status_code, response.headers.get("Location"))
+            step = drive_tokens(flow, answer, self.policy.tokens)
+            if step is None:
+                if response.is_redirect:
+                    # Not ours to follow; requests may follow it with a copy of this request:
+                    # never with our token.
+                    request.headers.pop("Authorization", None)
+                return response
+            following = request.copy()
+            following.prepare_url(step.url, None)
+            if step.drop_body:
+                following.method = "GET"
+                following.body = None
+                for name in _HOP_HEADERS_DROPPED_ON_303:
+                    following.headers.pop(name, None)
+            else:
+                following.method = step.method
+            if not step.same_origin:
+                following.headers.pop("Cookie", None)
+            _apply(following, step)
+            setattr(following, _FLOW_MARK, flow)
+            response.close()  # never read a body we are about to discard (it may be huge)
+            new_response: requests.Response = response.connection.send(following, **kwargs)
+            new_response.history = [*response.history, response]
+            response = new_response
+
+
+def _apply(request: requests.PreparedRequest, step: Send) -> None:
+    if step.token is None:
+        request.headers.pop("Authorization", None)
+    else:
+        request.headers["Authorization"] = f"Bearer {step.token}"
+
+
+def policy_with(policy: BearerPolicy, **changes: Any) -> BearerPolicy:
+    """A copy of ``policy`` with some attributes changed (``with_token``, ``error``...)."""
+    other = BearerPolicy.__new__(BearerPolicy)
+    other.__dict__.update(policy.__dict__)
+    for name, value in changes.items():
+        if not hasattr(other, name):
+            raise AttributeError(name)
+        setattr(other, name, value)
+    return other

@@ -16,7 +16,7 @@ from typing import Any
 import requests
 
 from airflow_provider_backendauth.core.auth.assertion import AssertionSpec, ClientAssertionSigner
-from airflow_provider_backendauth.core.auth.bearer import BackendAuth
+from airflow_provider_backendauth.core.auth.bearer import BackendAuth, BearerPolicy
 from airflow_provider_backendauth.core.auth.discovery import SmartConfiguration, discover
 from airflow_provider_backendauth.core.auth.keys import (
     SigningKey,
@@ -305,15 +305,36 @@ class BackendAuthClient:
         """A valid access token (cached, renewed before expiry)."""
         return self.tokens.get()
 
+    def bearer_policy(self, **options: Any) -> BearerPolicy:
+        """The token-attachment decision for this client's origins (see ``BearerPolicy``).
+
+        The token cache is looked up on first use, not now: that may need discovery (the
+        network), which the triggerer must do in a thread.
+        """
+        return BearerPolicy(_LazyTokens(self), self.allowed_origins, **options)
+
     def auth(self) -> BackendAuth:
         """A requests ``AuthBase`` for the configured origins (see ``BackendAuth``)."""
-        return BackendAuth(self.tokens, self.allowed_origins)
+        return BackendAuth(None, policy=self.bearer_policy())
 
     def new_session(self) -> requests.Session:
         """A ``requests.Session`` that authenticates to the base URL's origin."""
         session = self.new_plain_session()
         session.auth = self.auth()
         return session
+
+
+class _LazyTokens:
+    """``client.tokens``, resolved when a token is first needed."""
+
+    def __init__(self, client: BackendAuthClient) -> None:
+        self._client = client
+
+    def get(self) -> AccessToken:
+        return self._client.tokens.get()
+
+    def invalidate(self, value: str | None = None) -> None:
+        self._client.tokens.invalidate(value)
 
 
 def smart_v1_scope(scope: str | None) -> str | None:

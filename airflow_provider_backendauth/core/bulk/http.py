@@ -1,10 +1,10 @@
-"""HTTP for Bulk Data: the bearer token goes to allowed origins only, redirects are checked.
+"""HTTP for Bulk Data: requests go through the one token-attachment decision.
 
 Bulk export talks to more than the FHIR server: status URLs, file servers, signed storage
-URLs reached by redirects. ``BulkHttp`` follows redirects itself so that every hop is
-judged on its own: the token is attached only when the hop's origin is one the user allowed
-(never "forwarded" from a previous hop), an HTTPS URL may not redirect to plain HTTP, and a
-401 from an allowed origin renews the token and tries once more.
+URLs reached by redirects. Every request made here is driven by ``BearerPolicy`` (see
+``core/auth/bearer.py``): redirects are followed hop by hop, the token is attached only when
+the hop's origin is allowed (never "forwarded"), ambiguous URLs and HTTPS → HTTP are refused,
+and a 401 from an allowed origin renews the token and tries once more.
 
 This module imports no Airflow.
 """
@@ -13,35 +13,22 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
-from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from airflow_provider_backendauth.core.auth.tokens import AccessToken
+from airflow_provider_backendauth.core.auth.bearer import (
+    REDIRECT_STATUSES,
+    BackendAuth,
+    BearerPolicy,
+    TokenSource,
+    policy_with,
+)
 from airflow_provider_backendauth.core.errors import BulkExportError
-from airflow_provider_backendauth.core.urls import origin_of
+from airflow_provider_backendauth.core.urls import display_url, parse_url
 
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_REDIRECTABLE_METHODS = frozenset({"GET", "HEAD", "DELETE"})
-
-
-class TokenSource(Protocol):
-    """What ``BulkHttp`` needs from a token cache (``TokenCache`` fits)."""
-
-    def get(self) -> AccessToken: ...
-
-    def invalidate(self, value: str | None = None) -> None: ...
-
-
-def display_url(url: str) -> str:
-    """A URL fit for logs and error messages: no query string (signed storage URLs carry
-    credentials there), no user info."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+__all__ = ["REDIRECT_STATUSES", "BulkHttp", "TokenSource", "display_url", "with_query"]
 
 
 def with_query(url: str, params: Iterable[tuple[str, str]]) -> str:
@@ -50,20 +37,6 @@ def with_query(url: str, params: Iterable[tuple[str, str]]) -> str:
     if not query:
         return url
     return f"{url}{'&' if urlsplit(url).query else '?'}{query}"
-
-
-def redirect_target(current: str, location: str) -> str:
-    """The absolute URL a redirect leads to; refuses HTTPS → HTTP downgrades and non-HTTP."""
-    target = urljoin(current, location)
-    scheme = urlsplit(target).scheme.lower()
-    if scheme not in ("http", "https"):
-        raise BulkExportError(f"{display_url(current)} redirected to a non-HTTP URL; refused.")
-    if urlsplit(current).scheme.lower() == "https" and scheme == "http":
-        raise BulkExportError(
-            f"{display_url(current)} redirected from HTTPS to plain HTTP "
-            f"({display_url(target)}); refused."
-        )
-    return target
 
 
 class BulkHttp:
@@ -89,7 +62,12 @@ class BulkHttp:
     ) -> None:
         self._session_factory = session_factory
         self.tokens = tokens
-        self.token_origins = frozenset(origin_of(o) for o in token_origins)
+        self.policy = BearerPolicy(
+            tokens, token_origins, max_redirects=max_redirects, error=BulkExportError
+        )
+        self._with_token = BackendAuth(None, policy=self.policy)
+        self._without_token = BackendAuth(None, policy=policy_with(self.policy, with_token=False))
+        self.token_origins = self.policy.allowed_origins
         self.timeout = timeout
         self.max_redirects = max_redirects
         self._local = threading.local()
@@ -120,7 +98,7 @@ class BulkHttp:
         self._local = threading.local()
 
     def may_receive_token(self, url: str) -> bool:
-        return origin_of(url) in self.token_origins
+        return self.policy.allows(url)
 
     def send(
         self,
@@ -148,44 +126,17 @@ class BulkHttp:
         Returns:
             The final response; the caller closes it when streaming.
         """
-        method = method.upper()
-        current = url
-        hops = 0
-        renewed = False
-        while True:
-            request_headers = dict(headers or {})
-            token_value: str | None = None
-            if with_token and self.tokens is not None and self.may_receive_token(current):
-                token_value = self.tokens.get().value
-                request_headers["Authorization"] = f"Bearer {token_value}"
-            response = self.session.request(
-                method,
-                current,
-                headers=request_headers,
-                json=json,
-                stream=stream,
-                timeout=timeout or self.timeout,
-                allow_redirects=False,
-            )
-            if response.status_code == 401 and token_value is not None and not renewed:
-                # The token expired or was revoked: renew it once and resend.
-                response.close()
-                assert self.tokens is not None
-                self.tokens.invalidate(token_value)
-                renewed = True
-                continue
-            location = response.headers.get("Location")
-            if (
-                response.status_code in REDIRECT_STATUSES
-                and location
-                and method in _REDIRECTABLE_METHODS
-            ):
-                response.close()
-                if hops >= self.max_redirects:
-                    raise BulkExportError(
-                        f"{display_url(url)} redirected more than {self.max_redirects} times."
-                    )
-                current = redirect_target(current, location)
-                hops += 1
-                continue
-            return response
+        # Judge the URL as the server sent it: requests re-encodes it before the auth sees it
+        # (a backslash becomes %5C), which would hide an ambiguous one.
+        parse_url(url, "request URL", error=BulkExportError)
+        return self.session.request(
+            method.upper(),
+            url,
+            headers=dict(headers or {}),
+            json=json,
+            stream=stream,
+            timeout=timeout or self.timeout,
+            # The auth follows redirects itself, judging each hop (see BearerPolicy).
+            allow_redirects=False,
+            auth=self._with_token if with_token else self._without_token,
+        )
