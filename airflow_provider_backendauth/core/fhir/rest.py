@@ -22,7 +22,7 @@ from airflow_provider_backendauth.core.errors import FhirError
 from airflow_provider_backendauth.core.fhir.outcome import check_response
 from airflow_provider_backendauth.core.redact import short_error
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
-from airflow_provider_backendauth.core.urls import origin_of, resolve_endpoint
+from airflow_provider_backendauth.core.urls import display_url, resolve_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class RestClient:
         except _TRANSIENT_ERRORS as exc:
             raise FhirError(
                 f"{target} failed: {type(exc).__name__} ({short_error(exc)}); could not reach "
-                f"{origin_of(url)} even after retrying. Check the network and the base URL.",
+                f"{display_url(url)} even after retrying. Check the network and the base URL.",
             ) from exc
         if check:
             check_response(response, target)
