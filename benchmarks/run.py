@@ -407,6 +407,10 @@ def rows_for(case: Case, samples: dict[str, list[Sample]], parallel: int) -> lis
     return rows
 
 
+def size_text(megabytes: float) -> str:
+    return f"{megabytes:.0f} MB" if megabytes >= 20 else f"{megabytes:.3g} MB"
+
+
 def table(rows: Sequence[Row]) -> str:
     header = (
         "| server | files | size | client | MB/s median | MB/s best | CPU ms/MB "
@@ -415,8 +419,9 @@ def table(rows: Sequence[Row]) -> str:
     lines = [header, "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         rss = f"{r.rss_mib:.0f}" if r.rss_mib is not None else "-"
+        size = size_text(r.case.size_mb)
         lines.append(
-            f"| {r.case.server} | {r.case.files_label} | {r.case.size_mb:.3g} MB | {r.contender} "
+            f"| {r.case.server} | {r.case.files_label} | {size} | {r.contender} "
             f"| {r.mb_s_median:.0f} | {r.mb_s_best:.0f} | {r.cpu_ms_per_mb:.2f} | {rss} "
             f"| {r.ratio:.2f} |"
         )
@@ -511,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     host = machine()
     print(
         f"{host['nproc']} CPUs ({host['cpu']}), Python {host['python']}, {host['curl']}, "
-        f"nginx {host['nginx']}; load average {' '.join(host['loadavg_start'])}",
+        f"{host['nginx']}; load average {' '.join(host['loadavg_start'])}",
         flush=True,
     )
     work = Path(tempfile.mkdtemp(prefix="backendauth-bench-"))
@@ -589,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         write_readme(
             f"Last full run: {when}. Machine: {host['nproc']} CPUs ({host['cpu']}), "
-            f"Python {host['python']}, Linux {host['kernel']}, {host['curl']}, nginx "
+            f"Python {host['python']}, Linux {host['kernel']}, {host['curl']}, "
             f"{host['nginx']}; load average {' '.join(host['loadavg_start'])} at the start, "
             f"{' '.join(host['loadavg_end'])} at the end. {args.files} files, "
             f"{args.parallel} at a time, {args.repeat} rotating rounds.\n\n{text}"
