@@ -1,10 +1,9 @@
 """Pure (no network) parts of the bulk export client: requests, answer interpretation,
-polling delays, the manifest, file names, line counting, gzip, state files, error files."""
+polling delays, the manifest, file names, state files, error files."""
 
 from __future__ import annotations
 
 import email.utils
-import gzip
 import json
 import threading
 import time
@@ -17,9 +16,6 @@ from airflow_provider_backendauth.core.bulk.download import (
     AdaptiveLimit,
     ErrorReport,
     FileResult,
-    _decoded,
-    _LineCounter,
-    _Retryable,
     plan_files,
     safe_type_name,
     scan_error_files,
@@ -343,30 +339,6 @@ class TestManifest:
 
 
 class TestStreamingHelpers:
-    def test_line_counter(self) -> None:
-        counter = _LineCounter()
-        for chunk in (b'{"a":1}\n{"b"', b":2}\n", b'{"c":3}'):
-            counter.feed(chunk)
-        assert counter.total == 3
-        assert counter.bytes == 23
-        empty = _LineCounter()
-        assert empty.total == 0
-
-    def test_plain_chunks_pass_through(self) -> None:
-        chunks = [b"a", b"bc\n", b"d\n"]
-        assert b"".join(_decoded(iter(chunks))) == b"abc\nd\n"
-
-    def test_gzip_body_is_decoded(self) -> None:
-        data = b"".join(b'{"n":%d}\n' % i for i in range(1000))
-        packed = gzip.compress(data)
-        chunks = [packed[i : i + 7] for i in range(0, len(packed), 7)]
-        assert b"".join(_decoded(iter(chunks))) == data
-
-    def test_truncated_gzip_body_is_retryable(self) -> None:
-        packed = gzip.compress(b"x" * 10000)
-        with pytest.raises(_Retryable, match="gzip"):
-            b"".join(_decoded(iter([packed[: len(packed) // 2]])))
-
     def test_adaptive_limit_halves_and_recovers(self) -> None:
         limit = AdaptiveLimit(8)
         limit.throttled()

@@ -13,24 +13,38 @@ This module imports no Airflow.
 
 from __future__ import annotations
 
+import errno
+import http.client
 import json
 import logging
 import re
+import ssl
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
 import requests
+import tenacity
+import urllib3
 
+from airflow_provider_backendauth.core.bulk.decode import (
+    DEFAULT_MAX_COMPRESSION_RATIO,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_OUT_SIZE,
+    BodyDecoder,
+    DecodeError,
+    DecodeLimits,
+    LineTally,
+    gzip_inflater_factory,
+)
 from airflow_provider_backendauth.core.bulk.http import BulkHttp, display_url
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.protocol import error_details
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
-from airflow_provider_backendauth.core.redact import short_error
+from airflow_provider_backendauth.core.redact import redact, short_error
 from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
 from airflow_provider_backendauth.core.storage import AtomicFile, StoragePath, discard_leftovers
 
@@ -43,8 +57,8 @@ FILE_HEADERS = {
 }
 KIND_FOLDERS = {"output": "", "error": "error/", "deleted": "deleted/"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-_GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_CHUNK_SIZE = 1 << 20
+ERROR_BODY_LIMIT = 64 * 1024
 
 
 # --- what to download, under which name ---------------------------------------------------
@@ -183,59 +197,6 @@ class _Retryable(Exception):
         self.throttled = throttled
 
 
-class _LineCounter:
-    """Counts NDJSON lines across chunks (a last line without newline counts too)."""
-
-    def __init__(self) -> None:
-        self.lines = 0
-        self.bytes = 0
-        self._last = b"\n"
-
-    def feed(self, chunk: bytes) -> None:
-        if chunk:
-            self.lines += chunk.count(b"\n")
-            self.bytes += len(chunk)
-            self._last = chunk[-1:]
-
-    @property
-    def total(self) -> int:
-        return self.lines + (0 if self._last == b"\n" else 1)
-
-
-class _Body:
-    """A response body's bytes, gunzipped when the body itself is a gzip file (a
-    ``.ndjson.gz`` served without ``Content-Encoding``); ``gzip_file`` tells which."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self.gzip_file = False
-
-    def __iter__(self) -> Iterator[bytes]:
-        chunks = self._chunks
-        first = b""
-        for chunk in chunks:
-            first += chunk
-            if len(first) >= 2:
-                break
-        if first[:2] != _GZIP_MAGIC:
-            if first:
-                yield first
-            yield from chunks
-            return
-        self.gzip_file = True
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        yield inflater.decompress(first)
-        for chunk in chunks:
-            yield inflater.decompress(chunk)
-        yield inflater.flush()
-        if not inflater.eof:
-            raise _Retryable("the gzip stream ended early")
-
-
-def _decoded(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    return iter(_Body(chunks))
-
-
 def _range_start(content_range: str | None) -> int | None:
     """The first byte of ``Content-Range: bytes START-END/TOTAL``."""
     match = re.match(r"\s*bytes\s+(\d+)-", content_range or "")
@@ -250,18 +211,23 @@ class _PartialFile:
     def __init__(self, target: StoragePath) -> None:
         self.target = target
         self._atomic: AtomicFile | None = None
-        self.counter = _LineCounter()
+        self.tally = LineTally()
         self.resumable = False
 
     @property
     def offset(self) -> int:
-        return self.counter.bytes
+        return self.tally.bytes
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, data: bytes | bytearray, end: int | None = None) -> None:
+        """Append ``data[:end]``. A reused buffer is passed with ``end`` and written through
+        a view: file objects copy what they are given before ``write`` returns."""
         if self._atomic is None:
             self._atomic = AtomicFile(self.target, "wb")
-        self._atomic.handle.write(chunk)
-        self.counter.feed(chunk)
+        if end is None or end == len(data):
+            self._atomic.handle.write(data)
+        else:
+            self._atomic.handle.write(memoryview(data)[:end])
+        self.tally.feed(data, end)
 
     def restart(self, why: str = "") -> None:
         if self.offset and why:
@@ -272,7 +238,7 @@ class _PartialFile:
                 self.offset,
             )
         self.discard()
-        self.counter = _LineCounter()
+        self.tally = LineTally()
         self.resumable = False
 
     def commit(self) -> None:
@@ -285,6 +251,57 @@ class _PartialFile:
             self._atomic = None
 
 
+class _Wire:
+    """The bytes received for one streamed response, as they came (no urllib3 decoding),
+    read into one reusable buffer; checks the body against ``Content-Length``."""
+
+    def __init__(self, response: requests.Response, size: int) -> None:
+        self.buffer = bytearray(size)
+        self.received = 0
+        self.complete = False
+        self._response = response
+        raw = response.raw
+        fp = getattr(raw, "_fp", None)
+        # Reading the standard library's response directly saves urllib3's copy per chunk;
+        # anything else (or a body urllib3 already started) goes through urllib3.
+        self._direct = isinstance(fp, http.client.HTTPResponse) and not getattr(
+            raw, "_fp_bytes_read", 0
+        )
+        self._fp = fp
+        headers = response.headers
+        length = headers.get("Content-Length")
+        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        self.length = int(length) if length and length.strip().isdigit() and not chunked else None
+
+    def __iter__(self) -> Iterator[tuple[bytes | bytearray, int]]:
+        """``(data, n)``: ``data[:n]`` are the next bytes; ``data`` may be the shared buffer."""
+        if self._direct:
+            assert self._fp is not None
+            readinto = self._fp.readinto
+            buffer = self.buffer
+            while n := readinto(buffer):
+                self.received += n
+                yield buffer, n
+        else:
+            read = self._response.raw.read
+            while chunk := read(len(self.buffer), decode_content=False):
+                self.received += len(chunk)
+                yield chunk, len(chunk)
+        if self.length is not None and self.received < self.length:
+            raise _Retryable(
+                f"the body ended after {self.received} of the {self.length} bytes its "
+                "Content-Length announced"
+            )
+        self.complete = True
+
+    def release(self) -> None:
+        """Give the connection back to the pool (the body was read to its end)."""
+        if self.complete and self._direct:
+            release = getattr(self._response.raw, "release_conn", None)
+            if release is not None:
+                release()
+
+
 class BulkDownloader:
     """Downloads export files to a destination, in parallel, with per-file retries.
 
@@ -293,9 +310,15 @@ class BulkDownloader:
         parallel: maximum concurrent downloads (reduced while the server answers 429).
         retry: per-file attempts and backoff; a server's ``Retry-After`` wins, within
             ``retry.max_retry_after``.
-        chunk_size: bytes per read/write; memory use is about ``parallel * chunk_size``.
-        check_counts: fail a file whose line count differs from the manifest's ``count``.
+        chunk_size: bytes per read; memory use is about ``parallel * chunk_size`` whatever
+            the server sends (decoded pieces are at most ``chunk_size`` too).
+        check_counts: fail a file whose line count differs from the manifest's ``count``,
+            or whose final line is not a JSON object (NDJSON).
         stop: set it to abort (``on_kill``).
+        max_file_bytes: the most decoded bytes one file may have.
+        max_compression_ratio: the most decoded bytes per received byte (bombs).
+        inflater: gzip inflater: ``auto`` (the fastest installed), ``isal``, ``zlib-ng``,
+            ``zlib``.
     """
 
     def __init__(
@@ -308,16 +331,25 @@ class BulkDownloader:
         check_counts: bool = True,
         stop: threading.Event | None = None,
         read_timeout: float | None = None,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        max_compression_ratio: float = DEFAULT_MAX_COMPRESSION_RATIO,
+        inflater: str = "auto",
     ) -> None:
         self.http = http
         self.parallel = max(1, parallel)
         self.retry = retry or RetryPolicy(
             attempts=5, initial_wait=1.0, max_wait=30.0, max_retry_after=300.0
         )
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
         self.chunk_size = chunk_size
         self.check_counts = check_counts
         self.stop = stop or threading.Event()
         self.read_timeout = read_timeout
+        self.limits = DecodeLimits(
+            max_file_bytes=max_file_bytes, max_compression_ratio=max_compression_ratio
+        )
+        self.inflater, _ = gzip_inflater_factory(inflater)
         self.limit = AdaptiveLimit(self.parallel)
         self.attempts_made = 0
         self._counter_lock = threading.Lock()
@@ -421,9 +453,11 @@ class BulkDownloader:
         requires_access_token: bool,
         abort: threading.Event,
     ) -> FileResult:
-        attempt = 0
-        while True:
-            attempt += 1
+        attempts = 0
+
+        def attempt() -> FileResult:
+            nonlocal attempts
+            attempts += 1
             if self._stopped(abort):
                 raise BulkExportError(f"Download of {file.name} stopped.")
             self.limit.acquire(self.stop)
@@ -431,33 +465,54 @@ class BulkDownloader:
                 with self._counter_lock:
                     self.attempts_made += 1
                 result = self._fetch(file, partial, requires_access_token, abort)
-                self.limit.succeeded()
-                return result
             except _Retryable as exc:
-                problem: _Retryable = exc
-            except requests.RequestException as exc:
-                problem = _Retryable(f"{type(exc).__name__}: {short_error(exc)}")
+                if exc.throttled:
+                    self.limit.throttled()
+                raise
+            except DecodeError as exc:
+                raise _Retryable(str(exc)) from None
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                raise _Retryable(f"{type(exc).__name__}: {short_error(exc)}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                if isinstance(exc, OSError) and not _is_network_error(exc):
+                    raise  # a local disk or storage problem: not the server's
+                raise _Retryable(f"{type(exc).__name__}: {short_error(exc)}") from None
             finally:
                 self.limit.release()
-            if problem.throttled:
-                self.limit.throttled()
-            if attempt >= self.retry.attempts:
-                raise BulkExportError(
-                    f"Downloading {file.name} from {display_url(file.url)} failed after "
-                    f"{attempt} attempts; last error: {problem}",
-                    retryable=True,
-                )
-            delay = self.retry.backoff(attempt, problem.retry_after)
+            self.limit.succeeded()
+            return result
+
+        def sleep(seconds: float) -> None:
+            if self.stop.wait(seconds) or abort.is_set():
+                raise BulkExportError(f"Download of {file.name} stopped.")
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            problem = state.outcome.exception() if state.outcome else None
             log.warning(
                 "Download of %s failed (attempt %d of %d: %s); retrying in %.1f s",
                 file.name,
-                attempt,
+                state.attempt_number,
                 self.retry.attempts,
                 problem,
-                delay,
+                state.next_action.sleep if state.next_action else 0.0,
             )
-            if self.stop.wait(delay) or abort.is_set():
-                raise BulkExportError(f"Download of {file.name} stopped.")
+
+        retrying = tenacity.Retrying(
+            sleep=sleep,
+            **self.retry.tenacity_kwargs(
+                lambda exc: isinstance(exc, _Retryable),
+                lambda exc: exc.retry_after if isinstance(exc, _Retryable) else None,
+                before_sleep=before_sleep,
+            ),
+        )
+        try:
+            return retrying(attempt)
+        except _Retryable as problem:
+            raise BulkExportError(
+                f"Downloading {file.name} from {_shown(file.url)} failed after "
+                f"{attempts} attempts; last error: {problem}",
+                retryable=True,
+            ) from None
 
     def _fetch(
         self,
@@ -484,36 +539,77 @@ class BulkDownloader:
         )
         with response:
             status = response.status_code
-            body: _Body | None = None
+            encoding = response.headers.get("Content-Encoding")
             if status == 206 and resuming:
-                if _range_start(response.headers.get("Content-Range")) != partial.offset:
+                if _range_start(response.headers.get("Content-Range")) != partial.offset or (
+                    encoding or "identity"
+                ).strip().lower() not in ("identity", ""):
                     partial.restart("the server answered a different byte range")
                     raise _Retryable("the server answered a different byte range")
                 log.info("Resuming %s at byte %d", file.name, partial.offset)
-                chunks: Iterable[bytes] = response.iter_content(self.chunk_size)
             elif status == 200:
                 # a whole body (even if we asked for the rest)
                 partial.restart("the server sent the whole file again")
                 partial.resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes"
-                chunks = body = _Body(response.iter_content(self.chunk_size))
             else:
                 # Keep what was written: the next attempt asks for the rest.
                 self._raise_for(file, response, requires_access_token)
-            for chunk in chunks:
-                if self._stopped(abort):
-                    raise BulkExportError(f"Download of {file.name} stopped.")
-                partial.write(chunk)
-                if body is not None and body.gzip_file:
-                    partial.resumable = False  # the gzip file's offsets are not ours
-            counter = partial.counter
-            if self.check_counts and file.count is not None and counter.total != file.count:
-                partial.restart()
-                raise _Retryable(
-                    f"{file.name} has {counter.total} lines but the manifest's count "
-                    f"is {file.count}"
-                )
+            decoder = BodyDecoder(
+                encoding,
+                sniff_gzip=status == 200,
+                limits=self.limits,
+                what=f"{file.name} from {_shown(file.url)}",
+                already_decoded=partial.offset,
+                out_size=min(self.chunk_size, DEFAULT_OUT_SIZE),
+                inflater=self.inflater,
+            )
+            try:
+                self._receive(file, response, decoder, partial, abort)
+            except BaseException:
+                # What was written stays for a Range request, unless its offsets are a gzip
+                # file's rather than ours.
+                if decoder.gzip_file:
+                    partial.restart("a gzip file served as is cannot be resumed")
+                raise
+        tally = partial.tally
+        problem = None
+        if self.check_counts and file.count is not None and tally.total != file.count:
+            problem = (
+                f"{file.name} has {tally.total} lines but the manifest's count is {file.count}"
+            )
+        elif self.check_counts and (reason := tally.final_line_problem()):
+            problem = f"{file.name} looks cut short: {reason}"
+        if problem:
+            partial.restart()
+            raise _Retryable(problem)
         partial.commit()
-        return FileResult(file.name, file.kind, file.type, counter.total, counter.bytes)
+        return FileResult(file.name, file.kind, file.type, tally.total, tally.bytes)
+
+    def _receive(
+        self,
+        file: ExportFile,
+        response: requests.Response,
+        decoder: BodyDecoder,
+        partial: _PartialFile,
+        abort: threading.Event,
+    ) -> None:
+        """Stream the body into ``partial``, decoding it within the limits."""
+        wire = _Wire(response, self.chunk_size)
+        write = partial.write
+        for data, size in wire:
+            if self._stopped(abort):
+                raise BulkExportError(f"Download of {file.name} stopped.")
+            if decoder.transparent:
+                decoder.passed(size)
+                write(data, size)
+            else:
+                for piece in decoder.feed(memoryview(data)[:size]):
+                    write(piece)
+                if decoder.gzip_file:
+                    partial.resumable = False  # the gzip file's offsets are not ours
+        for piece in decoder.finish():
+            write(piece)
+        wire.release()
 
     @staticmethod
     def _raise_for(
@@ -521,7 +617,7 @@ class BulkDownloader:
     ) -> NoReturn:
         status = response.status_code
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        diagnostics, transient = error_details(status, response.content)
+        diagnostics, transient = error_details(status, _error_body(response))
         message = f"HTTP {status}: {diagnostics}"
         if status == 429:
             raise _Retryable(message, retry_after, throttled=True)
@@ -530,10 +626,49 @@ class BulkDownloader:
         if status == 401 and not requires_access_token:
             message += " (the manifest said requiresAccessToken=false, so no token was sent)"
         raise BulkExportError(
-            f"Downloading {file.name} from {display_url(file.url)} failed with {message}",
+            f"Downloading {file.name} from {_shown(file.url)} failed with {message}",
             status_code=status,
             diagnostics=diagnostics,
         )
+
+
+def _error_body(response: requests.Response, limit: int = ERROR_BODY_LIMIT) -> bytes:
+    """At most ``limit`` bytes of an error answer, decoded within bounds: enough for an
+    OperationOutcome, never a hostile server's gigabyte."""
+    decoder = BodyDecoder(
+        response.headers.get("Content-Encoding"),
+        sniff_gzip=False,
+        limits=DecodeLimits(max_file_bytes=limit, ratio_floor=limit),
+        what="the error answer",
+        out_size=limit,
+    )
+    out = bytearray()
+    try:
+        raw = response.raw.read(limit, decode_content=False) or b""
+        for piece in decoder.feed(raw):
+            out += piece
+    except (DecodeError, BulkExportError, OSError, http.client.HTTPException):
+        pass  # a broken error answer: what arrived is still worth quoting
+    except (requests.RequestException, urllib3.exceptions.HTTPError):
+        pass
+    return bytes(out[:limit])
+
+
+def _is_network_error(exc: OSError) -> bool:
+    """A socket's error rather than the destination's (a full disk is not worth retrying)."""
+    return isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)) or (
+        exc.errno in _NETWORK_ERRNOS
+    )
+
+
+_NETWORK_ERRNOS = frozenset(
+    {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT, errno.ENETDOWN}
+)
+
+
+def _shown(url: str) -> str:
+    """A URL fit for messages: no query string, no user info, nothing token-shaped."""
+    return redact(display_url(url))
 
 
 # --- error files and the summary -----------------------------------------------------------
