@@ -214,6 +214,9 @@ class FhirBulkExportOperator(_BulkBase):
             export running) before failing.
         max_transient_errors: consecutive 5xx/transient errors tolerated while polling.
         chunk_size: download chunk in bytes (memory use ~ parallel_downloads * chunk_size).
+        max_file_bytes: the most bytes one downloaded file may decode to (default 64 GiB).
+        max_compression_ratio: the most decoded bytes per byte received (default 200; a
+            decompression bomb is ~1000).
         deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
     """
 
@@ -264,6 +267,8 @@ class FhirBulkExportOperator(_BulkBase):
         kickoff_busy_budget: float = 300.0,
         max_transient_errors: int = 10,
         chunk_size: int = 1 << 20,
+        max_file_bytes: int = 64 * 1024**3,
+        max_compression_ratio: float = 200.0,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
@@ -304,6 +309,8 @@ class FhirBulkExportOperator(_BulkBase):
         self.kickoff_busy_budget = kickoff_busy_budget
         self.max_transient_errors = max_transient_errors
         self.chunk_size = chunk_size
+        self.max_file_bytes = max_file_bytes
+        self.max_compression_ratio = max_compression_ratio
         self.deferrable = deferrable
 
     # -- building blocks -------------------------------------------------------------
@@ -329,6 +336,8 @@ class FhirBulkExportOperator(_BulkBase):
                 ),
                 "chunk_size": self.chunk_size,
                 "check_counts": self.check_counts,
+                "max_file_bytes": self.max_file_bytes,
+                "max_compression_ratio": self.max_compression_ratio,
             },
         )
 
@@ -534,6 +543,9 @@ class FhirBulkDownloadOperator(_BulkBase):
         download_retries: retries for this file.
         check_counts: verify the line count against the manifest's ``count``.
         chunk_size: bytes per read/write.
+        max_file_bytes: the most bytes one downloaded file may decode to (default 64 GiB).
+        max_compression_ratio: the most decoded bytes per byte received (default 200; a
+            decompression bomb is ~1000).
     """
 
     template_fields: Sequence[str] = ("file", "destination", "state_dir")
@@ -549,6 +561,8 @@ class FhirBulkDownloadOperator(_BulkBase):
         download_retries: int = 5,
         check_counts: bool = True,
         chunk_size: int = 1 << 20,
+        max_file_bytes: int = 64 * 1024**3,
+        max_compression_ratio: float = 200.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -561,6 +575,8 @@ class FhirBulkDownloadOperator(_BulkBase):
         self.download_retries = download_retries
         self.check_counts = check_counts
         self.chunk_size = chunk_size
+        self.max_file_bytes = max_file_bytes
+        self.max_compression_ratio = max_compression_ratio
 
     @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
@@ -580,6 +596,8 @@ class FhirBulkDownloadOperator(_BulkBase):
                 "retry": RetryPolicy(attempts=self.download_retries + 1, max_retry_after=300.0),
                 "chunk_size": self.chunk_size,
                 "check_counts": self.check_counts,
+                "max_file_bytes": self.max_file_bytes,
+                "max_compression_ratio": self.max_compression_ratio,
             },
         )
         manifest = job.local_manifest()

@@ -125,6 +125,8 @@ def _stdlib_gzip() -> Inflater:
 def _isal_gzip() -> Inflater:
     from isal import igzip_lib
 
+    if not hasattr(igzip_lib, "IgzipDecompressor"):
+        raise ImportError("isal too old: no igzip_lib.IgzipDecompressor")
     inflater: Inflater = igzip_lib.IgzipDecompressor(igzip_lib.DECOMP_GZIP)
     return inflater
 
@@ -132,6 +134,8 @@ def _isal_gzip() -> Inflater:
 def _zlib_ng_gzip() -> Inflater:
     from zlib_ng import zlib_ng
 
+    if not hasattr(zlib_ng, "_ZlibDecompressor"):
+        raise ImportError("zlib-ng too old: no _ZlibDecompressor")
     inflater: Inflater = zlib_ng._ZlibDecompressor(16 + zlib_ng.MAX_WBITS)
     return inflater
 
