@@ -6,6 +6,7 @@ never imports Airflow or the provider's client code. See README.md in this folde
 
 from __future__ import annotations
 
+from . import _extra  # noqa: F401 - first: says how to install jwcrypto when missing
 from .faults import FaultRule, Faults
 from .server import Sandbox
 from .settings import SandboxSettings

@@ -54,7 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local SMART Backend Services + FHIR R4 + Bulk Data sandbox server.",
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="port to listen on; give a fixed one (e.g. --port 8765) so connection URLs stay "
+        "the same across restarts (default 0: a free port, printed in the JSON line)",
+    )
     parser.add_argument("--patients", type=int, default=100)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--token-lifetime", type=int, default=300)
