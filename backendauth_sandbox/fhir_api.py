@@ -37,9 +37,11 @@ from .vendor_rules import scope_permits_read
 PARTICIPANTS_PATH = "/api/v1/administration/participants"
 
 
-def authenticate(tokens: TokenStore, request: Request) -> AccessToken | Response:
+def authenticate(
+    tokens: TokenStore, request: Request, *, consume: bool = False
+) -> AccessToken | Response:
     """The bearer token of ``request`` if valid, else the 401 to answer."""
-    token, reason = tokens.check(request.bearer_token())
+    token, reason = tokens.check(request.bearer_token(), consume=consume)
     if reason:
         return invalid_token(reason)
     assert token is not None
@@ -73,7 +75,7 @@ class FhirApi:
                 200,
                 capability_statement(self._fhir_base(), self._token_url(), TYPE_PARAMS, INCLUDES),
             )
-        auth = authenticate(self.tokens, request)
+        auth = authenticate(self.tokens, request, consume=self.settings.single_use_tokens)
         if isinstance(auth, Response):
             return auth
         parts = request.path[len("/fhir/") :].split("/")
@@ -209,7 +211,9 @@ class FhirApi:
     # --- MyDataHelps-like REST -----------------------------------------------------------
 
     def handle_rest(self, request: Request) -> Response:
-        token, reason = self.tokens.check(request.bearer_token())
+        token, reason = self.tokens.check(
+            request.bearer_token(), consume=self.settings.single_use_tokens
+        )
         if reason:
             response = json_response(
                 401, {"message": "Authorization has been denied for this request."}

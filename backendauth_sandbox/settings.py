@@ -23,6 +23,8 @@ class SandboxSettings:
     token_lifetime: int = 300
     clock_skew_seconds: int = 30
     smart_config_relative_token_endpoint: bool = False
+    # Each access token is good for one FHIR/REST request (HelseID's CPPA API rule).
+    single_use_tokens: bool = False
 
     search_default_count: int = 50
     search_max_count: int = 1000

@@ -17,6 +17,7 @@ class AccessToken:
     scope: str
     issued_at: float
     expires_at: float
+    used: bool = False
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.expires_at
@@ -42,16 +43,24 @@ class TokenStore:
                 self._tokens = {k: t for k, t in self._tokens.items() if t.expires_at > cutoff}
         return token
 
-    def check(self, value: str | None) -> tuple[AccessToken | None, str]:
-        """Return (token, "") when valid, else (None or the expired token, reason)."""
+    def check(self, value: str | None, *, consume: bool = False) -> tuple[AccessToken | None, str]:
+        """Return (token, "") when valid, else (None or the expired token, reason).
+
+        ``consume``: the API accepts each token once (HelseID's CPPA API): a second use is
+        refused like an expired token.
+        """
         if not value:
             return None, "no bearer token in the Authorization header"
         with self._lock:
             token = self._tokens.get(value)
-        if token is None:
-            return None, "unknown access token"
-        if token.expired():
-            return token, "access token expired"
+            if token is None:
+                return None, "unknown access token"
+            if token.expired():
+                return token, "access token expired"
+            if consume:
+                if token.used:
+                    return token, "access token already used (this API accepts each token once)"
+                token.used = True
         return token, ""
 
     def expire_all(self) -> int:

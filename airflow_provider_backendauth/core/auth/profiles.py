@@ -39,6 +39,8 @@ class Profile:
         certificate_header: send ``x5t#S256``/``x5t`` from the key's certificate.
         discovery_path: where to discover the token endpoint relative to the base URL.
         notes: troubleshooting lines shown when the vendor rejects a token request.
+        register_key: what to do with a new public key for this vendor (``backendauth
+            keygen`` prints these; the guides in docs/vendors/ expand on them).
     """
 
     name: str
@@ -60,6 +62,35 @@ class Profile:
     certificate_header: CertificateHeader | None = None
     discovery_path: str = ".well-known/smart-configuration"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    register_key: tuple[str, ...] = field(default_factory=tuple)
+
+
+_SMART_REGISTER = (
+    "register jwks.json with the server as the client's public key set (or host it at an "
+    "HTTPS URL and register that URL; then set the 'jku' extra to it)",
+    "use the client id the server assigns as the connection's Client ID (login)",
+)
+
+_HELSEID_ALGORITHMS = (
+    "RS512",
+    "RS384",
+    "RS256",
+    "PS512",
+    "PS384",
+    "PS256",
+    "ES512",
+    "ES384",
+    "ES256",
+)
+_HELSEID_REGISTER = (
+    "in HelseID Selvbetjening, create the client configuration (Ta i bruk HelseID -> Ny "
+    "klientkonfigurasjon) and upload the public JWK from jwks.json instead of having a key "
+    "issued",
+    "use the clientId Selvbetjening shows as the connection's Client ID (login)",
+)
+_HELSEID_NOTES = (
+    "the test environment is https://helseid-sts.test.nhn.no/connect/token: set 'token_url' to it",
+)
 
 
 _PROFILES: tuple[Profile, ...] = (
@@ -67,6 +98,7 @@ _PROFILES: tuple[Profile, ...] = (
         name="smart",
         label="SMART Backend Services v2 (discovers the token URL)",
         scope="system/*.rs",
+        register_key=_SMART_REGISTER,
     ),
     Profile(
         name="mydatahelps",
@@ -82,6 +114,11 @@ _PROFILES: tuple[Profile, ...] = (
             "the private key must match the public key registered for the service account",
             "only RS256 is supported",
         ),
+        register_key=(
+            "in MyDataHelps Designer, open the project's service accounts and add one with the "
+            "contents of public_key.pem",
+            "use the full service account name (e.g. MyDataHelps.1234.test) as the Client ID",
+        ),
     ),
     Profile(
         name="koppeltaal",
@@ -94,23 +131,18 @@ _PROFILES: tuple[Profile, ...] = (
             "Koppeltaal answers failures with a plain-text '401 Access Denied'",
             "keys registered as PEM must sign with RS512",
         ),
+        register_key=(
+            "when joining the Koppeltaal domain, register public_key.pem (sign with RS512) or "
+            "jwks.json",
+            "use the client_id you receive when joining the domain as the Client ID",
+        ),
     ),
     Profile(
         name="helseid",
         label="HelseID (Norsk helsenett)",
         token_url="https://helseid-sts.nhn.no/connect/token",
         issuer_url="https://helseid-sts.nhn.no",
-        algorithms=(
-            "RS512",
-            "RS384",
-            "RS256",
-            "PS512",
-            "PS384",
-            "PS256",
-            "ES512",
-            "ES384",
-            "ES256",
-        ),
+        algorithms=_HELSEID_ALGORITHMS,
         typ="client-authentication+jwt",
         max_lifetime=60,
         lifetime=60,
@@ -118,9 +150,36 @@ _PROFILES: tuple[Profile, ...] = (
         include_nbf=True,
         discovery_path=".well-known/openid-configuration",
         notes=(
-            "the test environment is https://helseid-sts.test.nhn.no/connect/token: set "
-            "'token_url' to it",
-            "the CPPA v1 API wants one token per request: set 'token_reuse' to 'per_request'",
+            *_HELSEID_NOTES,
+            "an API that accepts each token once (the CPPA v1 API) needs profile "
+            "'helseid_cppa' or 'token_reuse' set to 'per_request'",
+        ),
+        register_key=_HELSEID_REGISTER,
+    ),
+    # HelseID's CPPA v1 API accepts each access token for one request only ("a new token
+    # must be obtained for each API call"): caching would cost a 401 and a second token
+    # request on every call after the first, so this variant asks for a token per request.
+    Profile(
+        name="helseid_cppa",
+        label="HelseID for the NHN CPPA API (one token per request)",
+        token_url="https://helseid-sts.nhn.no/connect/token",
+        issuer_url="https://helseid-sts.nhn.no",
+        algorithms=_HELSEID_ALGORITHMS,
+        typ="client-authentication+jwt",
+        max_lifetime=60,
+        lifetime=60,
+        scope="nhn:cppa/access",
+        client_id_in_form=True,
+        include_nbf=True,
+        token_reuse="per_request",
+        discovery_path=".well-known/openid-configuration",
+        notes=(
+            *_HELSEID_NOTES,
+            "the client configuration must consume the service 'CPPA REST API Public'",
+        ),
+        register_key=(
+            *_HELSEID_REGISTER,
+            "add 'CPPA REST API Public' to the client system's supported services",
         ),
     ),
     Profile(
@@ -130,6 +189,12 @@ _PROFILES: tuple[Profile, ...] = (
         notes=(
             "Redox matches the key by kid: the kid defaults to the key's RFC 7638 thumbprint; "
             "set 'key_id' if you registered another",
+        ),
+        register_key=(
+            "in the Redox dashboard, add a public key for the API key (paste the JWK from "
+            "jwks.json, or give a JWKS URL where you host jwks.json)",
+            "the kid in jwks.json is what Redox matches; use the dashboard's client id as the "
+            "Client ID",
         ),
     ),
     Profile(
@@ -142,6 +207,11 @@ _PROFILES: tuple[Profile, ...] = (
             "the integration environment is https://int.api.service.nhs.uk/oauth2/token",
             "the kid must be the one published in your JWKS for this application",
         ),
+        register_key=(
+            "in the NHS England developer portal, register jwks.json (or its hosted URL) as "
+            "the application's public key set",
+            "use the application's API key as the Client ID and the kid from jwks.json as 'key_id'",
+        ),
     ),
     Profile(
         name="epic",
@@ -150,12 +220,18 @@ _PROFILES: tuple[Profile, ...] = (
         algorithms=("RS384", "ES384"),
         scope="system/*.read",
         notes=("Epic expects a hosted JWKS URL: set 'jku' to it if registered that way",),
+        register_key=(
+            "host jwks.json at an HTTPS URL and register that JWKS URL on the Epic app "
+            "(Backend Systems); set the 'jku' extra to the same URL",
+            "use the app's client id as the Client ID",
+        ),
     ),
     Profile(
         name="oracle_health",
         label="Oracle Health (Cerner) Backend Services",
         algorithms=("RS384", "ES384"),
         scope="system/*.read",
+        register_key=_SMART_REGISTER,
     ),
     Profile(
         name="entra_id",
@@ -173,6 +249,13 @@ _PROFILES: tuple[Profile, ...] = (
             "set 'scope' to <resource>/.default, e.g. the FHIR service URL + '/.default'",
             "the password field must hold the private key followed by its certificate PEM",
         ),
+        register_key=(
+            "in the Entra admin center, App registrations -> your app -> Certificates & "
+            "secrets -> Certificates -> Upload certificate.pem",
+            "the private key file written by keygen already ends with the certificate: use it "
+            "as the key; the x5t#S256 printed above must match the thumbprint Entra derives",
+            "use the application (client) id as the Client ID",
+        ),
     ),
     Profile(
         name="medplum",
@@ -180,6 +263,11 @@ _PROFILES: tuple[Profile, ...] = (
         token_url="https://api.medplum.com/oauth2/token",
         algorithms=("ES384", "ES256", "ES512", "RS256", "RS384", "RS512"),
         kid_required=False,
+        register_key=(
+            "in Medplum, open the client application and set its JWKS URI to where you host "
+            "jwks.json",
+            "use the client application's id as the Client ID",
+        ),
     ),
     Profile(
         name="athenahealth",
@@ -188,6 +276,10 @@ _PROFILES: tuple[Profile, ...] = (
         algorithms=("RS384", "ES384", "RS256"),
         kid_required=False,
         notes=("athenahealth rate-limits token requests: keep 'token_reuse' at 'cache'",),
+        register_key=(
+            "register the public key with your athenahealth app (details unconfirmed: check "
+            "athenahealth's developer portal for JWKS vs PEM)",
+        ),
     ),
     Profile(
         name="cms_dpc",
@@ -197,6 +289,10 @@ _PROFILES: tuple[Profile, ...] = (
         kid_from_thumbprint=False,
         scope="system/*.*",
         notes=("the kid must be the public key id DPC returned when the key was registered",),
+        register_key=(
+            "upload public_key.pem to DPC and note the public key id it returns",
+            "set 'key_id' to that id; use DPC's client token id as the Client ID",
+        ),
     ),
     Profile(
         name="custom",
@@ -214,6 +310,9 @@ _PROFILES: tuple[Profile, ...] = (
         ),
         kid_required=False,
         max_lifetime=3600,
+        register_key=(
+            "register jwks.json (or public_key.pem) with the server, in the form it accepts",
+        ),
     ),
 )
 
