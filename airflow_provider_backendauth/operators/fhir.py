@@ -19,6 +19,46 @@ INCLUDE_MODES = ("separate", "per_type", "inline", "drop")
 _INCLUDE_PARAMS = ("_include", "_revinclude")
 
 
+def empty_last_updated(params: Sequence[tuple[str, str]]) -> str | None:
+    """Describe the ``_lastUpdated`` bounds when no instant can satisfy them, else None.
+
+    The common cause: ``ge{{ data_interval_start }}`` / ``lt{{ data_interval_end }}`` in a
+    DAG whose runs have a zero-length interval (``schedule=None``, manual runs, Airflow 3's
+    plain cron schedules): the search then succeeds with 0 resources, every time.
+    """
+    import datetime
+
+    lower: tuple[datetime.datetime, bool] | None = None  # (instant, inclusive)
+    upper: tuple[datetime.datetime, bool] | None = None
+    for name, value in params:
+        if name != "_lastUpdated" or len(value) < 3 or value[:2] not in ("ge", "gt", "le", "lt"):
+            continue
+        text = value[2:].strip().replace("Z", "+00:00")
+        try:
+            instant = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            continue  # partial dates and the like: let the server judge them
+        if instant.tzinfo is None:
+            instant = instant.replace(tzinfo=datetime.timezone.utc)
+        prefix = value[:2]
+        if prefix in ("ge", "gt") and (lower is None or instant > lower[0]):
+            lower = (instant, prefix == "ge")
+        elif prefix in ("le", "lt") and (upper is None or instant < upper[0]):
+            upper = (instant, prefix == "le")
+    if lower is None or upper is None:
+        return None
+    empty = lower[0] > upper[0] or (lower[0] == upper[0] and not (lower[1] and upper[1]))
+    if not empty:
+        return None
+    return (
+        f"_lastUpdated from {lower[0].isoformat()} to {upper[0].isoformat()} is an empty "
+        "interval: the search cannot match anything. If the bounds come from "
+        "data_interval_start/end, this run's data interval has zero length (schedule=None, "
+        "a manual run or a plain cron schedule): use a data-interval timetable such as "
+        "CronDataIntervalTimetable, or pass the bounds as params."
+    )
+
+
 def _as_storage_path(destination: Any) -> Any:
     """A path object for a destination: URLs become ``ObjectStoragePath`` (so Airflow
     connections apply: ``s3://aws_default@bucket/...``), plain paths ``pathlib.Path``."""
@@ -124,6 +164,9 @@ class FhirSearchOperator(BaseOperator):
             search.resource_type,
             "&".join(f"{k}={v}" for k, v in search.params) or "no parameters",
         )
+        problem = empty_last_updated(search.params)
+        if problem:
+            self.log.warning("%s", problem)
         if self.destination is None or self.destination == "":
             return self._to_xcom(search)
         return self._to_files(search)
