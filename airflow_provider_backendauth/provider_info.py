@@ -147,6 +147,8 @@ PROVIDER_INFO: dict[str, Any] = {
             "python-modules": [f"{_MODULE}.triggers.bulk"],
         }
     ],
+    # `airflow backendauth ...` (Airflow 3.2+ reads this key; 3.1 ignores it).
+    "cli": [f"{_MODULE}.cli.airflow_commands.get_cli_commands"],
     "connection-types": [
         {
             "connection-type": "backendauth",

@@ -1,0 +1,193 @@
+"""The ``backendauth`` command line: argument definitions, dispatch and error reporting.
+
+The commands are declared once, as data (``COMMANDS``), and turned into an argparse parser
+here and into Airflow CLI commands in ``airflow_commands.py``, so ``backendauth check X`` and
+``airflow backendauth check X`` cannot drift apart.
+
+Exit status: 0 success, 1 failure (a refused check, a bad key, an unreadable file, ...),
+2 bad usage. Errors are one line on stderr, never a traceback (set ``BACKENDAUTH_DEBUG=1``
+to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PROG = "backendauth"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One argument: argparse ``add_argument`` flags and keywords (the subset Airflow's
+    ``Arg`` accepts too)."""
+
+    flags: tuple[str, ...]
+    help: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    handler: str  # a function name in ``commands.py``, imported only when the command runs
+    options: tuple[Option, ...]
+    description: str = ""
+
+
+_PASSPHRASE = Option(
+    ("--passphrase-file",),
+    "file holding the passphrase of the private key (first line; never pass it as an argument)",
+    {"metavar": "FILE"},
+)
+_CONNECTION = (
+    Option(
+        ("--conn-json",),
+        "the connection as Airflow JSON (as in AIRFLOW_CONN_*), or @FILE to read it from a file",
+        {"metavar": "JSON"},
+    ),
+    Option(("--host",), "base URL (connection host)", {"metavar": "URL"}),
+    Option(("--client-id",), "client id (connection login)", {"metavar": "ID"}),
+    Option(("--key-file",), "private key file (PEM, JWK or JWKS)", {"metavar": "FILE"}),
+    Option(("--profile",), "provider profile (default: smart)", {"metavar": "PROFILE"}),
+    Option(("--token-url",), "token endpoint (default: the profile's)", {"metavar": "URL"}),
+    Option(("--scope",), "scope (default: the profile's)", {"metavar": "SCOPE"}),
+    Option(
+        ("--extra",),
+        "any other connection extra, e.g. --extra key_id=k1 (repeatable)",
+        {"action": "append", "metavar": "NAME=VALUE", "default": None},
+    ),
+    _PASSPHRASE,
+)
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "keygen",
+        "generate a key pair for a profile, with its JWKS, public PEM and certificate",
+        "keygen",
+        (
+            Option(("--profile",), "provider profile the key is for", {"required": True}),
+            Option(("--alg",), "signing algorithm (default: the profile's preferred one)"),
+            Option(("--kid",), "key id to publish (default: the RFC 7638 thumbprint)"),
+            Option(("--out",), "directory for the files (default: .)", {"default": "."}),
+            _PASSPHRASE,
+            Option(("--bits",), "RSA key size (default: 3072)", {"type": int, "default": 3072}),
+            Option(("--days",), "certificate validity in days", {"type": int, "default": 365}),
+            Option(("--subject",), "certificate subject common name", {"metavar": "CN"}),
+            Option(("--force",), "overwrite existing files", {"action": "store_true"}),
+            Option(("--json",), "print a JSON summary instead of text", {"action": "store_true"}),
+        ),
+        "Writes private_key.pem (mode 0600), public_key.pem, jwks.json and certificate.pem, "
+        "then prints what to register with the vendor.",
+    ),
+    Command(
+        "jwks",
+        "print the public JWKS of a private key, optionally merged into a published one",
+        "jwks",
+        (
+            Option(("key",), "private key file (PEM, JWK or JWKS)", {"metavar": "KEY"}),
+            Option(
+                ("--merge",),
+                "published JWKS to add the key to (key rotation: old and new kid side by side)",
+                {"metavar": "JWKS.json"},
+            ),
+            Option(("--kid",), "key id (default: the JWK's own, else the RFC 7638 thumbprint)"),
+            Option(("--alg",), "alg member (default: from --profile, the JWK or the EC curve)"),
+            Option(("--profile",), "choose the alg the profile would sign with"),
+            Option(("--out",), "write here (atomically) instead of stdout", {"metavar": "FILE"}),
+            _PASSPHRASE,
+        ),
+    ),
+    Command(
+        "check",
+        "sign an assertion, exchange it for a token and call the API, like the UI's Test",
+        "check",
+        (
+            Option(("conn_id",), "Airflow connection id", {"nargs": "?", "metavar": "CONN_ID"}),
+            *_CONNECTION,
+            Option(("--show-token",), "print the access token", {"action": "store_true"}),
+        ),
+        "Exit status 0 when the token exchange (and the API call) worked, 1 otherwise. The "
+        "token is never printed unless --show-token is given.",
+    ),
+    Command(
+        "inspect",
+        "show the header and claims of the assertion a connection would send (or of a JWT)",
+        "inspect",
+        (
+            Option(
+                ("target",),
+                "an Airflow connection id, or a JWT to decode",
+                {"nargs": "?", "metavar": "CONN_ID|JWT"},
+            ),
+            *_CONNECTION,
+        ),
+        "The signature is never shown. Nothing is sent to the token endpoint (profiles without "
+        "a fixed token URL fetch the server's discovery document to learn it).",
+    ),
+)
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Keys and connections for airflow-provider-backendauth "
+        "(SMART Backend Services / RFC 7523 private_key_jwt).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        sub = subparsers.add_parser(
+            command.name, help=command.help, description=command.description or command.help
+        )
+        for option in command.options:
+            sub.add_argument(*option.flags, help=option.help, **option.kwargs)
+        sub.set_defaults(handler=command.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(args.handler, args)
+
+
+def run(handler: str, args: argparse.Namespace) -> int:
+    """Run a command's handler; turn every expected failure into one line on stderr."""
+    from airflow_provider_backendauth.cli import commands
+
+    function: Callable[[argparse.Namespace], int] = getattr(commands, handler)
+    try:
+        return function(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("BACKENDAUTH_DEBUG"):
+            raise
+        print(f"{PROG}: error: {describe_error(exc)}", file=sys.stderr)
+        return 1
+
+
+def describe_error(exc: BaseException) -> str:
+    from airflow_provider_backendauth.core.errors import BackendAuthError
+
+    if isinstance(exc, (BackendAuthError, CommandError)):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        text = f"{where}{exc.strerror}"
+    else:
+        # Airflow's "connection isn't defined" and other foreign errors: their own message.
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return " ".join(text.split())  # one line, whatever the message held
+
+
+if __name__ == "__main__":
+    sys.exit(main())
