@@ -299,6 +299,8 @@ def _connection_from_options(args: argparse.Namespace) -> dict[str, Any] | None:
         if value is not None:
             conn[name] = value
     if args.key_file is not None:
+        # The file replaces whatever key the connection held (e.g. checking a rotated key).
+        conn.pop("password", None)
         extra["private_key_file"] = str(Path(args.key_file).resolve())
     for name, value in (
         ("profile", args.profile),
