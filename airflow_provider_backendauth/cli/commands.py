@@ -262,7 +262,9 @@ def _client_or_none(hook: Any) -> Any:
 
 
 def _effective_settings(client: Any) -> list[str]:
-    token_url = client._token_url or "(discovered from the base URL)"
+    token_url = (
+        client.settings.token_url or client.profile.token_url or "(discovered from the base URL)"
+    )
     return [
         f"profile {client.profile.name}, token URL {token_url}",
         f"key {client.key.describe()}, alg {client.algorithm}, kid {client.kid or '(none)'}",
@@ -351,7 +353,7 @@ def inspect(args: argparse.Namespace) -> int:
         return 0
     client = _hook(_connection_id(args)).client
     # The exact form the token request would post (a fresh assertion: new jti and exp).
-    form = client.endpoint._form()
+    form = client.endpoint.form()
     decoded = decode_jwt(form["client_assertion"])
     form["client_assertion"] = "<the assertion above>"
     report = {

@@ -466,7 +466,12 @@ def test_airflow_cli_registration_builds_the_command_group():
     (group,) = get_cli_commands()
     assert group.name == "backendauth"
     assert [c.name for c in group.subcommands] == ["keygen", "jwks", "check", "inspect"]
-    # Airflow builds its parser from these: prove they parse like the standalone script.
+    # Airflow 3.2+ builds its parser from these (3.1 has no provider CLI commands and ignores
+    # the key): prove they parse like the standalone script.
+    from airflow.providers_manager import ProvidersManager
+
+    if not hasattr(ProvidersManager, "cli_command_functions"):
+        pytest.skip("this Airflow has no provider CLI commands (3.1)")
     from airflow.cli.cli_parser import get_parser
 
     args = get_parser().parse_args(["backendauth", "jwks", "k.pem", "--merge", "old.json"])

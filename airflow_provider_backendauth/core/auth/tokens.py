@@ -121,6 +121,11 @@ class TokenEndpoint:
         token: AccessToken = retrying(self._request_once)
         return token
 
+    def form(self) -> dict[str, str]:
+        """The form one token request would post, with a freshly signed assertion (what
+        ``backendauth inspect`` shows; nothing is sent)."""
+        return self._form()
+
     def _form(self) -> dict[str, str]:
         form = {
             "grant_type": "client_credentials",
