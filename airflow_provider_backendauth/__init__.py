@@ -18,4 +18,20 @@ def get_provider_info() -> dict[str, Any]:
     from airflow_provider_backendauth.provider_info import PROVIDER_INFO
 
     # A copy: Airflow's ProvidersManager adds keys to the dict it receives.
-    return copy.deepcopy(PROVIDER_INFO)
+    info = copy.deepcopy(PROVIDER_INFO)
+    if not _reads_provider_cli():
+        # Airflow 3.1 has no provider CLI commands and its provider.yaml schema refuses the
+        # key: leave it out there (`backendauth ...` works on every version).
+        info.pop("cli", None)
+    return info
+
+
+def _reads_provider_cli() -> bool:
+    """Whether the installed Airflow registers provider CLI commands (3.2+)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(part) for part in version("apache-airflow-core").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return True
+    return (major, minor) >= (3, 2)
