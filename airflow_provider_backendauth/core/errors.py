@@ -6,6 +6,10 @@ message ever contains a private key, a signed assertion or an access token.
 
 from __future__ import annotations
 
+from typing import Any
+
+from airflow_provider_backendauth.core.redact import redact
+
 
 class BackendAuthError(Exception):
     """Base class for every error raised by this provider.
@@ -20,6 +24,10 @@ class BackendAuthError(Exception):
     """
 
     retryable: bool = False
+
+    def __init__(self, message: Any = "", *args: Any) -> None:
+        # Every message may quote server text: redact it here, once, for every path.
+        super().__init__(redact(message) if isinstance(message, str) else message, *args)
 
     @property
     def retry_cannot_help(self) -> bool:
@@ -74,7 +82,7 @@ class TokenRequestError(BackendAuthError):
         super().__init__(message)
         self.status_code = status_code
         self.error = error
-        self.error_description = error_description
+        self.error_description = redact(error_description) if error_description else None
         self.retryable = retryable
         self.retry_after = retry_after
 
@@ -113,7 +121,7 @@ class ApiError(BackendAuthError):
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
-        self.diagnostics = diagnostics
+        self.diagnostics = redact(diagnostics) if diagnostics else diagnostics
         # ``transient`` is the older name of the same idea, still accepted.
         self.retryable = retryable or bool(transient)
 

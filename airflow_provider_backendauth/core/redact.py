@@ -1,28 +1,91 @@
 """Redaction of secrets from text that came from a server or may quote one.
 
 One place, used by every path that turns server text into an exception, a log line, XCom or a
-trigger event.
+trigger event: every ``BackendAuthError`` message and ``diagnostics`` (``errors.py``), every
+provider log record (``get_logger``), the trigger's events.
+
+What is removed:
+
+- by value: the access tokens this process obtained recently (``remember_secret``), wherever
+  they appear, however the server quoted them ("Token abc... is not valid");
+- by shape: ``Bearer <anything>``, anything shaped like a JWT (assertions, JWT access
+  tokens, a client id that is a JWT), ``access_token=...``/``assertion=...`` pairs, and URL
+  query strings (signed storage URLs carry credentials there, search URLs carry patient data).
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
+from collections import deque
+
+REDACTED = "[redacted]"
+# Shorter values are too likely to match ordinary words; real tokens are far longer.
+MIN_SECRET_LENGTH = 8
+_RECENT = 64  # current token plus the recent ones (renewals, several connections)
 
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
 _SECRET_WORDS = re.compile(r"(access_token|client_assertion|assertion)\W+[^\s&\"',}]+", re.I)
+_BEARER = re.compile(r"\b(Bearer)(\s+|%20|\+)[^\s\"',;}\]]+", re.I)
+_URL_QUERY = re.compile(r"(https?://[^\s?#'\"<>]+)\?[^\s'\"<>#]*")
+
+_secrets: deque[str] = deque(maxlen=_RECENT)
+_secrets_lock = threading.Lock()
+
+
+def remember_secret(value: str) -> None:
+    """Redact ``value`` from all text from now on (called with each access token obtained)."""
+    if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
+        return
+    with _secrets_lock:
+        if value not in _secrets:
+            _secrets.append(value)
 
 
 def redact(text: str) -> str:
-    """Remove anything shaped like a JWT or a token/assertion value from server text."""
-    text = _JWT_LIKE.sub("[redacted]", text)
-    return _SECRET_WORDS.sub(lambda m: f"{m.group(1)}=[redacted]", text)
-
-
-_URL_QUERY = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
+    """``text`` without token values, bearer credentials, JWTs or URL query strings."""
+    if not isinstance(text, str):
+        text = str(text)
+    with _secrets_lock:
+        values = sorted(_secrets, key=len, reverse=True)
+    for value in values:
+        if value in text:
+            text = text.replace(value, REDACTED)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = _JWT_LIKE.sub(REDACTED, text)
+    text = _SECRET_WORDS.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    return _URL_QUERY.sub(lambda m: f"{m.group(1)}?{REDACTED}", text)
 
 
 def short_error(exc: BaseException, limit: int = 240) -> str:
     """An exception's message fit for a log line or another error: redacted, query strings
     dropped (signed URLs carry credentials there; HTTP client errors quote URLs), shortened."""
-    text = redact(_URL_QUERY.sub(r"\1?...", " ".join(str(exc).split())))
+    text = redact(" ".join(str(exc).split()))
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+class RedactingFilter(logging.Filter):
+    """Formats a record's message once and redacts it (its arguments may be server text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: leave it to logging's own error handling
+            return True
+        redacted = redact(message)
+        if redacted != message or record.args:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` with the redacting filter attached (a filter on a parent
+    logger does not see its children's records, so each module's logger gets one)."""
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    return logger

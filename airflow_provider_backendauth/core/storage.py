@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import pathlib
 import secrets
@@ -35,7 +34,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Any
 
-log = logging.getLogger(__name__)
+from airflow_provider_backendauth.core.redact import get_logger
+
+log = get_logger(__name__)
 
 PARTIAL_MARKER = ".partial-"
 _LOCAL_PROTOCOLS = frozenset({"", "file", "local"})

@@ -246,8 +246,11 @@ class FhirSearchOperator(BaseOperator):
         elif self.include_mode == "separate":
             files.writer(separate).write_many(included)
         else:
+            from airflow_provider_backendauth.core.names import safe_type_name
+
             for resource in included:
-                kind = str(resource.get("resourceType") or "Unknown")
+                # resourceType is server data: the bulk path's sanitiser keeps it a plain name.
+                kind = safe_type_name(str(resource.get("resourceType") or "Unknown"))
                 files.writer(f"{stem}.included.{kind}.ndjson").write(resource)
 
     def _to_xcom(self, search: FhirSearch) -> dict[str, Any]:

@@ -125,6 +125,11 @@ class BulkExportTrigger(BaseTrigger):
                 ),
                 "status_code": None,
             }
+        if isinstance(payload.get("message"), str):
+            # Server text (OperationOutcome diagnostics, progress) may quote the token.
+            from airflow_provider_backendauth.core.redact import redact
+
+            payload["message"] = redact(payload["message"])
         yield TriggerEvent(payload)
 
     async def _wait(self) -> dict[str, Any]:

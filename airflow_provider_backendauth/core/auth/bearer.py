@@ -19,7 +19,6 @@ worker and the triggerer cannot drift apart.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,9 +28,10 @@ from requests.auth import AuthBase
 
 from airflow_provider_backendauth.core.auth.tokens import AccessToken
 from airflow_provider_backendauth.core.errors import BackendAuthError, UnsafeURLError
+from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.urls import display_url, parse_url, redirect_target
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 REDIRECTABLE_METHODS = frozenset({"GET", "HEAD", "DELETE"})

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -33,10 +32,11 @@ from airflow_provider_backendauth.core.errors import (
     InvalidScopeError,
     KeyLoadError,
 )
+from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.retry import RetryPolicy
 from airflow_provider_backendauth.core.urls import check_url, origin_of
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # One token cache per (client configuration, process): hooks built for the same connection
 # in many tasks/threads of one worker share a token instead of each asking for their own.

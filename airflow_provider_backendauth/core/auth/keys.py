@@ -12,8 +12,10 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,8 @@ _CURVE_FOR_ALGORITHM = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "se
 _ALGORITHM_FOR_CURVE = {curve: alg for alg, curve in _CURVE_FOR_ALGORITHM.items()}
 _JWK_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 MIN_RSA_BITS = 2048
+# A PEM key plus a certificate chain is a few KB; JWKS with many keys stay well under this.
+MAX_KEY_FILE_BYTES = 1 << 20
 
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 
@@ -177,15 +181,43 @@ def _parse_signing_key(
 def load_signing_key_file(
     path: str, *, passphrase: str | bytes | None = None, kid: str | None = None
 ) -> SigningKey:
-    """Load a private key from a file on this machine (see ``load_signing_key``)."""
+    """Load a private key from a file on this machine (see ``load_signing_key``).
+
+    Only a regular file of at most ``MAX_KEY_FILE_BYTES`` is read: ``/dev/zero`` would exhaust
+    memory and a FIFO would hang the worker. The file is opened non-blocking and checked on
+    the open descriptor, so swapping the path for a FIFO after a check cannot hang either.
+    """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise KeyLoadError(
             f"Cannot read the private key file {path!r}: {exc.strerror or exc}. Check that the "
             "path exists on every worker and is readable by the Airflow user."
         ) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyLoadError(
+                f"The private key file {path!r} is not a regular file (a device, FIFO or "
+                "directory); point 'private_key_file' at the PEM/JWK file itself."
+            )
+        if info.st_size > MAX_KEY_FILE_BYTES:
+            raise KeyLoadError(
+                f"The private key file {path!r} is {info.st_size} bytes; a key file is at most "
+                f"{MAX_KEY_FILE_BYTES} bytes. Check the path."
+            )
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1
+            data = handle.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise KeyLoadError(
+            f"Cannot read the private key file {path!r}: {exc.strerror or exc}."
+        ) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise KeyLoadError(f"The private key file {path!r} grew past {MAX_KEY_FILE_BYTES} bytes.")
     return load_signing_key(data, passphrase=passphrase, kid=kid)
 
 

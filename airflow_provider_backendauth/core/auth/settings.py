@@ -91,6 +91,12 @@ class ClientSettings:
     ) -> ClientSettings:
         """Build settings from a connection's standard fields and extras (strings allowed:
         UIs, URIs and secrets backends deliver everything as text)."""
+        if extra is not None and not isinstance(extra, Mapping):
+            # A JSON list or string in the extra field: say so instead of a raw TypeError.
+            raise ConfigurationError(
+                'The connection\'s extra must be a JSON object (e.g. {"profile": "smart"}), '
+                f"not a {type(extra).__name__}."
+            )
         extra = dict(extra or {})
         unknown = sorted(set(extra) - set(EXTRA_KEYS))
         if unknown:

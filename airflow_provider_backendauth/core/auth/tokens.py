@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import logging
+import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -17,12 +18,21 @@ from airflow_provider_backendauth.core.errors import (
     InvalidScopeError,
     TokenRequestError,
 )
-from airflow_provider_backendauth.core.redact import redact, short_error
+from airflow_provider_backendauth.core.redact import (
+    get_logger,
+    redact,
+    remember_secret,
+    short_error,
+)
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_EXPIRES_IN = 300
+# No server needs a token longer-lived than a day; beyond that is a bug or an attack (1e400
+# parses as infinity and overflows datetime arithmetic downstream).
+MAX_EXPIRES_IN = 86400.0
+MAX_TOKEN_LENGTH = 16384
 
 _INVALID_CLIENT_CHECKS = (
     "the client id is exactly the one registered with the server",
@@ -181,6 +191,8 @@ class TokenEndpoint:
                 status_code=200,
             )
         value = body["access_token"]
+        _check_token_value(value, self.token_url)
+        remember_secret(value)  # redacted from every message and log line from now on
         if self._on_token is not None:
             self._on_token(value)
         scope = body.get("scope")
@@ -259,12 +271,33 @@ def _read_error_body(response: requests.Response) -> tuple[str | None, str | Non
 
 
 def _parse_expires_in(value: Any) -> float:
-    """``expires_in`` as seconds: int, float or numeric string; missing/garbage -> default."""
-    try:
-        seconds = float(str(value).strip())
-    except (TypeError, ValueError):
+    """``expires_in`` as seconds: int, float or numeric string; missing/garbage/NaN/<= 0 ->
+    the default; huge or infinite values (``1e400``) clamped to ``MAX_EXPIRES_IN``."""
+    if isinstance(value, bool):
         return DEFAULT_EXPIRES_IN
-    return seconds if seconds > 0 else DEFAULT_EXPIRES_IN
+    try:
+        seconds = float(str(value).strip()[:64])
+    except (TypeError, ValueError, OverflowError):
+        return DEFAULT_EXPIRES_IN
+    if math.isnan(seconds) or seconds <= 0:
+        return DEFAULT_EXPIRES_IN
+    return min(seconds, MAX_EXPIRES_IN)
+
+
+# RFC 6750 b64token, leniently: any visible ASCII except what would break or split the
+# Authorization header (quotes and commas are allowed by some servers, so only controls,
+# spaces and non-ASCII are refused).
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+
+
+def _check_token_value(value: str, token_url: str) -> None:
+    if not value or not _TOKEN_CHARS.fullmatch(value) or len(value) > MAX_TOKEN_LENGTH:
+        raise TokenRequestError(
+            f"The token URL {token_url} issued an unusable access token (empty, longer than "
+            f"{MAX_TOKEN_LENGTH} characters, or containing spaces, control characters such as "
+            "CR/LF, or non-ASCII): refused, it would corrupt or split the Authorization header.",
+            status_code=200,
+        )
 
 
 class TokenCache:

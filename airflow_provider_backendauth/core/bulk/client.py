@@ -6,7 +6,6 @@ This module imports no Airflow.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -46,8 +45,9 @@ from airflow_provider_backendauth.core.bulk.request import (
     BulkExportRequest,
 )
 from airflow_provider_backendauth.core.errors import BulkExportError
+from airflow_provider_backendauth.core.redact import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class BulkExportClient:

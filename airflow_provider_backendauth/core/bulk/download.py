@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import http.client
 import json
-import logging
 import re
 import ssl
 import threading
@@ -44,11 +43,12 @@ from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.protocol import error_details
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
-from airflow_provider_backendauth.core.redact import redact, short_error
+from airflow_provider_backendauth.core.names import safe_type_name
+from airflow_provider_backendauth.core.redact import get_logger, redact, short_error
 from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
 from airflow_provider_backendauth.core.storage import AtomicFile, StoragePath, discard_leftovers
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 NDJSON = "application/fhir+ndjson"
 FILE_HEADERS = {
@@ -56,20 +56,11 @@ FILE_HEADERS = {
     "Accept-Encoding": "gzip, deflate",
 }
 KIND_FOLDERS = {"output": "", "error": "error/", "deleted": "deleted/"}
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 DEFAULT_CHUNK_SIZE = 1 << 20
 ERROR_BODY_LIMIT = 64 * 1024
 
 
 # --- what to download, under which name ---------------------------------------------------
-
-
-def safe_type_name(resource_type: str) -> str:
-    """A file-name-safe form of a manifest ``type``: letters, digits, ``_`` and ``-`` only,
-    at most 64 characters. A hostile type such as ``../../etc/passwd`` becomes
-    ``etc_passwd``; an empty one ``Unknown``."""
-    cleaned = _UNSAFE.sub("_", resource_type).strip("_-")[:64]
-    return cleaned or "Unknown"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ This module imports no Airflow.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -50,13 +49,14 @@ from airflow_provider_backendauth.core.bulk.state import (
     JobRecord,
 )
 from airflow_provider_backendauth.core.errors import BulkExportError
+from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.storage import StoragePath, as_path, atomic_writer
 
 if TYPE_CHECKING:
     from airflow_provider_backendauth.core.auth.client import BackendAuthClient
     from airflow_provider_backendauth.core.auth.tokens import AccessToken
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 

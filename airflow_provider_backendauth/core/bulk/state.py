@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.storage import StoragePath, as_path, atomic_writer
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STATE_DIR_NAME = "_bulk_state"
 

@@ -11,7 +11,6 @@ Failures raise ``FhirError`` quoting the server's OperationOutcome diagnostics.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +19,11 @@ import requests
 
 from airflow_provider_backendauth.core.errors import FhirError
 from airflow_provider_backendauth.core.fhir.outcome import check_response
-from airflow_provider_backendauth.core.redact import short_error
+from airflow_provider_backendauth.core.redact import get_logger, short_error
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 from airflow_provider_backendauth.core.urls import display_url, resolve_endpoint
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # Statuses meaning "not processed, come back later": safe to retry for any method.

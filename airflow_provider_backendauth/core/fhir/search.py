@@ -24,10 +24,11 @@ import requests
 from airflow_provider_backendauth.core.errors import ConfigurationError, FhirError
 from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
 from airflow_provider_backendauth.core.fhir.rest import RestClient
+from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.retry import RetryPolicy
 from airflow_provider_backendauth.core.urls import join_url, origin_of
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Search parameters: a mapping (list/tuple values repeat the parameter) or (name, value) pairs.
 SearchParams = Mapping[str, Any] | Sequence[tuple[str, Any]]
