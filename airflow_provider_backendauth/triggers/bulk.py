@@ -33,6 +33,11 @@ if TYPE_CHECKING:
     from airflow_provider_backendauth.core.auth.client import BackendAuthClient
     from airflow_provider_backendauth.core.bulk.protocol import StatusResult
 
+# Airflow 3.3 added BaseTrigger.on_kill and calls it when a user acts on the deferred task;
+# 3.1 and 3.2 only cancel the trigger's coroutine (see ``_on_cancelled``).
+TRIGGERER_CALLS_ON_KILL = "on_kill" in vars(BaseTrigger)
+STATE_LOOKUP_TIMEOUT = 10.0
+ON_KILL_TIMEOUT = 30.0
 LARGE_BODY = 256 * 1024  # parse bigger status answers (manifests) off the event loop
 
 
@@ -112,6 +117,9 @@ class BulkExportTrigger(BaseTrigger):
         try:
             await asyncio.to_thread(_load_modules)
             payload = await self._wait()
+        except asyncio.CancelledError:
+            await self._on_cancelled()
+            raise
         except Exception as exc:  # report, don't crash the triggerer's loop
             from airflow_provider_backendauth.core.bulk.http import display_url
             from airflow_provider_backendauth.core.redact import redact
@@ -249,6 +257,60 @@ class BulkExportTrigger(BaseTrigger):
         return interpret_status(response.status_code, headers, response.content)
 
     # -- user kills the deferred task ------------------------------------------------
+
+    async def _on_cancelled(self) -> None:
+        """Airflow 3.1/3.2: cancel the export when the deferred task was failed, cleared or
+        killed, which those versions signal only by cancelling this coroutine.
+
+        They cancel it the same way when the triggerer stops or hands the trigger to another
+        triggerer, where the export must go on; the task instance's state tells the cases
+        apart (still ``deferred``: the wait continues elsewhere). Airflow 3.3+ calls
+        ``on_kill`` for user actions only, so there this does nothing.
+        """
+        if not self.cancel_on_kill or TRIGGERER_CALLS_ON_KILL:
+            return
+        try:
+            state = await asyncio.wait_for(self._task_state(), STATE_LOOKUP_TIMEOUT)
+        except Exception as exc:  # no API, no answer: never cancel on a guess
+            self.log.warning(
+                "Trigger cancelled, but the task's state is unknown (%s: %s); the export keeps "
+                "running on the server",
+                type(exc).__name__,
+                exc,
+            )
+            return
+        if state == "deferred":
+            self.log.info(
+                "Trigger stopped while the task is still deferred (triggerer restart or "
+                "handover): the export keeps running"
+            )
+            return
+        self.log.warning("The deferred task is now %r: cancelling the export", state)
+        try:
+            await asyncio.wait_for(self.on_kill(), ON_KILL_TIMEOUT)
+        except Exception as exc:
+            self.log.warning("Cancelling the export failed: %s: %s", type(exc).__name__, exc)
+
+    async def _task_state(self) -> str | None:
+        """The state of the task instance this trigger serves, from the Task SDK (the
+        triggerer's supervisor answers it over its comms channel)."""
+        ti = getattr(self, "task_instance", None)
+        if ti is None:
+            raise RuntimeError("no task instance is attached to the trigger")
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+        from asgiref.sync import sync_to_async
+
+        map_index = getattr(ti, "map_index", -1)
+        map_index = map_index if isinstance(map_index, int) else -1
+        states = await sync_to_async(RuntimeTaskInstance.get_task_states)(
+            dag_id=ti.dag_id,
+            task_ids=[ti.task_id],
+            run_ids=[ti.run_id],
+            map_index=map_index,
+        )
+        key = ti.task_id if map_index < 0 else f"{ti.task_id}_{map_index}"
+        state = (states.get(ti.run_id) or {}).get(key)
+        return None if state is None else str(getattr(state, "value", state))
 
     async def on_kill(self) -> None:
         """``DELETE`` the export when a user kills the deferred task (``cancel_on_kill``)."""

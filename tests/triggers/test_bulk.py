@@ -9,6 +9,7 @@ import importlib
 import json
 import logging
 import time
+import types
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
 from airflow_provider_backendauth.core.bulk.job import bulk_http_for
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
-from airflow_provider_backendauth.triggers.bulk import BulkExportTrigger
+from airflow_provider_backendauth.triggers.bulk import TRIGGERER_CALLS_ON_KILL, BulkExportTrigger
 from tests.bulkkit import CONN_ID, FAST_POLL, BulkEnv, assert_no_token_in
 
 pytest_plugins = ("tests.bulk_fixtures",)
@@ -249,6 +250,60 @@ def test_on_kill_deletes_the_export(bulk_env: BulkEnv) -> None:
     payload = run_trigger(trigger(status_url))
     assert payload["status"] == "error"
     assert payload["status_code"] == 404
+
+
+@pytest.mark.parametrize(
+    ("state", "cancels"),
+    [("failed", True), ("up_for_retry", True), (None, True), ("deferred", False), ("?", False)],
+    ids=["marked-failed", "up-for-retry", "cleared", "triggerer-restart", "state-unknown"],
+)
+def test_a_cancelled_trigger_cancels_the_export_only_when_the_task_left_deferral(
+    bulk_env: BulkEnv, monkeypatch: pytest.MonkeyPatch, state: str | None, cancels: bool
+) -> None:
+    """Airflow 3.1/3.2 never call on_kill: they cancel the trigger's coroutine, for a user's
+    mark-failed as for a triggerer restart. The task instance's state tells them apart.
+    On 3.3+ the triggerer calls on_kill itself, so the cancellation path stays out of it."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    bulk_env.sb.settings.update(bulk_job_seconds=30)
+    status_url = kickoff(bulk_env)
+    asked: list[dict[str, Any]] = []
+
+    def get_task_states(**query: Any) -> dict[str, Any]:
+        asked.append(query)
+        if state == "?":
+            raise ConnectionError("the supervisor is gone")
+        return {"run-1": {"export": state}}
+
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(get_task_states))
+    t = trigger(status_url)
+    t.task_instance = types.SimpleNamespace(  # what the triggerer attaches to each trigger
+        dag_id="bulk_dag", task_id="export", run_id="run-1", map_index=-1
+    )
+
+    async def scenario() -> None:
+        async def consume() -> None:
+            async for _ in t.run():
+                raise AssertionError("the export cannot have completed")
+
+        task = asyncio.create_task(consume())
+        while bulk_env.sb.stats["bulk_status_polls"] < 1:  # the wait has started
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    if TRIGGERER_CALLS_ON_KILL:  # Airflow 3.3+
+        assert asked == [] and bulk_env.sb.stats["bulk_cancels"] == 0
+    else:
+        assert asked == [
+            {"dag_id": "bulk_dag", "task_ids": ["export"], "run_ids": ["run-1"], "map_index": -1}
+        ]
+        assert bulk_env.sb.stats["bulk_cancels"] == (1 if cancels else 0)
+    BulkExportClient(bulk_http_for(bulk_env.auth_client()), bulk_env.sb.fhir_base).cancel(
+        status_url
+    )
 
 
 def test_on_kill_can_be_turned_off(bulk_env: BulkEnv) -> None:
