@@ -58,6 +58,8 @@ KNOWN_PARAMS = (
     "patient",
     "_typeFilter",
     "includeAssociatedData",
+    "allowPartialManifests",
+    "organizeOutputBy",
 )
 JOBS_PATH = "/fhir/_bulk/jobs/"
 FILES_PATH = "/fhir/_bulk/files/"
@@ -84,6 +86,8 @@ class ExportJob:
     duration: float
     plan: ExportPlan
     complete_after_polls: int
+    page_size: int | None  # files per manifest page (allowPartialManifests asked and enabled)
+    error_counts: bool
     requires_access_token: bool
     file_origin: str
     directory: str
@@ -229,6 +233,8 @@ class BulkExports:
         elements: list[str] | None = None
         patients: set[str] | None = None
         filters: dict[str, list[Any]] = {}
+        partial_manifests = False
+        organize_by: str | None = None
         for name, value in pairs:
             if name not in KNOWN_PARAMS:
                 if lenient:
@@ -249,6 +255,18 @@ class BulkExports:
                     types = types if types is not None else []
                     if item not in types:
                         types.append(item)
+            elif name == "organizeOutputBy":
+                if value != "Patient":
+                    if lenient:
+                        continue
+                    raise KickoffError(
+                        400, f"organizeOutputBy: '{value}' is not supported (only Patient)"
+                    )
+                organize_by = value
+            elif name == "allowPartialManifests":
+                if value.strip().lower() not in ("true", "false"):
+                    raise KickoffError(400, f"allowPartialManifests: '{value}' is not a boolean")
+                partial_manifests = value.strip().lower() == "true"
             elif name == "_since":
                 since = parse_date_range(value, "_since")[0]
             elif name == "_until":
@@ -318,6 +336,7 @@ class BulkExports:
             lines_per_file=settings.bulk_lines_per_file,
             padding_bytes=settings.bulk_resource_padding_bytes,
             seed=self.store.seed,
+            organize_by=organize_by,
         )
         job = ExportJob(
             id=job_id,
@@ -328,6 +347,8 @@ class BulkExports:
             duration=settings.bulk_job_seconds,
             plan=plan,
             complete_after_polls=settings.bulk_complete_after_polls,
+            page_size=settings.bulk_manifest_page_size if partial_manifests else None,
+            error_counts=settings.bulk_error_counts,
             requires_access_token=settings.bulk_requires_access_token,
             file_origin=settings.bulk_file_origin,
             directory=self._job_directory(job_id),
@@ -394,7 +415,11 @@ class BulkExports:
             return outcome_response(500, job.failure, code="exception", severity="fatal")
         if not job.complete:
             return self._in_progress(job)
-        response = json_response(200, self._manifest(job))
+        page = request.param("page") or "1"
+        manifest = self._manifest(job, int(page) if page.isdigit() else 0)
+        if manifest is None:
+            return outcome_response(404, f"no manifest page '{page}'", code="not-found")
+        response = json_response(200, manifest)
         response.header("Expires", http_date(time.time() + 3600))
         return response
 
@@ -439,24 +464,52 @@ class BulkExports:
     def _sign(self, job_id: str, name: str) -> str:
         return hmac.new(self._secret, f"{job_id}/{name}".encode(), hashlib.sha256).hexdigest()
 
-    def _manifest(self, job: ExportJob) -> dict[str, Any]:
+    def _manifest(self, job: ExportJob, page: int = 1) -> dict[str, Any] | None:
+        """Manifest page ``page`` (1-based): all files, or ``page_size`` output/deleted files
+        per page with a ``next`` link when the kick-off asked for partial manifests. Every
+        page repeats the other fields and the ``error`` list, as the IG requires."""
         sections: dict[str, list[dict[str, Any]]] = {"output": [], "error": [], "deleted": []}
         for f in job.files:
-            entry: dict[str, Any] = {"type": f.type, "url": self._file_url(job, f.name)}
+            entry: dict[str, Any] = {"url": self._file_url(job, f.name)}
+            if f.type:  # organized output files hold several types: no "type"
+                entry["type"] = f.type
             if f.section == "output":
                 entry["count"] = f.count
             if f.count or f.section == "error":
                 sections[f.section].append(entry)
+        if job.error_counts and sections["output"]:
+            # What a reference server does: the error entries carry the output's count.
+            for entry in sections["error"]:
+                entry["count"] = sections["output"][0]["count"]
+        paged = [("output", e) for e in sections["output"]]
+        if job.plan.since is not None:
+            paged += [("deleted", e) for e in sections["deleted"]]
+        size = job.page_size or max(1, len(paged))
+        pages = max(1, math.ceil(len(paged) / size))
+        if not 1 <= page <= pages:
+            return None
+        mine = paged[(page - 1) * size : page * size]
         manifest: dict[str, Any] = {
             "transactionTime": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(job.transaction_time))
             + f".{int(job.transaction_time * 1000) % 1000:03d}Z",
             "request": job.request_url,
             "requiresAccessToken": job.requires_access_token,
-            "output": sections["output"],
+            "output": [e for kind, e in mine if kind == "output"],
             "error": sections["error"],
         }
         if job.plan.since is not None:
-            manifest["deleted"] = sections["deleted"]
+            manifest["deleted"] = [e for kind, e in mine if kind == "deleted"]
+        if job.plan.organize_by is not None:
+            manifest["outputOrganizedBy"] = job.plan.organize_by
+        if job.page_size is not None:
+            self.stats.incr("bulk_manifest_pages")
+        if page < pages:
+            manifest["link"] = [
+                {
+                    "relation": "next",
+                    "url": f"{self._fhir_base()}/_bulk/jobs/{job.id}?page={page + 1}",
+                }
+            ]
         return manifest
 
     # --- files ---------------------------------------------------------------------------

@@ -57,6 +57,7 @@ class ExportPlan:
     lines_per_file: int | None = None
     padding_bytes: int = 0
     seed: int = 0
+    organize_by: str | None = None  # "Patient": one block per patient, each led by a header
 
     def selects(self, stored: StoredResource) -> bool:
         if self.patients is not None and stored.patient_id not in self.patients:
@@ -154,7 +155,8 @@ class _FileWriter:
             self._fh.close()
             self._fh = None
 
-    def add(self, *parts: bytes) -> None:
+    def add(self, *parts: bytes, counted: bool = True) -> None:
+        """One line; ``counted=False`` for header lines, which are not resources."""
         if self._fh is None or (self.limit is not None and self._lines_in_file >= self.limit):
             self._close()
             self._open()
@@ -162,7 +164,8 @@ class _FileWriter:
         self._parts.append(b"\n")
         self._buffered += sum(len(p) for p in parts) + 1
         self._lines_in_file += 1
-        self.files[-1].count += 1
+        if counted:
+            self.files[-1].count += 1
         if self._buffered >= _WRITE_BUFFER:
             self._flush()
 
@@ -178,7 +181,9 @@ def write_export(
     os.makedirs(directory, exist_ok=True)
     files: list[ExportFile] = []
     suffix = padding_suffix(plan.padding_bytes, plan.seed)
-    for resource_type in plan.types:
+    if plan.organize_by == "Patient":
+        files.extend(_write_by_patient(store, plan, directory, cancelled, suffix))
+    for resource_type in plan.types if plan.organize_by is None else ():
         writer = _FileWriter(
             directory, resource_type, "output", resource_type, plan.lines_per_file, cancelled
         )
@@ -223,6 +228,39 @@ def write_export(
                     writer.add(json.dumps(bundle, separators=(",", ":")).encode("utf-8"))
         files.extend(writer.finish())
     return files
+
+
+def header_line(patient_id: str) -> bytes:
+    """The header that leads each block of an ``organizeOutputBy=Patient`` file."""
+    header = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "header", "valueReference": {"reference": f"Patient/{patient_id}"}}],
+    }
+    return json.dumps(header, separators=(",", ":")).encode("utf-8")
+
+
+def _write_by_patient(
+    store: FhirStore, plan: ExportPlan, directory: str, cancelled: threading.Event, suffix: bytes
+) -> list[ExportFile]:
+    """``organizeOutputBy=Patient``: per patient a header line, the Patient, then the
+    patient's resources of the exported types (one block never spans two files)."""
+    writer = _FileWriter(directory, "output", "output", "", None, cancelled)
+    patients = sorted(plan.patients) if plan.patients is not None else store.patient_ids()
+    for pid in patients:
+        bucket = store.by_patient.get(pid, {})
+        block = [
+            stored
+            for resource_type in plan.types
+            for stored in bucket.get(resource_type, [])
+            if plan.selects(stored)
+        ]
+        if not block:
+            continue
+        writer.add(header_line(pid), counted=False)
+        for stored in block:
+            body = _project(stored, plan.elements) if plan.elements else stored.json
+            writer.add(body[:-1], suffix)
+    return writer.finish()
 
 
 def _candidates(store: FhirStore, plan: ExportPlan, resource_type: str) -> Iterable[StoredResource]:

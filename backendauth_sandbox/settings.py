@@ -35,6 +35,8 @@ class SandboxSettings:
     bulk_retry_after_http_date: bool = False
     bulk_retry_after_epoch: bool = False
     bulk_complete_after_polls: int = 0
+    bulk_manifest_page_size: int | None = None
+    bulk_error_counts: bool = False
     bulk_requires_access_token: bool = True
     bulk_gzip: bool = True
     bulk_error_file: str | None = None
@@ -63,6 +65,8 @@ class SandboxSettings:
             raise ValueError("bulk_lines_per_file must be >= 1")
         if self.bulk_resource_padding_bytes < 0:
             raise ValueError("bulk_resource_padding_bytes must be >= 0")
+        if self.bulk_manifest_page_size is not None and self.bulk_manifest_page_size < 1:
+            raise ValueError("bulk_manifest_page_size must be None or >= 1")
         if self.bulk_complete_after_polls < 0:
             raise ValueError("bulk_complete_after_polls must be >= 0")
         if self.bulk_job_seconds < 0:

@@ -89,6 +89,7 @@ class Stats:
                 "bulk_status_polls": c["bulk_status_polls"],
                 "bulk_cancels": c["bulk_cancels"],
                 "bulk_rejected_concurrent": c["bulk_rejected_concurrent"],
+                "bulk_manifest_pages": c["bulk_manifest_pages"],
                 "file_downloads": c["file_downloads"],
                 "file_bytes_sent": c["file_bytes_sent"],
                 "foreign_origin": {

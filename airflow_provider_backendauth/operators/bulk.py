@@ -193,6 +193,12 @@ class FhirBulkExportOperator(_BulkBase):
         patients: ``patient`` references or ids (sent with POST). Templated.
         include_associated_data: ``includeAssociatedData``. Templated.
         output_format: ``_outputFormat``. Templated.
+        organize_output_by: ``organizeOutputBy`` (Bulk Data 3.0), e.g. ``"Patient"``: files
+            hold one block per patient, each led by a header line (not counted as a resource).
+            Templated.
+        allow_partial_manifests: send ``allowPartialManifests=true`` (Bulk Data 3.0): the
+            server may page its manifest. Pages are followed (``next`` links to allowed
+            origins only) and downloaded one after the other, whether asked for or not.
         method: ``GET`` or ``POST``; default POST when ``patients`` are given, else GET.
         extra_params: more kick-off parameters (vendor extensions). Templated.
         state_dir: where the durable state lives (default: ``destination``). Templated.
@@ -232,6 +238,7 @@ class FhirBulkExportOperator(_BulkBase):
         "patients",
         "include_associated_data",
         "output_format",
+        "organize_output_by",
         "extra_params",
     )
     ui_color = "#e8f4ea"
@@ -251,6 +258,8 @@ class FhirBulkExportOperator(_BulkBase):
         patients: str | Sequence[str] | None = None,
         include_associated_data: str | Sequence[str] | None = None,
         output_format: str | None = None,
+        organize_output_by: str | None = None,
+        allow_partial_manifests: bool = False,
         method: str | None = None,
         extra_params: Mapping[str, str | Sequence[str]] | None = None,
         state_dir: str | ObjectStoragePath | None = None,
@@ -294,6 +303,8 @@ class FhirBulkExportOperator(_BulkBase):
         self.patients = patients
         self.include_associated_data = include_associated_data
         self.output_format = output_format
+        self.organize_output_by = organize_output_by
+        self.allow_partial_manifests = allow_partial_manifests
         self.method = method
         self.extra_params = extra_params
         self.download = download
@@ -376,6 +387,8 @@ class FhirBulkExportOperator(_BulkBase):
             output_format=self.output_format,
             method=self.method,
             extra_params=self.extra_params,
+            organize_output_by=self.organize_output_by,
+            allow_partial_manifests=self.allow_partial_manifests,
         )
 
     def _deadline(self, job: BulkExportJob) -> float | None:
@@ -459,7 +472,7 @@ class FhirBulkExportOperator(_BulkBase):
             if not job.needs_wait:  # a retry after the manifest was saved
                 return self._after_manifest(job, job.local_manifest())
             manifest = (
-                BulkManifest.from_json(event["manifest"])
+                BulkManifest.from_json(event["manifest"], expires=event.get("expires"))
                 if event.get("manifest")
                 else job.client.fetch_manifest(job.status_url)
             )
@@ -474,9 +487,7 @@ class FhirBulkExportOperator(_BulkBase):
 
     def _after_manifest(self, job: BulkExportJob, manifest: BulkManifest) -> Any:
         if not self.download:
-            from airflow_provider_backendauth.core.bulk.download import plan_files
-
-            files = plan_files(manifest)
+            files = job.planned_files(job.collect_pages(deadline=self._deadline(job)))
             self.log.info("Handing %d files over to mapped download tasks", len(files))
             # No URLs in XCom (signed storage URLs carry credentials): the download tasks
             # read them from manifest.json in the destination.
@@ -491,7 +502,7 @@ class FhirBulkExportOperator(_BulkBase):
                 for file in files
             ]
         started = time.monotonic()
-        results = job.download(manifest)
+        results = job.download(manifest, deadline=self._deadline(job))
         elapsed = time.monotonic() - started
         total = sum(r.bytes for r in results if not r.skipped)
         self.log.info(
@@ -506,6 +517,8 @@ class FhirBulkExportOperator(_BulkBase):
         )
 
     def _on_failure(self, context: Context, job: BulkExportJob, exc: BaseException) -> None:
+        if job.record is None or not job.record.active:
+            return  # the kick-off itself failed, or the job is over: nothing to cancel
         if self.cancel_on_failure and _fails_for_good(context, exc, self.retries):
             self.log.warning("The task fails for good: cancelling the export on the server")
             job.abandon(cancel=True)
@@ -580,7 +593,6 @@ class FhirBulkDownloadOperator(_BulkBase):
 
     @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_backendauth.core.bulk.download import plan_files
         from airflow_provider_backendauth.core.errors import ConfigurationError
         from airflow_provider_backendauth.core.retry import RetryPolicy
 
@@ -601,7 +613,7 @@ class FhirBulkDownloadOperator(_BulkBase):
             },
         )
         manifest = job.local_manifest()
-        file = next((f for f in plan_files(manifest) if f.name == spec["name"]), None)
+        file = next((f for f in job.planned_files() if f.name == spec["name"]), None)
         if file is None:
             raise ConfigurationError(
                 f"{spec['name']!r} is not a file of the export whose manifest.json is in "

@@ -9,7 +9,7 @@ from the same sans-IO ``interpret_status`` the non-deferrable path uses.
 
 Event payloads (the operator's ``execute_complete`` receives them)::
 
-    {"status": "complete", "status_url": ..., "manifest": {...} or None}
+    {"status": "complete", "status_url": ..., "manifest": {...} or None, "expires": ...}
     {"status": "error",    "status_url": ..., "message": ..., "status_code": ...}
     {"status": "timeout",  "status_url": ..., "message": ...}
 
@@ -172,7 +172,7 @@ class BulkExportTrigger(BaseTrigger):
                     await asyncio.sleep(action.seconds)
                     action = poller.start(time.time())
                 elif isinstance(action, Done):
-                    return self._complete_payload(action.manifest)
+                    return self._complete_payload(action.manifest, action.expires)
                 else:
                     return {
                         "status": "timeout" if action.timeout else "error",
@@ -181,12 +181,15 @@ class BulkExportTrigger(BaseTrigger):
                         "status_code": action.status_code,
                     }
 
-    def _complete_payload(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    def _complete_payload(
+        self, manifest: dict[str, Any], expires: str | None = None
+    ) -> dict[str, Any]:
         size = len(json.dumps(manifest, separators=(",", ":")))
         return {
             "status": "complete",
             "status_url": self.status_url,
             "manifest": manifest if size <= self.inline_manifest_bytes else None,
+            "expires": expires,
         }
 
     # -- HTTP ------------------------------------------------------------------------

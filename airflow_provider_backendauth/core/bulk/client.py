@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import requests
 
@@ -231,9 +230,9 @@ class BulkExportClient:
         *,
         deadline: float | None = None,
         on_progress: Callable[[str], None] | None = None,
-    ) -> dict[str, Any]:
-        """Poll until the URL answers 200 with a manifest; returns it as JSON (the blocking
-        driver of ``StatusPoller``)."""
+    ) -> Done:
+        """Poll until the URL answers 200 with a manifest (the blocking driver of
+        ``StatusPoller``); returns the poller's ``Done`` (manifest JSON, ``Expires``)."""
         poller = self.poller(status_url, deadline=deadline)
         action: Action = poller.start(time.time())
         while True:
@@ -247,13 +246,13 @@ class BulkExportClient:
                 self._sleep(action.seconds, "waiting for the export")
                 action = poller.start(time.time())
             elif isinstance(action, Done):
-                return action.manifest
+                return action
             else:
                 raise BulkExportError(
                     action.message,
                     status_code=action.status_code,
                     diagnostics=action.diagnostics,
-                    transient=action.transient,
+                    retryable=action.transient,
                 )
 
     def wait(
@@ -270,15 +269,14 @@ class BulkExportClient:
             deadline: a ``time.time()`` after which to give up (None: ``DEFAULT_MAX_WAIT``).
             on_progress: called with each new ``X-Progress`` text.
         """
-        return BulkManifest.from_json(
-            self.wait_json(status_url, deadline=deadline, on_progress=on_progress)
-        )
+        done = self.wait_json(status_url, deadline=deadline, on_progress=on_progress)
+        return BulkManifest.from_json(done.manifest, expires=done.expires)
 
     def fetch_manifest(self, status_url: str) -> BulkManifest:
         """The manifest of a completed export (one request; fails if it is not complete)."""
         result = self.poll(status_url)
         if isinstance(result, Complete):
-            return BulkManifest.from_json(result.manifest)
+            return BulkManifest.from_json(result.manifest, expires=result.expires)
         if isinstance(result, Failed):
             raise BulkExportError(
                 f"Could not fetch the manifest from {display_url(status_url)}: "

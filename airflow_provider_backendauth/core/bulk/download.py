@@ -74,6 +74,8 @@ class ExportFile:
         name: its path relative to the destination, e.g. ``Patient.000.ndjson``,
             ``error/OperationOutcome.000.ndjson``, ``deleted/Bundle.000.ndjson``.
         count: the manifest's ``count``, if given.
+        organized: the export was ``organizeOutputBy``: header lines lead each block and are
+            not resources (neither counted nor compared with ``count``).
     """
 
     kind: str
@@ -81,6 +83,7 @@ class ExportFile:
     url: str
     name: str
     count: int | None = None
+    organized: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +97,7 @@ class ExportFile:
             url=str(data["url"]),
             name=str(data["name"]),
             count=int(count) if count is not None else None,
+            organized=bool(data.get("organized")),
         )
 
 
@@ -102,12 +106,14 @@ def plan_files(manifest: BulkManifest) -> list[ExportFile]:
     seen: dict[tuple[str, str], int] = {}
     files = []
     for entry in manifest.entries:
-        safe = safe_type_name(entry.type)
+        organized = manifest.organized_by is not None and entry.kind == "output"
+        # Organized files hold several types and the IG omits their "type".
+        safe = "output" if organized and not entry.type else safe_type_name(entry.type)
         key = (entry.kind, safe.lower())  # case-insensitive filesystems
         index = seen.get(key, 0)
         seen[key] = index + 1
         name = f"{KIND_FOLDERS[entry.kind]}{safe}.{index:03d}.ndjson"
-        files.append(ExportFile(entry.kind, entry.type, entry.url, name, entry.count))
+        files.append(ExportFile(entry.kind, entry.type, entry.url, name, entry.count, organized))
     return files
 
 
@@ -194,15 +200,51 @@ def _range_start(content_range: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
+class _HeaderLines:
+    """Counts the header lines of an ``organizeOutputBy`` file: lines that start with a
+    ``Parameters`` resource (the only lines that do: a header leads each block). Only the
+    first bytes of each line are kept, so memory stays flat."""
+
+    PROBE = 64
+    LINE = re.compile(rb'\s*\{\s*"resourceType"\s*:\s*"Parameters"')
+
+    def __init__(self) -> None:
+        self.headers = 0
+        self._start = bytearray()
+
+    def feed(self, data: bytes | bytearray, end: int | None = None) -> None:
+        end = len(data) if end is None else end
+        position = 0
+        while position < end:
+            newline = data.find(b"\n", position, end)
+            stop = end if newline < 0 else newline
+            room = self.PROBE - len(self._start)
+            if room > 0:
+                self._start += data[position : min(stop, position + room)]
+            if newline < 0:
+                return
+            if self.LINE.match(self._start):
+                self.headers += 1
+            self._start = bytearray()
+            position = newline + 1
+
+    @property
+    def total(self) -> int:
+        """Header lines, the last one counted even without a final newline."""
+        return self.headers + (1 if self.LINE.match(self._start) else 0)
+
+
 class _PartialFile:
     """A file being downloaded. Its uncommitted output (a local temporary file, or an
     object-store upload whose parts are already stored) outlives a failed attempt, so that
     the next attempt can ask for the rest only (``Range``) when the server supports it."""
 
-    def __init__(self, target: StoragePath) -> None:
+    def __init__(self, target: StoragePath, skip_headers: bool = False) -> None:
         self.target = target
         self._atomic: AtomicFile | None = None
         self.tally = LineTally()
+        self._skip_headers = skip_headers
+        self.headers = _HeaderLines() if skip_headers else None
         self.resumable = False
 
     @property
@@ -219,6 +261,13 @@ class _PartialFile:
         else:
             self._atomic.handle.write(memoryview(data)[:end])
         self.tally.feed(data, end)
+        if self.headers is not None:
+            self.headers.feed(data, end)
+
+    @property
+    def resources(self) -> int:
+        """Lines, less ``organizeOutputBy`` header lines."""
+        return self.tally.total - (self.headers.total if self.headers is not None else 0)
 
     def restart(self, why: str = "") -> None:
         if self.offset and why:
@@ -230,6 +279,7 @@ class _PartialFile:
             )
         self.discard()
         self.tally = LineTally()
+        self.headers = _HeaderLines() if self._skip_headers else None
         self.resumable = False
 
     def commit(self) -> None:
@@ -422,7 +472,7 @@ class BulkDownloader:
         requires_access_token: bool,
         abort: threading.Event,
     ) -> FileResult:
-        partial = _PartialFile(destination / file.name)
+        partial = _PartialFile(destination / file.name, skip_headers=file.organized)
         leftover = discard_leftovers(partial.target)
         if leftover:
             # A killed earlier try's upload cannot be continued: its data cannot be read
@@ -563,10 +613,15 @@ class BulkDownloader:
                     partial.restart("a gzip file served as is cannot be resumed")
                 raise
         tally = partial.tally
+        resources = partial.resources
         problem = None
-        if self.check_counts and file.count is not None and tally.total != file.count:
+        # An error file's count is informative (servers copy the output's count into it):
+        # never a reason to retry a complete body. Output and deleted counts are strict.
+        strict = file.kind != "error"
+        if strict and self.check_counts and file.count is not None and resources != file.count:
+            lines = "resources" if file.organized else "lines"
             problem = (
-                f"{file.name} has {tally.total} lines but the manifest's count is {file.count}"
+                f"{file.name} has {resources} {lines} but the manifest's count is {file.count}"
             )
         elif self.check_counts and (reason := tally.final_line_problem()):
             problem = f"{file.name} looks cut short: {reason}"
@@ -574,7 +629,7 @@ class BulkDownloader:
             partial.restart()
             raise _Retryable(problem)
         partial.commit()
-        return FileResult(file.name, file.kind, file.type, tally.total, tally.bytes)
+        return FileResult(file.name, file.kind, file.type, resources, tally.bytes)
 
     def _receive(
         self,

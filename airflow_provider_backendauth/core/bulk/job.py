@@ -23,7 +23,7 @@ This module imports no Airflow.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
@@ -37,6 +37,7 @@ from airflow_provider_backendauth.core.bulk.download import (
 )
 from airflow_provider_backendauth.core.bulk.http import BulkHttp, display_url
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
+from airflow_provider_backendauth.core.bulk.pages import plan_pages
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.bulk.state import (
     CANCELLED,
@@ -50,7 +51,13 @@ from airflow_provider_backendauth.core.bulk.state import (
 )
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.redact import get_logger
-from airflow_provider_backendauth.core.storage import StoragePath, as_path, atomic_writer
+from airflow_provider_backendauth.core.storage import (
+    StoragePath,
+    as_path,
+    atomic_writer,
+    remove_partials,
+)
+from airflow_provider_backendauth.core.urls import origin_of
 
 if TYPE_CHECKING:
     from airflow_provider_backendauth.core.auth.client import BackendAuthClient
@@ -180,28 +187,90 @@ class BulkExportJob:
             state=COMPLETE if record.state == KICKED_OFF else record.state,
             transaction_time=manifest.transaction_time,
             requires_access_token=manifest.requires_access_token,
+            pages=1,
+            pages_done=0,
         )
         files = plan_files(manifest)
         log.info(
-            "Export complete (transactionTime %s): %d output, %d error, %d deleted files",
+            "Export complete (transactionTime %s): %d output, %d error, %d deleted files%s%s",
             manifest.transaction_time,
             len(manifest.output),
             len(manifest.error),
             len(manifest.deleted),
+            " on the first manifest page; more pages follow" if manifest.next_url else "",
+            f"; the server keeps them until {manifest.expires}" if manifest.expires else "",
         )
         return files
 
-    def local_manifest(self) -> BulkManifest:
-        """The manifest saved in the destination by ``accept_manifest``."""
+    def local_manifest(self, page: int = 1) -> BulkManifest:
+        """A manifest page saved in the destination (page 1: by ``accept_manifest``)."""
+        path = self.page_path(page)
         try:
-            with self.manifest_path.open("rb") as handle:
+            with path.open("rb") as handle:
                 data = json.loads(handle.read())
         except FileNotFoundError:
             raise BulkExportError(
-                f"{self.manifest_path} is missing: the export's manifest was not saved, or the "
+                f"{path} is missing: the export's manifest was not saved, or the "
                 "destination differs from the export task's."
             ) from None
         return BulkManifest.from_json(data)
+
+    # -- manifest pages (Bulk Data 3.0 partial manifests) -------------------------------
+
+    def page_path(self, page: int) -> StoragePath:
+        """``manifest.json`` for page 1, ``manifest.002.json``... for the pages after it."""
+        return self.manifest_path if page == 1 else self.destination / f"manifest.{page:03d}.json"
+
+    def pages(
+        self, first: BulkManifest | None = None, *, deadline: float | None = None
+    ) -> Iterator[tuple[int, BulkManifest]]:
+        """Every manifest page in order, page 1 first. Pages saved by an earlier try are read
+        from the destination; the next one is fetched from the previous page's ``next`` link
+        (allowed origins only), saved, and recorded before it is yielded, so a crash at any
+        point resumes at the right page. A page is yielded only when its predecessors were."""
+        page, manifest = 1, first or self.local_manifest(1)
+        while True:
+            yield page, manifest
+            next_url = manifest.next_url
+            if next_url is None:
+                return
+            page += 1
+            record = self._record
+            if (record.pages or 1) >= page:
+                manifest = self.local_manifest(page)
+                continue
+            manifest = self._fetch_page(page, next_url, deadline)
+            self.store.update_job(self.key, record, pages=page)
+
+    def _fetch_page(self, page: int, url: str, deadline: float | None) -> BulkManifest:
+        origin = origin_of(url)
+        if origin not in self.client.http.token_origins:
+            raise BulkExportError(
+                f"Manifest page {page - 1} links its next page to {display_url(url)}, whose "
+                f"origin {origin} is neither the FHIR server's nor in the connection's "
+                "allowed_hosts; refusing to follow it (add the origin to allowed_hosts if the "
+                "server really keeps manifests there)."
+            )
+        log.info("Fetching manifest page %d from %s", page, display_url(url))
+        done = self.client.wait_json(url, deadline=deadline)
+        manifest = BulkManifest.from_json(done.manifest, expires=done.expires)
+        with atomic_writer(self.page_path(page), "wb") as handle:
+            handle.write(json.dumps(manifest.raw, indent=1).encode())
+        return manifest
+
+    def local_pages(self) -> list[BulkManifest]:
+        """The manifest pages saved so far (after ``collect_pages``: all of them)."""
+        record = self.record or self.load()
+        count = record.pages if record is not None and record.pages else 1
+        return [self.local_manifest(n) for n in range(1, count + 1)]
+
+    def collect_pages(self, *, deadline: float | None = None) -> list[BulkManifest]:
+        """Fetch and save every page (mapped downloads need the whole file list up front)."""
+        return [manifest for _, manifest in self.pages(deadline=deadline)]
+
+    def planned_files(self, pages: Sequence[BulkManifest] | None = None) -> list[ExportFile]:
+        """Every file of the saved pages, named and numbered as one export."""
+        return [f for files in plan_pages(pages or self.local_pages()) for f in files]
 
     # -- downloading -----------------------------------------------------------------
 
@@ -222,20 +291,55 @@ class BulkExportJob:
             self.key, FileMarker(file.name, file.kind, file.type, result.count, result.bytes)
         )
 
-    def download(self, manifest: BulkManifest) -> list[FileResult]:
-        """Download every file not complete yet; returns results for all files."""
+    def download(
+        self, manifest: BulkManifest | None = None, *, deadline: float | None = None
+    ) -> list[FileResult]:
+        """Download every file not complete yet, page by page (each page's files before the
+        next page is fetched); returns results for all files of all pages.
+
+        ``manifest`` is page 1 (default: the one ``accept_manifest`` saved); the pages after
+        it come from the destination when an earlier try saved them, else from the server."""
         if self.downloader is None:
             raise BulkExportError(f"{self!r} has no downloader.")
-        files = plan_files(manifest)
-        results = self.downloader.download(
-            files,
-            self.destination,
-            requires_access_token=manifest.requires_access_token,
-            already_done=self.completed,
-            on_done=self.mark_done,
-        )
-        self.store.update_job(self.key, self._record, state=DOWNLOADED)
+        self.sweep_partials()
+        results: list[FileResult] = []
+        seen: list[BulkManifest] = []
+        record = self._record
+        if record.pages_done:
+            log.info("Resuming: %d manifest page(s) were already downloaded", record.pages_done)
+        for page, current in self.pages(manifest, deadline=deadline):
+            seen.append(current)
+            files = plan_pages(seen)[-1]
+            if current.next_url is not None or page > 1:
+                log.info("Manifest page %d: %d files", page, len(files))
+            results.extend(
+                self.downloader.download(
+                    files,
+                    self.destination,
+                    requires_access_token=current.requires_access_token,
+                    already_done=self.completed,
+                    on_done=self.mark_done,
+                )
+            )
+            if (record.pages_done or 0) < page:
+                self.store.update_job(self.key, record, pages_done=page)
+        self.store.update_job(self.key, record, state=DOWNLOADED)
         return results
+
+    def sweep_partials(self) -> int:
+        """Remove temporary ``.partial-`` files an earlier, killed try of this job left in
+        the destination's folders (a retry is the only writer there). Returns how many."""
+        removed = sum(
+            len(remove_partials(folder))
+            for folder in (
+                self.destination,
+                self.destination / "error",
+                self.destination / "deleted",
+            )
+        )
+        if removed:
+            log.info("Removed %d partial file(s) left by an earlier try", removed)
+        return removed
 
     def download_file(self, file: ExportFile, *, requires_access_token: bool) -> FileResult:
         """Download one file unless complete (mapped download tasks)."""
@@ -251,9 +355,10 @@ class BulkExportJob:
         self.mark_done(file, result)
         return result
 
-    def collected_results(self, manifest: BulkManifest) -> list[FileResult]:
-        """Results of files downloaded by other tasks; fails naming the missing ones."""
-        files = plan_files(manifest)
+    def collected_results(self, manifest: BulkManifest | None = None) -> list[FileResult]:
+        """Results of files downloaded by other tasks (every saved page); fails naming the
+        missing ones."""
+        files = self.planned_files()
         results = []
         missing = []
         for file in files:
@@ -290,6 +395,13 @@ class BulkExportJob:
                 ``tolerate_errors`` is False (the files stay in the destination).
         """
         record = self._record
+        last = self.local_manifest(record.pages or 1)
+        if last.next_url is not None:
+            # A page with a next link is never the end of the export.
+            raise BulkExportError(
+                f"Manifest page {record.pages or 1} links to another page that was not "
+                "downloaded; the export is not complete."
+            )
         if cleanup and record.state != DONE:
             self.client.cancel(record.status_url)
         errors = scan_error_files([self.destination / r.name for r in results if r.kind == "error"])

@@ -77,7 +77,7 @@ class Done:
     """The export is complete: ``manifest`` is the server's JSON object."""
 
     manifest: dict[str, Any] = field(repr=False)
-    notes: tuple[Note, ...] = ()
+    expires: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,7 @@ class StatusPoller:
         self.throttled = 0
         self._delay: float | None = None
         self._last_progress: str | None = None
+        self._last_long_retry_after: float | None = None
 
     # -- the driver's calls ------------------------------------------------------------
 
@@ -160,7 +161,7 @@ class StatusPoller:
         if self.deadline is None:
             self.deadline = now + DEFAULT_MAX_WAIT
         if isinstance(result, Complete):
-            return Done(result.manifest)
+            return Done(result.manifest, result.expires)
         if isinstance(result, Failed):
             return Fail(
                 f"The export at {self.shown} failed: {result.diagnostics}",
@@ -198,9 +199,12 @@ class StatusPoller:
         if result.retry_after is not None:
             delay = min(max(result.retry_after, self.minimum), self.maximum)
             if result.retry_after > self.maximum:
+                # Said at INFO once per distinct request, then at DEBUG: not a line per poll.
+                first = result.retry_after != self._last_long_retry_after
+                self._last_long_retry_after = result.retry_after
                 notes.append(
                     Note(
-                        logging.INFO,
+                        logging.INFO if first else logging.DEBUG,
                         f"The server asked to poll again in {describe_seconds(result.retry_after)}"
                         f" (Retry-After); polling in {describe_seconds(delay)} instead "
                         "(poll_interval_max)",

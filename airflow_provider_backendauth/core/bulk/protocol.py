@@ -64,9 +64,10 @@ class Pending:
 
 @dataclass(frozen=True)
 class Complete:
-    """Done: the manifest (a JSON object)."""
+    """Done: the manifest (a JSON object) and the answer's ``Expires`` header."""
 
     manifest: dict[str, Any] = field(repr=False)
+    expires: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,8 @@ def interpret_status(
     if status_code == 200:
         manifest = _json_body(body)
         if isinstance(manifest, dict) and isinstance(manifest.get("output"), list):
-            return Complete(manifest)
+            expires = header(headers, "Expires")
+            return Complete(manifest, expires.strip()[:100] if expires else None)
         diagnostics, _ = error_details(status_code, body)
         return Failed(
             f"The export finished but its manifest is not a JSON object with an 'output' "

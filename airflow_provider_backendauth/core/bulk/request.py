@@ -58,6 +58,10 @@ class BulkExportRequest:
         patients: ``patient`` references (POST only), e.g. ``Patient/123``.
         include_associated_data: ``includeAssociatedData`` values.
         output_format: ``_outputFormat`` (server default: ``application/fhir+ndjson``).
+        organize_output_by: ``organizeOutputBy`` (Bulk Data 3.0): a resource type, e.g.
+            ``Patient``; files then hold blocks, each led by a header line.
+        allow_partial_manifests: ``allowPartialManifests=true`` (Bulk Data 3.0): the server
+            may split the manifest into pages linked by ``next``.
         method: ``GET`` or ``POST`` (a ``Parameters`` body); None picks POST when patients
             are given, else GET.
         extra_params: other (name, value) parameters for vendor extensions.
@@ -75,6 +79,8 @@ class BulkExportRequest:
     output_format: str | None = None
     method: str | None = None
     extra_params: tuple[tuple[str, str], ...] = ()
+    organize_output_by: str | None = None
+    allow_partial_manifests: bool = False
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -117,6 +123,8 @@ class BulkExportRequest:
         output_format: str | None = None,
         method: str | None = None,
         extra_params: Mapping[str, str | Iterable[str]] | None = None,
+        organize_output_by: str | None = None,
+        allow_partial_manifests: bool = False,
     ) -> BulkExportRequest:
         """Build a request from strings (comma lists), sequences or datetimes.
 
@@ -144,6 +152,8 @@ class BulkExportRequest:
             output_format=(output_format or "").strip() or None,
             method=method.upper() if method else None,
             extra_params=tuple(extra),
+            organize_output_by=(organize_output_by or "").strip() or None,
+            allow_partial_manifests=bool(allow_partial_manifests),
         )
 
     @property
@@ -182,6 +192,10 @@ class BulkExportRequest:
         pairs.extend(("_typeFilter", f) for f in self.type_filters)
         if self.include_associated_data:
             pairs.append(("includeAssociatedData", ",".join(self.include_associated_data)))
+        if self.organize_output_by:
+            pairs.append(("organizeOutputBy", self.organize_output_by))
+        if self.allow_partial_manifests:
+            pairs.append(("allowPartialManifests", "true"))
         pairs.extend(self.extra_params)
         return pairs
 
@@ -193,6 +207,8 @@ class BulkExportRequest:
                 parameter.append({"name": name, "valueInstant": value})
             elif name == "includeAssociatedData":
                 parameter.extend({"name": name, "valueCode": v} for v in value.split(","))
+            elif name == "allowPartialManifests":
+                parameter.append({"name": name, "valueBoolean": True})
             else:
                 parameter.append({"name": name, "valueString": value})
         parameter.extend(
@@ -226,6 +242,8 @@ class BulkExportRequest:
             "output_format": self.output_format,
             "method": self.method,
             "extra_params": [list(p) for p in self.extra_params],
+            "organize_output_by": self.organize_output_by,
+            "allow_partial_manifests": self.allow_partial_manifests,
         }
 
     @classmethod
@@ -243,6 +261,8 @@ class BulkExportRequest:
             output_format=data.get("output_format"),
             method=data.get("method"),
             extra_params=tuple((str(n), str(v)) for n, v in data.get("extra_params") or ()),
+            organize_output_by=data.get("organize_output_by"),
+            allow_partial_manifests=bool(data.get("allow_partial_manifests")),
         )
 
 

@@ -89,6 +89,9 @@ class JobRecord:
         destination: where the files go (string form).
         transaction_time: the manifest's ``transactionTime`` once known.
         requires_access_token: the manifest's flag once known.
+        pages: manifest pages saved beside the files (``manifest.json``, ``manifest.002.json``
+            ...); a later try reads them instead of fetching them again.
+        pages_done: pages whose files are all complete.
     """
 
     status_url: str
@@ -101,6 +104,8 @@ class JobRecord:
     transaction_time: str | None = None
     requires_access_token: bool | None = None
     description: dict[str, Any] = field(default_factory=dict)
+    pages: int = 0  # manifest pages saved in the destination (partial manifests)
+    pages_done: int = 0  # pages whose every file is complete
 
     @property
     def active(self) -> bool:
