@@ -19,7 +19,7 @@ from airflow_provider_backendauth.core.bulk.state import DONE
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.storage import partial_name
 from tests.bulkkit import BulkEnv, partials, task_context
-from tests.operators.test_bulk import drive, export_op, job_state
+from tests.operators.test_bulk import download_op, drive, export_op, finalize_op, job_state
 
 pytest_plugins = ("tests.bulk_fixtures",)
 
@@ -123,6 +123,23 @@ def test_a_paged_deferrable_export_survives_a_crash_between_pages(
     assert summary["resumed_files"] == after_first
     assert stats["file_downloads"] == summary["files"]  # each file fetched once overall
     assert job_state(out).state == DONE
+
+
+def test_mapped_downloads_of_a_paged_manifest(
+    bulk_env: BulkEnv, whole: Counter[tuple[str, str]]
+) -> None:
+    bulk_env.sb.settings.update(**PAGED)
+    out = bulk_env.tmp / "out"
+    files = export_op(out, download=False, allow_partial_manifests=True).execute(task_context())
+    assert isinstance(files, list)
+    assert len({f["name"] for f in files}) == len(files)  # one numbering across pages
+    assert job_state(out).pages > 1
+    for i, spec in enumerate(files):
+        download_op(out, file=spec).execute(task_context(task_id="download", map_index=i))
+    summary = finalize_op(out).execute(task_context(task_id="finalize"))
+    assert landed(out) == whole
+    assert summary["files"] == len(files)
+    assert bulk_env.sb.stats["bulk_cancels"] == 1
 
 
 def test_next_links_are_followed_to_allowed_origins_only(bulk_env: BulkEnv) -> None:
