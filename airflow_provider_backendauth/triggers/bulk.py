@@ -151,6 +151,7 @@ class BulkExportTrigger(BaseTrigger):
             Sleep,
             StatusPoller,
         )
+        from airflow_provider_backendauth.core.redact import redact
 
         client = await self._auth_client()
         poller = StatusPoller(
@@ -167,8 +168,8 @@ class BulkExportTrigger(BaseTrigger):
                 if isinstance(action, Poll):
                     action = poller.feed(await self._poll(http, client), time.time())
                 elif isinstance(action, Sleep):
-                    for note in action.notes:
-                        self.log.log(note.level, "%s", note.message)
+                    for note in action.notes:  # may quote server text (X-Progress)
+                        self.log.log(note.level, "%s", redact(note.message))
                     await asyncio.sleep(action.seconds)
                     action = poller.start(time.time())
                 elif isinstance(action, Done):
