@@ -204,3 +204,16 @@ def test_a_long_last_line_is_judged_by_its_braces(monkeypatch: pytest.MonkeyPatc
     assert tally_of(pieces_of(line, 7)).final_line_problem() is None
     assert tally_of(pieces_of(b"{}\n" + line + b"\n", 7)).final_line_problem() is None
     assert "not a JSON object" in (tally_of(pieces_of(line[:-5], 7)).final_line_problem() or "")
+
+
+def test_the_environment_may_name_the_inflater(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_backendauth.core.bulk import decode as module
+
+    monkeypatch.setattr(module, "_auto_choice", None)
+    monkeypatch.setenv(module.INFLATER_ENV, "zlib")
+    assert module.gzip_inflater_factory("auto")[0] == "zlib"
+    monkeypatch.setattr(module, "_auto_choice", None)
+    monkeypatch.setenv(module.INFLATER_ENV, "nonsense")
+    with pytest.raises(ValueError, match="inflater must be one of"):
+        module.gzip_inflater_factory("auto")
+    monkeypatch.setattr(module, "_auto_choice", None)
