@@ -94,7 +94,7 @@ export AIRFLOW_CONN_BACKENDAUTH_HELSEID='{"conn_type": "backendauth",
   "login": "<client id from HelseID Selvbetjening>",
   "password": "<the private JWK (or PEM) downloaded from Selvbetjening>",
   "extra": {"profile": "helseid", "scope": "nhn:<api>/<scope>",
-            "token_url": "https://helseid-sts.test.nhn.no/connect/token"}}'""",
+            "auth_url": "https://helseid-sts.test.nhn.no/connect/token"}}'""",
         notes=(
             "60 s assertions with `iat`/`nbf`, `typ` `client-authentication+jwt`, `client_id` "
             "in the form; drop `token_url` for production. Set the `endpoint` param to a "
@@ -123,7 +123,7 @@ export AIRFLOW_CONN_BACKENDAUTH_NHS_ENGLAND='{"conn_type": "backendauth",
   "login": "<the application's API key>",
   "password": "-----BEGIN PRIVATE KEY-----\\n...",
   "extra": {"profile": "nhs_england", "key_id": "<kid in your JWKS>",
-            "token_url": "https://int.api.service.nhs.uk/oauth2/token"}}'""",
+            "auth_url": "https://int.api.service.nhs.uk/oauth2/token"}}'""",
         notes=(
             "RS512 with the `kid` published in your JWKS. NHS APIs want an `X-Request-ID` "
             "UUID per request (sent here). For PDS set the `endpoint` param to e.g. "

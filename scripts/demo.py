@@ -94,7 +94,7 @@ def register_clients(sb: Any) -> dict[str, str]:
         sb.register_client(client_id, key.public_jwks, vendor=vendor)
         extra: dict[str, Any] = {"profile": vendor}
         if vendor != "smart":
-            extra["token_url"] = sb.token_url  # stands in for the vendor's real token URL
+            extra["auth_url"] = sb.token_url  # stands in for the vendor's real token URL
         host = f"{sb.url}/api/v1/administration" if vendor == "mydatahelps" else sb.fhir_base
         conn = {
             "conn_type": "backendauth",

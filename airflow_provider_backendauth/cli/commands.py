@@ -118,7 +118,7 @@ def _suggested_connection(
 ) -> dict[str, Any]:
     from airflow_provider_backendauth.core.auth.keys import compatible_algorithms
 
-    extra: dict[str, Any] = {"profile": profile.name, "private_key_file": str(key_path.resolve())}
+    extra: dict[str, Any] = {"profile": profile.name, "key_file": str(key_path.resolve())}
     if compatible_algorithms(key.signing_key, profile.algorithms)[:1] != (key.algorithm,):
         extra["algorithm"] = key.algorithm  # the client would otherwise pick another one
     if args.kid:
@@ -303,10 +303,11 @@ def _connection_from_options(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.key_file is not None:
         # The file replaces whatever key the connection held (e.g. checking a rotated key).
         conn.pop("password", None)
-        extra["private_key_file"] = str(Path(args.key_file).resolve())
+        extra.pop("private_key_file", None)  # the old name of key_file
+        extra["key_file"] = str(Path(args.key_file).resolve())
     for name, value in (
         ("profile", args.profile),
-        ("token_url", args.token_url),
+        ("auth_url", args.token_url),
         ("scope", args.scope),
     ):
         if value is not None:

@@ -154,7 +154,7 @@ def test_keygen_next_steps_name_the_vendor_and_a_ready_connection(tmp_path, caps
     conn = json.loads(exported.group(1))
     assert conn["extra"] == {
         "profile": "helseid_cppa",
-        "private_key_file": str((tmp_path / "private_key.pem").resolve()),
+        "key_file": str((tmp_path / "private_key.pem").resolve()),
     }
     assert "docs/vendors/helseid_cppa.md" in out
 
@@ -362,9 +362,9 @@ def _client(
     sandbox.register_client(
         client_id, json.loads((tmp_path / vendor / "jwks.json").read_text()), vendor=vendor
     )
-    extra = {"profile": profile or vendor, "private_key_file": summary["files"]["private_key.pem"]}
+    extra = {"profile": profile or vendor, "key_file": summary["files"]["private_key.pem"]}
     if vendor != "smart":
-        extra["token_url"] = sandbox.token_url
+        extra["auth_url"] = sandbox.token_url
     return {
         "conn_type": "backendauth",
         "host": sandbox.fhir_base,
@@ -405,7 +405,7 @@ def test_check_from_flags_and_conn_json(sandbox, tmp_path, capsys):
         "--client-id",
         conn["login"],
         "--key-file",
-        conn["extra"]["private_key_file"],
+        conn["extra"]["key_file"],
         "--profile",
         "redox",
         "--token-url",

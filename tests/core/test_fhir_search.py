@@ -229,7 +229,7 @@ def localhost_session(sb: Any) -> tuple[str, requests.Session]:
     base = sb.fhir_base.replace("127.0.0.1", "localhost")
     client_id, key = register(sb)
     settings = ClientSettings.from_connection_fields(
-        host=base, login=client_id, password=key.private_pem, extra={"token_url": sb.token_url}
+        host=base, login=client_id, password=key.private_pem, extra={"auth_url": sb.token_url}
     )
     return base, BackendAuthClient(settings).new_session()
 

@@ -100,7 +100,7 @@ def test_settings_parse_strings_as_secrets_backends_deliver_them():
         timeout="10",
         retries="0",
         extra_claims='{"tenant": "t"}',
-        token_reuse="per_request",
+        reuse_policy="per_request",
         allowed_hosts="https://files.example.org other.example.org",
     )
     assert (s.assertion_lifetime, s.verify_ssl, s.timeout, s.retries) == (120, False, 10.0, 0)
@@ -121,7 +121,7 @@ def test_empty_scope_is_kept_distinct_from_unset():
         ({"retries": "-1"}, "at least 0"),
         ({"extra_claims": "[1]"}, "JSON object"),
         ({"extra_claims": "{nope"}, "JSON object"),
-        ({"token_reuse": "forever"}, "cache, per_request"),
+        ({"reuse_policy": "forever"}, "cache, per_request"),
         ({"privat_key_file": "/x"}, "Unknown connection extra"),
     ],
 )

@@ -40,7 +40,7 @@ def test_cms_dpc_uses_the_registered_key_id(sandbox):
         host=sandbox.fhir_base,
         login=client_id,
         password=key.private_pem,
-        extra={"profile": "cms_dpc", "token_url": sandbox.token_url, "key_id": key.kid},
+        extra={"profile": "cms_dpc", "auth_url": sandbox.token_url, "key_id": key.kid},
     )
     assert BackendAuthClient(settings).get_token().value
 
@@ -160,7 +160,7 @@ def test_plain_text_401_is_quoted(sandbox):
 
 
 def test_unreachable_token_url(sandbox):
-    client = make_client(sandbox, "redox", token_url="http://127.0.0.1:9/token")
+    client = make_client(sandbox, "redox", auth_url="http://127.0.0.1:9/token")
     with pytest.raises(TokenRequestError, match="Could not reach the token URL"):
         client.get_token()
 
@@ -176,7 +176,7 @@ def test_bad_configuration_fails_before_any_request(sandbox):
         ({"profile": "redox", "algorithm": "none"}, rsa.private_pem, ConfigurationError),
         ({"profile": "mydatahelps"}, ec.private_pem, KeyLoadError),
         (
-            {"profile": "redox", "token_url": "http://example.org/token"},
+            {"profile": "redox", "auth_url": "http://example.org/token"},
             rsa.private_pem,
             ConfigurationError,
         ),
@@ -187,7 +187,7 @@ def test_bad_configuration_fails_before_any_request(sandbox):
         ),
         ({"profile": "cms_dpc"}, rsa.private_pem, ConfigurationError),  # kid required, not derived
         (
-            {"profile": "entra_id", "token_url": "https://login.example/t"},
+            {"profile": "entra_id", "auth_url": "https://login.example/t"},
             rsa.private_pem,
             KeyLoadError,
         ),
@@ -211,7 +211,7 @@ def test_entra_id_certificate_thumbprint(sandbox):
         password=key.private_pem + "\n" + key.certificate_pem,
         extra={
             "profile": "entra_id",
-            "token_url": sandbox.token_url,
+            "auth_url": sandbox.token_url,
             "scope": f"{sandbox.fhir_base}/.default",
         },
     )
@@ -258,7 +258,7 @@ def test_clients_for_the_same_connection_share_one_token(sandbox):
 
 
 def test_per_request_reuse_gets_a_token_per_call(sandbox):
-    client = make_client(sandbox, "helseid", token_reuse="per_request")
+    client = make_client(sandbox, "helseid", reuse_policy="per_request")
     session = client.new_session()
     for _ in range(3):
         assert session.get(f"{sandbox.fhir_base}/Patient", params={"_count": 1}).status_code == 200
@@ -369,7 +369,7 @@ def test_json_body_instead_of_form_is_what_the_server_rejects(sandbox):
 
 def test_smart_v2_scope_falls_back_to_v1_when_refused(sandbox):
     """Oracle Health advertises v2 but rejects v2 scopes: the profile default degrades to v1."""
-    client = make_client(sandbox, "oracle_health", profile="smart", token_url=sandbox.token_url)
+    client = make_client(sandbox, "oracle_health", profile="smart", auth_url=sandbox.token_url)
     assert client.scope == "system/*.rs"
     token = client.get_token()
     assert token.scope == "system/*.read"
@@ -381,7 +381,7 @@ def test_no_scope_fallback_for_a_scope_the_user_chose(sandbox):
         sandbox,
         "oracle_health",
         profile="smart",
-        token_url=sandbox.token_url,
+        auth_url=sandbox.token_url,
         scope="system/Patient.rs",
     )
     with pytest.raises(InvalidScopeError):

@@ -29,7 +29,7 @@ def vendor_extra(sb: Any, profile: str) -> dict[str, Any]:
     return (
         {"profile": profile}
         if profile == "smart"
-        else {"profile": profile, "token_url": sb.token_url}
+        else {"profile": profile, "auth_url": sb.token_url}
     )
 
 

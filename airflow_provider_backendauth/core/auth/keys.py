@@ -171,7 +171,7 @@ def _parse_signing_key(
     if not text:
         raise KeyLoadError(
             "No private key was given: put the PEM or JWK in the connection's password "
-            "field, or set the 'private_key_file' extra to a file on the worker."
+            "field, or set the 'key_file' extra to a file on the worker."
         )
     if text.startswith("{"):
         return _load_jwk_text(text, kid)

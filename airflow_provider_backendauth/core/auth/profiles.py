@@ -89,7 +89,7 @@ _HELSEID_REGISTER = (
     "use the clientId Selvbetjening shows as the connection's Client ID (login)",
 )
 _HELSEID_NOTES = (
-    "the test environment is https://helseid-sts.test.nhn.no/connect/token: set 'token_url' to it",
+    "the test environment is https://helseid-sts.test.nhn.no/connect/token: set 'auth_url' to it",
 )
 
 
@@ -152,7 +152,7 @@ _PROFILES: tuple[Profile, ...] = (
         notes=(
             *_HELSEID_NOTES,
             "an API that accepts each token once (the CPPA v1 API) needs profile "
-            "'helseid_cppa' or 'token_reuse' set to 'per_request'",
+            "'helseid_cppa' or 'reuse_policy' set to 'per_request'",
         ),
         register_key=_HELSEID_REGISTER,
     ),
@@ -245,7 +245,7 @@ _PROFILES: tuple[Profile, ...] = (
         client_id_in_form=True,
         certificate_header="x5t#S256",
         notes=(
-            "set 'token_url' to https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token",
+            "set 'auth_url' to https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token",
             "set 'scope' to <resource>/.default, e.g. the FHIR service URL + '/.default'",
             "the password field must hold the private key followed by its certificate PEM",
         ),
@@ -275,7 +275,7 @@ _PROFILES: tuple[Profile, ...] = (
         token_url="https://api.platform.athenahealth.com/oauth2/v1/token",
         algorithms=("RS384", "ES384", "RS256"),
         kid_required=False,
-        notes=("athenahealth rate-limits token requests: keep 'token_reuse' at 'cache'",),
+        notes=("athenahealth rate-limits token requests: keep 'reuse_policy' at 'cache'",),
         register_key=(
             "register the public key with your athenahealth app (details unconfirmed: check "
             "athenahealth's developer portal for JWKS vs PEM)",

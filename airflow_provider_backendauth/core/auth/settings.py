@@ -1,12 +1,14 @@
 """Client settings: what a ``backendauth`` connection holds, parsed and validated.
 
 The extras' names here are the connection's stable interface (they are stored in users'
-connections and secrets backends): keep them.
+connections and secrets backends): keep them, and when one must change, keep reading the old
+name (``RENAMED_EXTRAS``) with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -16,19 +18,23 @@ from airflow_provider_backendauth.core.errors import ConfigurationError
 # Sent on every request (token, FHIR, bulk; sync and async), so server logs can tell us apart.
 USER_AGENT = "airflow-provider-backendauth"
 
+# Airflow's secret masker hides every extra whose name contains a sensitive word ("token",
+# "private_key", "secret", ...: airflow's DEFAULT_SENSITIVE_FIELDS) in the UI, the REST API and
+# logs. So only secrets may carry such words: "private_key_passphrase" is masked on purpose;
+# the token URL, the reuse policy and the key file path are not secrets and must stay readable.
 EXTRA_KEYS = (
     "profile",
-    "token_url",
+    "auth_url",
     "scope",
     "algorithm",
     "key_id",
     "jku",
-    "private_key_file",
+    "key_file",
     "private_key_passphrase",
     "audience",
     "assertion_lifetime",
     "extra_claims",
-    "token_reuse",
+    "reuse_policy",
     "verify_ssl",
     "ca_bundle",
     "timeout",
@@ -36,6 +42,18 @@ EXTRA_KEYS = (
     "allow_insecure_http",
     "allowed_hosts",
 )
+
+# Old extra name -> new name. Still read, with a DeprecatedExtraWarning.
+RENAMED_EXTRAS = {
+    "token_url": "auth_url",
+    "token_reuse": "reuse_policy",
+    "private_key_file": "key_file",
+}
+
+
+class DeprecatedExtraWarning(FutureWarning):
+    """A connection uses an extra's old name. (A FutureWarning: it is meant for the users who
+    maintain connections, so Python shows it by default.)"""
 
 
 @dataclass(frozen=True)
@@ -45,7 +63,7 @@ class ClientSettings:
     Attributes:
         base_url: the API/FHIR base URL (connection host).
         client_id: the registered client id (connection login).
-        private_key: PEM/JWK/JWKS text (connection password); or use ``private_key_file``.
+        private_key: PEM/JWK/JWKS text (connection password); or the ``key_file`` extra.
         profile: vendor preset name.
         allowed_hosts: extra origins/hosts that may receive the bearer token (besides the
             base URL's origin), e.g. a vendor's separate file server.
@@ -97,7 +115,7 @@ class ClientSettings:
                 'The connection\'s extra must be a JSON object (e.g. {"profile": "smart"}), '
                 f"not a {type(extra).__name__}."
             )
-        extra = dict(extra or {})
+        extra = _renamed(dict(extra or {}))
         unknown = sorted(set(extra) - set(EXTRA_KEYS))
         if unknown:
             raise ConfigurationError(
@@ -109,17 +127,17 @@ class ClientSettings:
             client_id=(login or "").strip(),
             private_key=password or None,
             profile=_text(extra, "profile"),
-            token_url=_text(extra, "token_url"),
+            token_url=_text(extra, "auth_url"),
             scope=_scope(extra),
             algorithm=_text(extra, "algorithm"),
             key_id=_text(extra, "key_id"),
             jku=_text(extra, "jku"),
-            private_key_file=_text(extra, "private_key_file"),
+            private_key_file=_text(extra, "key_file"),
             private_key_passphrase=_text(extra, "private_key_passphrase"),
             audience=_text(extra, "audience"),
             assertion_lifetime=_integer(extra, "assertion_lifetime", minimum=1),
             extra_claims=_claims(extra.get("extra_claims")),
-            token_reuse=_choice(extra, "token_reuse", ("cache", "per_request")),
+            token_reuse=_choice(extra, "reuse_policy", ("cache", "per_request")),
             verify_ssl=_boolean(extra, "verify_ssl", True),
             ca_bundle=_text(extra, "ca_bundle"),
             timeout=float(_integer_or(extra, "timeout", minimum=1, default=30)),
@@ -154,6 +172,31 @@ class ClientSettings:
                 value = "***" if value else None
             view[f.name] = value
         return view
+
+
+def _renamed(extra: dict[str, Any]) -> dict[str, Any]:
+    """The extras with old names moved to their new ones; the new name wins when both are set
+    (an old connection edited in the form keeps the old key in its extra JSON)."""
+    for old, new in RENAMED_EXTRAS.items():
+        if old not in extra:
+            continue
+        value = extra.pop(old)
+        if new in extra and extra[new] not in (None, ""):
+            warnings.warn(
+                f"Connection extra {old!r} is deprecated and ignored here because {new!r} is "
+                f"also set; remove {old!r}.",
+                DeprecatedExtraWarning,
+                stacklevel=4,
+            )
+            continue
+        warnings.warn(
+            f"Connection extra {old!r} is deprecated: rename it to {new!r} (Airflow masks "
+            f"extras whose name contains a secret word, so {old!r} showed as '***').",
+            DeprecatedExtraWarning,
+            stacklevel=4,
+        )
+        extra[new] = value
+    return extra
 
 
 def _base_url(host: str | None, schema: str | None, port: int | None) -> str | None:
