@@ -111,46 +111,79 @@ class BackendAuthHook(BaseHook):
 
     def test_connection(self) -> tuple[bool, str]:
         """Do a real token exchange (and a light GET of ``/metadata`` when a base URL is set)
-        and say in one sentence how it went."""
+        and say in one or two sentences how it went and which values were used.
+
+        Unlike task runs it never retries and caps the timeout (``TEST_TIMEOUT``): the UI's
+        Test button waits for this synchronously, and an unreachable token URL must come back
+        as "connection refused" in seconds, not after a round of backoff.
+        """
+        import dataclasses
+
+        from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+        from airflow_provider_backendauth.core.auth.settings import ClientSettings
         from airflow_provider_backendauth.core.errors import BackendAuthError
+        from airflow_provider_backendauth.core.network import describe_network_error
 
         try:
-            client = self.client
-            token = client.get_token()
+            settings = ClientSettings.from_connection(self.get_connection(self.backendauth_conn_id))
+            client = BackendAuthClient(
+                dataclasses.replace(
+                    settings, retries=0, timeout=min(settings.timeout, TEST_TIMEOUT)
+                ),
+                on_token=mask_secret,
+            )
         except BackendAuthError as exc:
             return False, str(exc)
         except Exception as exc:
             return False, f"Unexpected {type(exc).__name__}: {exc}"
+        try:
+            token = client.fresh_token()
+        except BackendAuthError as exc:
+            return False, f"{exc} Used: {_effective_values(client)}."
+        except Exception as exc:
+            used = _effective_values(client)
+            return False, f"Unexpected {type(exc).__name__}: {exc}. Used: {used}."
         message = (
-            f"Token obtained from {client.endpoint.token_url} (expires in "
-            f"{int(token.lifetime)} s, scope {token.scope or 'not stated'!r})"
+            f"Token obtained from {client.token_url} (expires in {int(token.lifetime)} s, "
+            f"granted scope {token.scope or 'not stated'!r}). Used: "
+            f"{_effective_values(client, with_token_url=False)}"
         )
-        if client.base_url and client.profile.name not in ("mydatahelps",):
-            try:
-                response = self.run(
-                    "GET", "metadata", check_response=False, retry_args={"stop": _no_retry()}
-                )
-            except Exception as exc:
-                return (
-                    False,
-                    f"{message}, but GET {client.base_url}/metadata failed: {type(exc).__name__}.",
-                )
-            if response.status_code in (401, 403):
-                return False, (
-                    f"{message}, but the API refused it: GET /metadata answered "
-                    f"{response.status_code}. Check the client's scopes."
-                )
-            if response.status_code == 200:
-                return True, f"{message}; GET /metadata answered 200."
-            return (
-                True,
-                f"{message}; GET /metadata answered {response.status_code} "
-                "(the API may not serve it).",
+        if not client.base_url or client.profile.name in ("mydatahelps",):
+            return True, message + "."
+        metadata = f"{client.base_url}/metadata"
+        session = client.new_session()
+        try:
+            response = session.get(metadata, timeout=client.settings.timeout)
+        except Exception as exc:
+            return False, f"{message}. But GET {metadata} failed: {describe_network_error(exc)}."
+        finally:
+            session.close()
+        if response.status_code in (401, 403):
+            return False, (
+                f"{message}. But the API refused the token: GET {metadata} answered "
+                f"{response.status_code}. Check the client's scopes."
             )
-        return True, message + "."
+        if response.status_code == 200:
+            return True, f"{message}. GET {metadata} answered 200."
+        return (
+            True,
+            f"{message}. GET {metadata} answered {response.status_code} (the API may not serve "
+            "it).",
+        )
 
 
-def _no_retry() -> Any:
-    import tenacity
+# Seconds the Test button may wait for one answer (the connection's own timeout if lower).
+TEST_TIMEOUT = 10.0
 
-    return tenacity.stop_after_attempt(1)
+
+def _effective_values(client: BackendAuthClient, *, with_token_url: bool = True) -> str:
+    """The values a token request uses (the profile's unless the connection overrides them)."""
+    from airflow_provider_backendauth.provider_info import profile_name
+
+    parts = [f"profile {profile_name(client.profile)}"]
+    if with_token_url:
+        # Still unknown when discovery itself failed.
+        parts.append(f"token URL {client._token_url or 'not discovered'}")
+    scope = "none" if client.scope is None else repr(client.scope)
+    parts += [client.algorithm, f"kid {client.kid or 'none'}", f"scope {scope}"]
+    return ", ".join(parts)

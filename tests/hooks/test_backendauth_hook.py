@@ -8,7 +8,26 @@ from airflow_provider_backendauth.core.errors import FhirError
 from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 from backendauth_sandbox.testing import generate_client_key
 from tests.conftest import connection_json
+from tests.support import servers
 from tests.support.clients import register, vendor_extra
+
+
+@pytest.fixture
+def closed_port():
+    with servers.refusing_port() as port:
+        yield port
+
+
+@pytest.fixture
+def silent_server():
+    with servers.silent_server() as url:
+        yield url
+
+
+@pytest.fixture
+def self_signed_https():
+    with servers.self_signed_https() as url:
+        yield url
 
 
 @pytest.fixture
@@ -86,7 +105,66 @@ def test_test_connection_success(sandbox, conn):
     ok, message = BackendAuthHook(conn_id).test_connection()
     assert ok, message
     assert message.startswith(f"Token obtained from {sandbox.token_url} (expires in ")
-    assert "GET /metadata answered 200" in message
+    assert f"GET {sandbox.fhir_base}/metadata answered 200" in message
+
+
+def test_test_connection_reports_the_values_used(sandbox, conn):
+    """The profile's effective values, which an admin cannot see while the fields are empty."""
+    conn_id, _ = conn(vendor="redox")
+    ok, message = BackendAuthHook(conn_id).test_connection()
+    assert ok, message
+    assert "Used: profile Redox, RS384, kid " in message
+    assert "scope none" in message
+    # A failure says the same, with the token URL (the registered kid is not "test-1").
+    conn_id, _ = conn(conn_id="nhs", vendor="nhs_england", key_id="test-1")
+    ok, message = BackendAuthHook(conn_id).test_connection()
+    assert not ok
+    assert (
+        f"Used: profile NHS England APIs, token URL {sandbox.token_url}, RS512, kid test-1, "
+        "scope none." in message
+    )
+
+
+def test_test_connection_does_a_real_exchange_each_time(sandbox, conn):
+    """A cached token from an earlier call would prove nothing about the connection now."""
+    conn_id, client_id = conn(vendor="redox")
+    hook = BackendAuthHook(conn_id)
+    hook.get_token()
+    assert hook.test_connection()[0]
+    assert hook.test_connection()[0]
+    assert sandbox.stats["token_requests_by_client"][client_id] == 3
+
+
+def test_test_connection_never_retries(sandbox, conn):
+    """Task runs retry a 503 five times; the Test button answers after the first."""
+    conn_id, _ = conn(vendor="redox", retries=5)
+    rule = sandbox.faults.add("/auth/token", status=503, times=None)
+    ok, message = BackendAuthHook(conn_id).test_connection()
+    assert not ok and "had a server error (HTTP 503" in message
+    assert rule.hits == 1
+
+
+def test_test_connection_refused_token_url_is_plain(sandbox, conn, closed_port):
+    url = f"http://127.0.0.1:{closed_port}/token"
+    conn_id, _ = conn(vendor="redox", auth_url=url)
+    ok, message = BackendAuthHook(conn_id).test_connection()
+    assert not ok
+    assert f"Could not reach the token URL {url}: connection refused." in message
+    assert "Max retries" not in message and "HTTPConnectionPool" not in message
+
+
+def test_test_connection_timed_out_token_url(sandbox, conn, silent_server):
+    conn_id, _ = conn(vendor="redox", auth_url=f"{silent_server}/token", timeout=1)
+    ok, message = BackendAuthHook(conn_id).test_connection()
+    assert not ok and f"{silent_server}/token: timed out waiting for the answer" in message
+
+
+def test_test_connection_untrusted_certificate(sandbox, conn, self_signed_https):
+    conn_id, _ = conn(vendor="redox", auth_url=f"{self_signed_https}/token")
+    ok, message = BackendAuthHook(conn_id).test_connection()
+    assert not ok
+    assert f"{self_signed_https}/token: TLS certificate not trusted (" in message
+    assert "set 'ca_bundle'" in message
 
 
 def test_test_connection_wrong_key(sandbox, conn):
@@ -107,7 +185,7 @@ def test_test_connection_api_refuses_token(sandbox, conn):
     conn_id, _ = conn(vendor="redox")
     sandbox.faults.add("/fhir/metadata", status=403, times=2)
     ok, message = BackendAuthHook(conn_id).test_connection()
-    assert not ok and "the API refused it" in message
+    assert not ok and "the API refused the token" in message
 
 
 def test_test_connection_unknown_profile(monkeypatch):
@@ -127,7 +205,7 @@ def test_connection_uri_form(sandbox, monkeypatch):
     uri = (
         f"backendauth://{quote(client_id, safe='')}:{quote(key.private_pem, safe='')}"
         f"@{quote(sandbox.fhir_base, safe='')}"
-        f"?profile=redox&token_url={quote(sandbox.token_url, safe='')}"
+        f"?profile=redox&auth_url={quote(sandbox.token_url, safe='')}"
     )
     monkeypatch.setenv("AIRFLOW_CONN_URI_FORM", uri)
     hook = BackendAuthHook("uri_form")

@@ -76,7 +76,7 @@ class BackendAuthClient:
         if self._token_url is None and self.base_url is None:
             raise ConfigurationError(
                 f"Profile {self.profile.name!r} has no fixed token URL: set the connection's "
-                "base URL (host) so it can be discovered, or set the 'token_url' extra."
+                "base URL (host) so it can be discovered, or set the 'auth_url' extra."
             )
         if not settings.client_id:
             raise ConfigurationError("No client id: set the connection's Client ID (login) field.")
@@ -103,7 +103,7 @@ class BackendAuthClient:
         s = self.settings
         if s.private_key and s.private_key_file:
             raise ConfigurationError(
-                "Both a private key (password field) and 'private_key_file' are set; keep one."
+                "Both a private key (password field) and 'key_file' are set; keep one."
             )
         if s.private_key_file:
             return load_signing_key_file(
@@ -112,7 +112,7 @@ class BackendAuthClient:
         if not s.private_key:
             raise KeyLoadError(
                 "No private key: paste the PEM/JWK into the connection's password field or set "
-                "the 'private_key_file' extra."
+                "the 'key_file' extra."
             )
         return load_signing_key(s.private_key, passphrase=s.private_key_passphrase, kid=s.key_id)
 
@@ -312,6 +312,11 @@ class BackendAuthClient:
         network), which the triggerer must do in a thread.
         """
         return BearerPolicy(_LazyTokens(self), self.allowed_origins, **options)
+
+    def fresh_token(self) -> AccessToken:
+        """A newly requested token, bypassing the cache (the Test button checks the exchange
+        itself, not a token some earlier task obtained)."""
+        return self._request_token()
 
     def auth(self) -> BackendAuth:
         """A requests ``AuthBase`` for the configured origins (see ``BackendAuth``)."""

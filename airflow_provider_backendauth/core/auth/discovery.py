@@ -9,6 +9,7 @@ import requests
 
 from airflow_provider_backendauth.core.auth.cache import CacheInfo, SingleFlightCache
 from airflow_provider_backendauth.core.errors import DiscoveryError
+from airflow_provider_backendauth.core.network import describe_network_error
 from airflow_provider_backendauth.core.urls import join_url
 
 
@@ -29,7 +30,7 @@ class SmartConfiguration:
         endpoint = document.get("token_endpoint")
         if not isinstance(endpoint, str) or not endpoint:
             raise DiscoveryError(
-                f"{source_url} has no 'token_endpoint'; set the connection's 'token_url' extra."
+                f"{source_url} has no 'token_endpoint'; set the connection's 'auth_url' extra."
             )
 
         def strings(name: str) -> tuple[str, ...]:
@@ -72,20 +73,20 @@ def _fetch(
         response = http.get(url, headers={"Accept": "application/json"}, timeout=timeout)
     except requests.RequestException as exc:
         raise DiscoveryError(
-            f"Could not fetch {url} to discover the token URL ({type(exc).__name__}). Check the "
-            "base URL, or set the 'token_url' extra."
+            f"Could not fetch {url} to discover the token URL: {describe_network_error(exc)}. "
+            "Check the base URL, or set the 'auth_url' extra."
         ) from None
     if response.status_code != 200:
         raise DiscoveryError(
             f"{url} answered HTTP {response.status_code}; the server may not support SMART "
-            "discovery. Set the connection's 'token_url' extra."
+            "discovery. Set the connection's 'auth_url' extra."
         )
     try:
         document = response.json()
     except ValueError:
-        raise DiscoveryError(f"{url} did not return JSON; set the 'token_url' extra.") from None
+        raise DiscoveryError(f"{url} did not return JSON; set the 'auth_url' extra.") from None
     if not isinstance(document, dict):
-        raise DiscoveryError(f"{url} did not return a JSON object; set the 'token_url' extra.")
+        raise DiscoveryError(f"{url} did not return a JSON object; set the 'auth_url' extra.")
     return SmartConfiguration.from_document(document, url, base_url)
 
 

@@ -18,11 +18,11 @@ from airflow_provider_backendauth.core.errors import (
     InvalidScopeError,
     TokenRequestError,
 )
+from airflow_provider_backendauth.core.network import describe_network_error
 from airflow_provider_backendauth.core.redact import (
     get_logger,
     redact,
     remember_secret,
-    short_error,
 )
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 
@@ -161,12 +161,13 @@ class TokenEndpoint:
             )
         except requests.exceptions.SSLError as exc:
             raise TokenRequestError(
-                f"TLS verification failed for the token URL {self.token_url}: "
-                f"{short_error(exc)}. If the server uses a private CA, set 'ca_bundle'."
+                f"Could not reach the token URL {self.token_url}: "
+                f"{describe_network_error(exc)}. If the server uses a private CA, set "
+                "'ca_bundle'."
             ) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TokenRequestError(
-                f"Could not reach the token URL {self.token_url}: {short_error(exc)}.",
+                f"Could not reach the token URL {self.token_url}: {describe_network_error(exc)}.",
                 retryable=True,
             ) from None
         if response.status_code == 200:
