@@ -18,6 +18,7 @@ from airflow_provider_backendauth import get_provider_info
 from airflow_provider_backendauth.core.auth.profiles import PROFILES
 
 SCHEMAS = Path(airflow.__file__).parent
+PACKAGE = "airflow-provider-backendauth"
 
 
 def test_entry_point_is_registered():
@@ -55,13 +56,75 @@ def test_connection_form():
     assert fields["private_key_passphrase"]["schema"]["format"] == "password"
 
 
+def test_profiles_have_readable_names_with_their_effective_values():
+    (conn,) = get_provider_info()["connection-types"]
+    display = conn["conn-fields"]["profile"]["schema"]["values_display"]
+    assert set(display) == set(PROFILES)
+    assert display["nhs_england"].startswith("NHS England")
+    assert "https://api.service.nhs.uk/oauth2/token" in display["nhs_england"]
+    assert "RS512" in display["nhs_england"]
+    assert display["oracle_health"].startswith("Oracle Health - token URL discovered")
+    assert "scope system/*.rs" in display["smart"]
+    assert not any("_" in label.split(" - ")[0] for label in display.values())
+
+
+def test_field_help_names_each_profiles_default():
+    fields = get_provider_info()["connection-types"][0]["conn-fields"]
+    token_help = fields["auth_url"]["description"]
+    for profile in PROFILES.values():
+        assert (profile.token_url or "discovered") in token_help
+    assert "Epic, Oracle Health: system/*.read" in fields["scope"]["description"]
+    assert "NHS England APIs: RS512" in fields["algorithm"]["description"]
+
+
+def test_text_fields_show_an_example():
+    """Placeholders reach only the standard fields; extras get examples (a suggestion list)
+    or an "e.g." in their help."""
+    fields = get_provider_info()["connection-types"][0]["conn-fields"]
+    for name, field in fields.items():
+        schema = field["schema"]
+        if (
+            schema["type"] != ["string", "null"]
+            or "enum" in schema
+            or schema.get("format") == "password"
+        ):
+            continue
+        assert "examples" in schema or "e.g." in field["description"], name
+
+
+def test_description_survives_airflows_cleanup():
+    """The Providers page and `airflow providers get` show the description through Airflow's
+    _remove_rst_syntax, which deletes every ` _ < >: "RFC 7523 private_key_jwt" came out as
+    "privatekeyjwt". The description must come through that unchanged."""
+    from airflow.api_fastapi.core_api.services.public.providers import _remove_rst_syntax
+
+    description = get_provider_info()["description"]
+    assert "RFC 7523 private-key JWT" in description
+    assert _remove_rst_syntax(description) == description.rstrip(".")
+
+
+def test_the_plugin_is_registered_and_importable():
+    import importlib
+
+    from airflow.plugins_manager import AirflowPlugin
+
+    (plugin,) = get_provider_info()["plugins"]
+    module, _, name = plugin["plugin-class"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    assert issubclass(cls, AirflowPlugin) and cls.name == plugin["name"]
+    assert cls.fastapi_root_middlewares[0]["middleware"].__name__ == "ConnectionTestPortMiddleware"
+
+
 def test_secret_extras_are_masked_by_name():
+    """And only they (tests/core/test_extra_names.py checks every extra)."""
     try:
         from airflow.sdk._shared.secrets_masker import should_hide_value_for_key
     except ImportError:
         from airflow.sdk.execution_time.secrets_masker import should_hide_value_for_key
 
-    assert should_hide_value_for_key("private_key_passphrase")
+    fields = get_provider_info()["connection-types"][0]["conn-fields"]
+    masked = {name for name in fields if should_hide_value_for_key(name)}
+    assert masked == {"private_key_passphrase"}
 
 
 def test_modules_named_in_provider_info_exist():
@@ -116,3 +179,11 @@ def test_airflow_cli_lists_the_provider_and_hook():
     )
     assert "backendauth" in hooks.stdout
     assert "BackendAuthHook" in hooks.stdout
+    provider = subprocess.run(
+        [sys.executable, "-m", "airflow", "providers", "get", "--full", "-o", "json", PACKAGE],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert "RFC 7523 private-key JWT client authentication" in provider.stdout
