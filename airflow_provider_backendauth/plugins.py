@@ -119,7 +119,8 @@ class ConnectionTestPortMiddleware:
 
 
 class BackendAuthPlugin(AirflowPlugin):
-    """Registered through provider info (``plugins``); adds the middleware to the API server."""
+    """Registered as the ``airflow.plugins`` entry point ``backendauth`` (provider-info plugins
+    load only with ``lazy_discover_providers = False``); adds the middleware to the API server."""
 
     name = "backendauth"
     fastapi_root_middlewares = [

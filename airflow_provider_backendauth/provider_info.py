@@ -19,7 +19,7 @@ _MODULE = "airflow_provider_backendauth"
 
 # Form sections (FlexibleForm groups fields by schema.section; the rest go under "Extra Fields").
 _TOKEN = "Token request (empty fields use the profile's values)"
-_KEY = "Private key file"
+_KEY = "Key file and passphrase"
 _NETWORK = "Network and TLS"
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
@@ -235,12 +235,6 @@ PROVIDER_INFO: dict[str, Any] = {
     ],
     # `airflow backendauth ...` (Airflow 3.2+ reads this key; 3.1 ignores it).
     "cli": [f"{_MODULE}.cli.airflow_commands.get_cli_commands"],
-    "plugins": [
-        {
-            "name": "backendauth",
-            "plugin-class": f"{_MODULE}.plugins.BackendAuthPlugin",
-        }
-    ],
     "connection-types": [
         {
             "connection-type": "backendauth",

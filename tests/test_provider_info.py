@@ -103,16 +103,16 @@ def test_description_survives_airflows_cleanup():
     assert _remove_rst_syntax(description) == description.rstrip(".")
 
 
-def test_the_plugin_is_registered_and_importable():
-    import importlib
-
+def test_the_plugin_is_registered_as_an_entry_point():
+    """Airflow loads entry-point plugins always, provider-info plugins only when providers are
+    discovered eagerly (lazy_discover_providers = False, not the default)."""
     from airflow.plugins_manager import AirflowPlugin
 
-    (plugin,) = get_provider_info()["plugins"]
-    module, _, name = plugin["plugin-class"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    assert issubclass(cls, AirflowPlugin) and cls.name == plugin["name"]
+    (ep,) = [ep for ep in entry_points(group="airflow.plugins") if ep.name == "backendauth"]
+    cls = ep.load()
+    assert issubclass(cls, AirflowPlugin) and cls.name == "backendauth"
     assert cls.fastapi_root_middlewares[0]["middleware"].__name__ == "ConnectionTestPortMiddleware"
+    assert "plugins" not in get_provider_info()  # it would be registered twice
 
 
 def test_secret_extras_are_masked_by_name():
