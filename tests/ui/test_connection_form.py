@@ -109,10 +109,10 @@ class ApiServer:
         # between our probe and its bind makes it exit, so try again with another port.
         for _attempt in range(3):
             port = _free_port()
+            command = [sys.executable, "-m", "airflow", "api-server", "-H", "127.0.0.1"]
             with self.log.open("ab") as log:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "airflow", "api-server", "-H", "127.0.0.1"]
-                    + ["-p", str(port), "-w", "1"],
+                    [*command, "-p", str(port), "-w", "1"],
                     env=self.env,
                     # Not the checkout: its *.egg-info would register our entry points twice.
                     cwd=self.home,
@@ -236,9 +236,9 @@ def _test_button_result(page: Any, conn_id: str) -> tuple[str, str]:
     """Press the row's Test button and return (toast title, toast message)."""
     row = page.get_by_role("row").filter(has_text=conn_id)
     row.get_by_role("button", name="Test Connection").click()
-    toast = page.locator("[data-scope=toast][data-part=root]").filter(
-        has_text="Test Connection"
-    ).last
+    toast = (
+        page.locator("[data-scope=toast][data-part=root]").filter(has_text="Test Connection").last
+    )
     toast.wait_for()
     title = toast.locator("[data-part=title]").inner_text()
     message = toast.locator("[data-part=description]").inner_text()
