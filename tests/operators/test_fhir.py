@@ -322,7 +322,7 @@ def test_missing_host_is_a_configuration_error(
     monkeypatch.setenv(
         "AIRFLOW_CONN_NO_HOST",
         connection_json(
-            host=None, login=client_id, password=key.private_pem, token_url=sb.token_url
+            host=None, login=client_id, password=key.private_pem, auth_url=sb.token_url
         ),
     )
     with pytest.raises(Exception, match="no host"):
