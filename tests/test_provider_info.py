@@ -96,7 +96,10 @@ def test_description_survives_airflows_cleanup():
     """The Providers page and `airflow providers get` show the description through Airflow's
     _remove_rst_syntax, which deletes every ` _ < >: "RFC 7523 private_key_jwt" came out as
     "privatekeyjwt". The description must come through that unchanged."""
-    from airflow.api_fastapi.core_api.services.public.providers import _remove_rst_syntax
+    try:
+        from airflow.api_fastapi.core_api.services.public.providers import _remove_rst_syntax
+    except ImportError:
+        from airflow.cli.commands.provider_command import _remove_rst_syntax
 
     description = get_provider_info()["description"]
     assert "RFC 7523 private-key JWT" in description
