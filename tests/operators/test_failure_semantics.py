@@ -55,7 +55,7 @@ def test_plain_http_to_a_remote_host_fails_for_good(monkeypatch: pytest.MonkeyPa
             host="http://fhir.example.org/R4",
             login="c",
             password=generate_client_key("EC-P384").private_pem,
-            extra={"profile": "custom", "token_url": "http://fhir.example.org/token"},
+            extra={"profile": "custom", "auth_url": "http://fhir.example.org/token"},
         ),
     )
     with fails_for_good(ConfigurationError, "http"):

@@ -51,7 +51,7 @@ def connect(
                     "password": client_key.private_pem,
                     "extra": {
                         "profile": "custom",
-                        "token_url": f"{good.url}/token",
+                        "auth_url": f"{good.url}/token",
                         "scope": "system/*.rs",
                         "retries": 0,
                         **extra,

@@ -187,7 +187,7 @@ def test_non_object_extras_are_a_clear_configuration_error(extra: object) -> Non
                 "scope",
                 "extra_claims",
                 "verify_ssl",
-                "token_reuse",
+                "reuse_policy",
                 "assertion_lifetime",
                 "profile",
                 "nope",

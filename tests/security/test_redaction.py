@@ -95,7 +95,7 @@ def test_invalid_client_error_does_not_print_a_jwt_client_id(good, client_key, m
                 "host": f"{good.url}/fhir",
                 "login": jwt_like,
                 "password": client_key.private_pem,
-                "extra": {"profile": "custom", "token_url": f"{good.url}/token", "retries": 0},
+                "extra": {"profile": "custom", "auth_url": f"{good.url}/token", "retries": 0},
             }
         ),
     )
