@@ -111,6 +111,9 @@ def _route(sandbox: Sandbox, request: Request) -> Response:
     if path == "/faults/clear" and method == "POST":
         sandbox.faults.clear()
         return json_response(200, {"cleared": True})
+    if path.startswith("/faults/") and path.endswith("/release") and method == "POST":
+        released = sandbox.faults.release(path[len("/faults/") : -len("/release")])
+        return json_response(200 if released else 404, {"released": released})
     if path.startswith("/faults/") and method == "DELETE":
         removed = sandbox.faults.remove(path[len("/faults/") :])
         return json_response(200 if removed else 404, {"removed": removed})

@@ -8,10 +8,11 @@ answer with a status of its own (OAuth JSON, OperationOutcome, plain text or emp
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .httpd import Request, Response
@@ -53,10 +54,13 @@ class FaultRule:
     delay: float = 0.0
     drop: bool = False
     drop_after_bytes: int | None = None
+    hold_after_bytes: int | None = None
     expire_tokens: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     id: str = ""
     hits: int = 0
+    # Set by ``Faults.release`` (or removing/clearing the rule): held responses go on.
+    released: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -71,6 +75,8 @@ class FaultRule:
             raise ValueError("status must be an HTTP status code")
         if self.drop_after_bytes is not None and self.drop_after_bytes < 0:
             raise ValueError("drop_after_bytes must be >= 0")
+        if self.hold_after_bytes is not None and self.hold_after_bytes < 0:
+            raise ValueError("hold_after_bytes must be >= 0")
         if self.retry_after is not None and self.status is None:
             raise ValueError("retry_after needs a status (e.g. 429 or 503)")
 
@@ -86,7 +92,7 @@ class FaultRule:
         return request.path.startswith(self.path)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.compare}
 
     def error_response(self, request: Request) -> Response:
         """The canned answer for a rule with a ``status``."""
@@ -137,6 +143,7 @@ class Faults:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rules: list[FaultRule] = []
+        self._holding: dict[str, FaultRule] = {}  # hold rules, also once used up
 
     def add(self, path: str = "/", **params: Any) -> FaultRule:
         """Add a rule; see ``FaultRule`` for the parameters. ``count`` is an alias of ``times``.
@@ -148,16 +155,33 @@ class Faults:
             sb.faults.add("/fhir/_bulk/files", drop_after_bytes=1000)   # cut a download
             sb.faults.add("/fhir", delay=2.0, times=None)               # always slow
             sb.faults.add("/fhir", status=401, body_kind="text", body="Access Denied")
+            rule = sb.faults.add("/fhir/_bulk/files", hold_after_bytes=1000)  # stall a
+            sb.faults.release(rule)                                     # download, go on
         """
         if "count" in params:
             params["times"] = params.pop("count")
         rule = FaultRule(path=path, **params)
         with self._lock:
             self._rules.append(rule)
+            if rule.hold_after_bytes is not None:
+                self._holding[rule.id] = rule
         return rule
+
+    def release(self, rule: FaultRule | str) -> bool:
+        """Let the responses a ``hold_after_bytes`` rule stalled go on (and stop the rule)."""
+        rule_id = rule if isinstance(rule, str) else rule.id
+        with self._lock:
+            held = self._holding.pop(rule_id, None)
+            if held is None:
+                return False
+            self._rules = [r for r in self._rules if r.id != rule_id]
+        held.released.set()
+        return True
 
     def remove(self, rule: FaultRule | str) -> bool:
         rule_id = rule if isinstance(rule, str) else rule.id
+        if self.release(rule_id):
+            return True
         with self._lock:
             before = len(self._rules)
             self._rules = [r for r in self._rules if r.id != rule_id]
@@ -166,6 +190,9 @@ class Faults:
     def clear(self) -> None:
         with self._lock:
             self._rules = []
+            held, self._holding = list(self._holding.values()), {}
+        for rule in held:
+            rule.released.set()
 
     @property
     def rules(self) -> list[FaultRule]:

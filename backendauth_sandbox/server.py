@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -311,6 +312,8 @@ class Sandbox:
             response = route(request, kind)
             if rule.drop_after_bytes is not None:
                 response.truncate_after = rule.drop_after_bytes
+            if rule.hold_after_bytes is not None and response.status < 300:
+                _hold_body(response, rule, self._stop_event, self._stats)
         for name, value in rule.headers.items():
             response.header(name, value)
         return response
@@ -350,3 +353,66 @@ class Sandbox:
         if request.path == "/auth/.well-known/openid-configuration":
             return json_response(200, openid_configuration(self.token_url, self.issuer))
         return json_response(404, {"error": "not found"})
+
+
+def _body_parts(
+    file_path: str | None, offset: int, length: int | None, stream: Any, body: bytes
+) -> Iterator[bytes]:
+    if file_path is not None:
+        remaining = length
+        with open(file_path, "rb") as handle:
+            handle.seek(offset)
+            while remaining is None or remaining > 0:
+                part = handle.read(65536 if remaining is None else min(65536, remaining))
+                if not part:
+                    return
+                if remaining is not None:
+                    remaining -= len(part)
+                yield part
+    elif stream is not None:
+        yield from stream
+    else:
+        yield body
+
+
+def _hold_body(response: Response, rule: Any, stop: threading.Event, stats: Stats) -> None:
+    """Send the first ``rule.hold_after_bytes`` bytes of the body, then stall until the rule
+    is released (or the sandbox stops): a download caught mid-file, for as long as a test
+    needs (e.g. to kill the process downloading it), with no timing involved."""
+    if response.file_path is not None:
+        length = response.file_length
+        if length is None:
+            length = os.path.getsize(response.file_path) - response.file_offset
+        response.content_length = length
+    elif response.stream is None:
+        response.content_length = len(response.body)
+    parts = _body_parts(
+        response.file_path,
+        response.file_offset,
+        response.content_length,
+        response.stream,
+        response.body,
+    )
+    limit = int(rule.hold_after_bytes)
+
+    def held() -> Iterator[bytes]:
+        sent = 0
+        holding = False
+        for part in parts:
+            if not holding and sent + len(part) >= limit:
+                head, part = part[: limit - sent], part[limit - sent :]
+                if head:
+                    yield head
+                sent = limit
+                holding = True
+                stats.incr("responses_held")
+                while not rule.released.wait(0.05) and not stop.is_set():
+                    pass
+                stats.incr("responses_released")
+            if part:
+                sent += len(part)
+                yield part
+
+    response.stream = held()
+    response.file_path = None
+    response.body = b""

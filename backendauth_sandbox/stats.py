@@ -83,6 +83,8 @@ class Stats:
                 "token_failures_by_error": dict(self._token_fail_by_error),
                 "token_failure_reasons": list(self._token_fail_reasons),
                 "faults_applied": c["faults_applied"],
+                "responses_held": c["responses_held"],
+                "responses_released": c["responses_released"],
                 "fhir_searches": c["fhir_searches"],
                 "fhir_reads": c["fhir_reads"],
                 "bulk_kickoffs": c["bulk_kickoffs"],

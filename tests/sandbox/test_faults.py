@@ -102,6 +102,23 @@ def test_drop_mid_body(sb: Sandbox) -> None:
     assert get(sb).status_code == 200
 
 
+def test_hold_after_bytes_stalls_until_released(sb: Sandbox) -> None:
+    full = get(sb).content
+    rule = sb.faults.add(DISCOVERY, hold_after_bytes=20)
+    with requests.get(sb.url + DISCOVERY, stream=True, timeout=10) as held:
+        assert held.raw.read(20) == full[:20]  # the first bytes arrive...
+        deadline = time.monotonic() + 10
+        while sb.stats.get("responses_held", 0) < 1:  # ...then the server holds the rest
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert requests.get(sb.url + DISCOVERY, timeout=10).content == full  # once only
+        released = requests.post(sb.url + f"/_sandbox/faults/{rule.id}/release", timeout=10)
+        assert released.json() == {"released": True}
+        assert held.raw.read() == full[20:]
+    assert sb.stats["responses_released"] == 1
+    assert not sb.faults.release(rule)
+
+
 def test_extra_headers(sb: Sandbox) -> None:
     sb.faults.add(DISCOVERY, headers={"X-Injected": "yes"})
     assert get(sb).headers["X-Injected"] == "yes"
