@@ -50,6 +50,7 @@ test: lint typecheck $(VENV)/.installed $(VENV_OLDEST)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/s3.py
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VENV_OLDEST) .demo .stack .mypy_cache .ruff_cache .pytest_cache

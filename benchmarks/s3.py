@@ -1,0 +1,251 @@
+"""Bulk download into S3 against uploading the same files from local disk: ``make bench``.
+
+    .venv/bin/python benchmarks/s3.py            # 200 MB export, 5 repetitions
+    .venv/bin/python benchmarks/s3.py --quick    # 20 MB, 3 repetitions
+
+An S3 endpoint (moto's server, its own process) and the sandbox (its own process) on
+127.0.0.1. The export's files are downloaded once to local disk; then, each repetition in a
+rotating order:
+
+- ``BulkDownloader`` -> ``ObjectStoragePath("s3://aws_default@bucket/...")``: fetch from the
+  sandbox and stream into S3 (what the export operator does);
+- ``boto3`` ``upload_file`` of the local copies (s3transfer: threads, multipart), N at once;
+- ``s3fs`` ``put`` of the local copies.
+
+The baselines only upload (their download is already done), so "vs baseline" near 1 means
+streaming into S3 costs nothing over an upload alone. Also counted from the server's request
+log: S3 requests per exported file, and the bytes copied server-side per exported byte
+(``CopyObject``/``UploadPartCopy``; the goal, and what the commit path now does, is 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests.support.s3 (the request-logging moto server)
+_HOME = tempfile.mkdtemp(prefix="bench-s3-airflow-")
+os.environ.setdefault("AIRFLOW_HOME", _HOME)
+
+import requests  # noqa: E402
+from download_child import StaticToken  # noqa: E402
+from servers import MB, sandbox  # noqa: E402
+
+from airflow_provider_backendauth.core.bulk.client import BulkExportClient  # noqa: E402
+from airflow_provider_backendauth.core.bulk.download import BulkDownloader, plan_files  # noqa: E402
+from airflow_provider_backendauth.core.bulk.http import BulkHttp  # noqa: E402
+from airflow_provider_backendauth.core.bulk.request import BulkExportRequest  # noqa: E402
+
+MOTO_CHILD = """
+import sys, json
+sys.path.insert(0, sys.argv[1])
+from tests.support.s3 import S3Server
+import threading, http.server
+
+server = S3Server()
+server.start()
+print(json.dumps({"endpoint": server.endpoint_url}), flush=True)
+# The request log, on demand: one line in, one JSON line out.
+for line in sys.stdin:
+    if line.strip() == "log":
+        print(json.dumps([r.__dict__ for r in server.requests]), flush=True)
+    elif line.strip() == "reset":
+        server.reset()
+        print("[]", flush=True)
+"""
+
+
+class Moto:
+    """moto's S3 in a child process (its CPU is not ours), with its request log."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", MOTO_CHILD, str(HERE.parent)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.endpoint = json.loads(self.process.stdout.readline())["endpoint"]
+
+    def _ask(self, what: str) -> Any:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(what + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def log(self) -> list[dict[str, Any]]:
+        return list(self._ask("log"))
+
+    def reset(self) -> None:
+        self._ask("reset")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def boto3_client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20 MB, 3 repetitions")
+    parser.add_argument("--mb", type=float, help="export size in MB (default 200; --quick 20)")
+    parser.add_argument("--files", type=int, default=8, help="files per export")
+    parser.add_argument("--parallel", type=int, default=4, help="files at a time")
+    parser.add_argument("--repeat", type=int, help="repetitions (default 5; --quick 3)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    size_mb = args.mb or (20 if args.quick else 200)
+    repeat = args.repeat or (3 if args.quick else 5)
+
+    moto = Moto()
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
+        {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": moto.endpoint, "region_name": "us-east-1"},
+        }
+    )
+    from airflow.sdk import ObjectStoragePath
+
+    s3 = boto3_client(moto.endpoint)
+    bucket = f"bench-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    try:
+        with sandbox(100) as sb:
+            resources = 100 * 9  # about 9 resources per sandbox patient
+            sb.control(
+                "POST",
+                "settings",
+                {
+                    "bulk_resource_padding_bytes": max(0, int(size_mb * MB / resources) - 400),
+                    "bulk_lines_per_file": max(1, int(resources / args.files)),
+                },
+            )
+            http = BulkHttp(requests.Session, StaticToken(sb.token()), [sb.url], timeout=120)
+            client = BulkExportClient(
+                http, sb.fhir_base, poll_interval_min=0.2, poll_interval_max=1
+            )
+            manifest = client.wait(client.kickoff(BulkExportRequest.create("system")))
+            files = plan_files(manifest)
+            local = Path(tempfile.mkdtemp(prefix="bench-s3-local-"))
+            BulkDownloader(http, parallel=args.parallel).download(
+                files, local, requires_access_token=manifest.requires_access_token
+            )
+            paths = sorted(p for p in local.rglob("*.ndjson"))
+            total = sum(p.stat().st_size for p in paths)
+
+            def ours(rep: int) -> None:
+                destination = ObjectStoragePath(f"s3://aws_default@{bucket}/ours-{rep}/")
+                BulkDownloader(http, parallel=args.parallel).download(
+                    files, destination, requires_access_token=manifest.requires_access_token
+                )
+
+            def with_boto3(rep: int) -> None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                def put(path: Path) -> None:
+                    s3.upload_file(str(path), bucket, f"boto3-{rep}/{path.relative_to(local)}")
+
+                with ThreadPoolExecutor(args.parallel) as pool:
+                    list(pool.map(put, paths))
+
+            def with_s3fs(rep: int) -> None:
+                fs = ObjectStoragePath(f"s3://aws_default@{bucket}/").fs
+                fs.put(
+                    [str(p) for p in paths],
+                    [f"{bucket}/s3fs-{rep}/{p.relative_to(local)}" for p in paths],
+                )
+
+            contenders: dict[str, Callable[[int], None]] = {
+                "BulkDownloader -> S3": ours,
+                "boto3 upload_file": with_boto3,
+                "s3fs put": with_s3fs,
+            }
+            names = list(contenders)
+            times: dict[str, list[float]] = {n: [] for n in names}
+            ours(-1)  # warm-up: connections, imports, the sandbox's page cache
+            moto.reset()
+            ours(0)
+            log = moto.log()  # the requests of one measured export into S3
+            for rep in range(1, repeat + 1):
+                order = names[rep % len(names) :] + names[: rep % len(names)]
+                for name in order:
+                    times[name].append(timed(lambda n=name, r=rep: contenders[n](r)))
+            copies = [r for r in log if r["operation"] in ("CopyObject", "UploadPartCopy")]
+            # A copy stores its whole source again: size it by the object it made.
+            copied_bytes = sum(
+                s3.head_object(Bucket=bucket, Key=r["key"])["ContentLength"] for r in copies
+            )
+    finally:
+        moto.stop()
+
+    # Every request of the measured export (the log was reset just before it): the
+    # per-object ones and the bucket-level ones (the listing of leftover uploads per file).
+    ours_keys = {r["key"] for r in log if r["key"].startswith("ours-0/")}
+    ops = Counter(r["operation"] for r in log)
+    copied = len(copies)
+    medians = {n: statistics.median(t) for n, t in times.items()}
+    baseline = min(medians["boto3 upload_file"], medians["s3fs put"])
+    figures = {
+        "export_mb": round(total / MB, 1),
+        "files": len(paths),
+        "parallel": args.parallel,
+        "repeat": repeat,
+        "median_s": {n: round(v, 3) for n, v in medians.items()},
+        "mb_per_s": {n: round(total / MB / v, 1) for n, v in medians.items()},
+        "ours_vs_fastest_upload": round(baseline / medians["BulkDownloader -> S3"], 2),
+        "s3_requests_per_file": round(sum(ops.values()) / max(1, len(ours_keys)), 2),
+        "s3_operations": dict(ops),
+        "copy_requests": copied,
+        "server_side_bytes_copied_per_exported_byte": round(copied_bytes / max(1, total), 3),
+    }
+    print(f"\nS3 (moto server) on 127.0.0.1: {figures['export_mb']} MB in {len(paths)} files")
+    print(f"{'contender':24} {'median s':>9} {'MB/s':>8}")
+    for name in names:
+        print(f"{name:24} {medians[name]:9.3f} {figures['mb_per_s'][name]:8.1f}")
+    print(
+        f"download+stream vs fastest upload-only: {figures['ours_vs_fastest_upload']}x speed; "
+        f"{figures['s3_requests_per_file']} S3 requests per file {dict(ops)}; "
+        f"server-side copies: {copied} "
+        f"(bytes copied per exported byte: {figures['server_side_bytes_copied_per_exported_byte']})"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    socket.setdefaulttimeout(120)
+    sys.exit(main())
