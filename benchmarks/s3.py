@@ -188,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
                     [f"{bucket}/s3fs-{rep}/{p.relative_to(local)}" for p in paths],
                 )
 
+            def forget(rep: int) -> None:
+                listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+                keys = [
+                    {"Key": o["Key"]} for o in listed if o["Key"].split("/")[0].endswith(f"-{rep}")
+                ]
+                if keys:
+                    s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+
             contenders: dict[str, Callable[[int], None]] = {
                 "BulkDownloader -> S3": ours,
                 "boto3 upload_file": with_boto3,
@@ -203,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 order = names[rep % len(names) :] + names[: rep % len(names)]
                 for name in order:
                     times[name].append(timed(lambda n=name, r=rep: contenders[n](r)))
+                    forget(rep)  # untimed: moto keeps every object in memory
             copies = [r for r in log if r["operation"] in ("CopyObject", "UploadPartCopy")]
             # A copy stores its whole source again: size it by the object it made.
             copied_bytes = sum(
