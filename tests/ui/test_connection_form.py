@@ -109,7 +109,9 @@ class ApiServer:
         # between our probe and its bind makes it exit, so try again with another port.
         for _attempt in range(3):
             port = _free_port()
-            command = [sys.executable, "-m", "airflow", "api-server", "-H", "127.0.0.1"]
+            # Only the core API and UI: the execution API (workers) is not needed here.
+            command = [sys.executable, "-m", "airflow", "api-server", "--apps", "core"]
+            command += ["-H", "127.0.0.1"]
             with self.log.open("ab") as log:
                 self.process = subprocess.Popen(
                     [*command, "-p", str(port), "-w", "1"],
