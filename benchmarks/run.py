@@ -26,7 +26,9 @@ also writes the table into ``benchmarks/README.md`` with the machine it ran on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -225,7 +227,7 @@ def search_ours(case: Case, folder: Path, parallel: int) -> Sample:
     """``FhirSearch`` as a user runs it: a session whose ``BackendAuth`` attaches the token,
     every page parsed into a ``SearchPage``. ``bytes`` counts the matched resources."""
     session = requests.Session()
-    session.auth = BackendAuth(StaticToken(case.token), [case.origin])  # type: ignore[arg-type]
+    session.auth = BackendAuth(StaticToken(case.token), [case.origin])
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     search = FhirClient(session, case.fhir_base).search(case.search[0], count=case.search[1])
@@ -442,7 +444,12 @@ def machine() -> dict[str, Any]:
             versions[tool] = (out.stdout or out.stderr).splitlines()[0]
         except (OSError, IndexError):
             versions[tool] = "?"
+    inflaters = []
+    for package in ("isal", "zlib-ng"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            inflaters.append(f"{package} {importlib.metadata.version(package)}")
     return {
+        "inflaters": ", ".join(inflaters) or "zlib only",
         "nproc": os.cpu_count(),
         "cpu": model or platform.processor(),
         "python": platform.python_version(),
@@ -516,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     host = machine()
     print(
         f"{host['nproc']} CPUs ({host['cpu']}), Python {host['python']}, {host['curl']}, "
-        f"{host['nginx']}; load average {' '.join(host['loadavg_start'])}",
+        f"{host['nginx']}, installed inflaters: {host['inflaters']}; "
+        f"load average {' '.join(host['loadavg_start'])}",
         flush=True,
     )
     work = Path(tempfile.mkdtemp(prefix="backendauth-bench-"))
@@ -595,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         write_readme(
             f"Last full run: {when}. Machine: {host['nproc']} CPUs ({host['cpu']}), "
             f"Python {host['python']}, Linux {host['kernel']}, {host['curl']}, "
-            f"{host['nginx']}; load average {' '.join(host['loadavg_start'])} at the start, "
+            f"{host['nginx']}, installed inflaters: {host['inflaters']}; load average "
+            f"{' '.join(host['loadavg_start'])} at the start, "
             f"{' '.join(host['loadavg_end'])} at the end. {args.files} files, "
             f"{args.parallel} at a time, {args.repeat} rotating rounds.\n\n{text}"
         )
