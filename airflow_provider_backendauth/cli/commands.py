@@ -217,10 +217,6 @@ def check(args: argparse.Namespace) -> int:
     hook = _hook(_connection_id(args))
     ok, message = hook.test_connection()
     _out(("OK: " if ok else "FAILED: ") + " ".join(message.split()))
-    client = _client_or_none(hook)
-    if client is not None:
-        for line in _effective_settings(client):
-            _out(f"  {line}")
     if ok and args.show_token:
         _out(f"access token: {hook.get_token()}")
     return 0 if ok else 1
@@ -252,24 +248,6 @@ def _hook(conn_id: str) -> Any:
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = stored.as_json()
         hook = BackendAuthHook(conn_id)
     return hook
-
-
-def _client_or_none(hook: Any) -> Any:
-    try:
-        return hook.client
-    except Exception:
-        return None  # test_connection has already said what is wrong
-
-
-def _effective_settings(client: Any) -> list[str]:
-    token_url = (
-        client.settings.token_url or client.profile.token_url or "(discovered from the base URL)"
-    )
-    return [
-        f"profile {client.profile.name}, token URL {token_url}",
-        f"key {client.key.describe()}, alg {client.algorithm}, kid {client.kid or '(none)'}",
-        f"scope {client.scope!r}, token reuse {client.token_reuse}",
-    ]
 
 
 def _connection_id(args: argparse.Namespace) -> str:
