@@ -150,8 +150,13 @@ def test_deadline_gives_a_timeout_event(bulk_env: BulkEnv) -> None:
 
 @pytest.mark.e2e  # slow: waits out real Retry-After values
 def test_http_date_retry_after(bulk_env: BulkEnv) -> None:
+    # Complete on the third poll, whatever the clock says: the poll count is then a fact of
+    # the protocol, not of how fast a loaded machine reached the first poll.
     bulk_env.sb.settings.update(
-        bulk_job_seconds=1.5, bulk_retry_after=1, bulk_retry_after_http_date=True
+        bulk_job_seconds=0,
+        bulk_complete_after_polls=3,
+        bulk_retry_after=1,
+        bulk_retry_after_http_date=True,
     )
     status_url = kickoff(bulk_env)
     started = time.monotonic()
@@ -160,7 +165,7 @@ def test_http_date_retry_after(bulk_env: BulkEnv) -> None:
     polls = bulk_env.sb.stats["bulk_status_polls"]
     # Honouring "Retry-After: <date 1 s ahead>" means about one poll per second, not a flood.
     assert polls <= 1 + (time.monotonic() - started) / 0.5
-    assert polls >= 2
+    assert polls == 3
 
 
 def test_far_future_retry_after_is_a_timeout_event_at_once(bulk_env: BulkEnv) -> None:
@@ -207,10 +212,12 @@ def test_progress_is_logged(
 def test_the_event_loop_is_never_blocked(bulk_env: BulkEnv) -> None:
     """A slow token endpoint and slow status answers must not stall other coroutines."""
     status_url = kickoff(bulk_env)
-    # Each slow answer takes 1 s: a blocking call would stall the loop for about that long,
-    # far beyond the 0.5 s allowed below for scheduling noise on a loaded 2-core CI machine.
-    bulk_env.sb.faults.add("/auth/token", delay=1.0, times=None)
-    bulk_env.sb.faults.add("/fhir/_bulk/jobs", delay=1.0, times=None)
+    # Each slow answer takes 3 s: a blocking call would stall the loop for at least that long,
+    # twice the 1.5 s allowed below for scheduling noise (0.6 s was seen at load average 16
+    # on a 2-core machine). The margin is asymmetric on purpose: noise cannot reach 3 s of
+    # a stall that is not there, and a real stall cannot hide below 1.5 s.
+    bulk_env.sb.faults.add("/auth/token", delay=3.0, times=None)
+    bulk_env.sb.faults.add("/fhir/_bulk/jobs", delay=3.0, times=None)
 
     async def scenario() -> tuple[dict[str, Any], float]:
         gaps: list[float] = []
@@ -239,7 +246,7 @@ def test_the_event_loop_is_never_blocked(bulk_env: BulkEnv) -> None:
     finally:
         gc.enable()
     assert payload["status"] == "complete"
-    assert worst < 0.5, f"the event loop stalled for {worst:.2f} s"
+    assert worst < 1.5, f"the event loop stalled for {worst:.2f} s"
 
 
 def test_on_kill_deletes_the_export(bulk_env: BulkEnv) -> None:
