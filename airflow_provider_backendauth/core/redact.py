@@ -26,7 +26,11 @@ MIN_SECRET_LENGTH = 8
 _RECENT = 64  # current token plus the recent ones (renewals, several connections)
 
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
-_SECRET_WORDS = re.compile(r"(access_token|client_assertion|assertion)\W+[^\s&\"',}]+", re.I)
+# A secret's name followed by a value: ``access_token=...``, ``"assertion": "..."``. The
+# separator must be there, so prose ("rejected the client assertion for client id") is kept.
+_SECRET_WORDS = re.compile(
+    r"(access_token|client_assertion|assertion)[\"']?\s*[=:]\s*[\"']?[^\s&\"',}]+", re.I
+)
 _BEARER = re.compile(r"\b(Bearer)(\s+|%20|\+)[^\s\"',;}\]]+", re.I)
 _URL_QUERY = re.compile(r"(https?://[^\s?#'\"<>]+)\?[^\s'\"<>#]*")
 

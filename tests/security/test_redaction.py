@@ -127,3 +127,15 @@ def test_redact_by_value() -> None:
     )
     err = FhirError("GET x failed: opaque-token-value-1234", diagnostics="opaque-token-value-1234")
     assert "opaque-token-value-1234" not in str(err) + (err.diagnostics or "")
+
+
+def test_prose_about_assertions_is_not_mangled() -> None:
+    """Only a secret's name followed by its value is redacted: an explanation that mentions
+    "the client assertion" stays readable in the Test button and in `backendauth check`."""
+    from airflow_provider_backendauth.core.redact import redact
+
+    prose = "The server rejected the client assertion for client id 'c2'."
+    assert redact(prose) == prose
+    assert redact("access_token=abc123&x=1") == "access_token=[redacted]&x=1"
+    assert "s3cr3t" not in redact('{"access_token": "s3cr3t", "x": 1}')
+    assert "xyz" not in redact("client_assertion: xyz")

@@ -192,6 +192,21 @@ def test_unknown_status_url_is_an_error_event(bulk_env: BulkEnv) -> None:
     assert payload["status_code"] == 404
 
 
+class _RecordingLog:
+    """Stands in for the trigger's structlog logger; keeps each formatted message."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def _keep(self, message: str, *args: Any, **_: Any) -> None:
+        self.lines.append(message % args if args else message)
+
+    def log(self, level: int, message: str, *args: Any, **kwargs: Any) -> None:
+        self._keep(message, *args, **kwargs)
+
+    debug = info = warning = error = exception = _keep
+
+
 def test_progress_is_logged(
     bulk_env: BulkEnv, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -199,11 +214,18 @@ def test_progress_is_logged(
     # 0.5 s job used to finish before the first poll, and no progress was ever seen.
     bulk_env.sb.settings.update(bulk_job_seconds=0, bulk_complete_after_polls=3)
     status_url = kickoff(bulk_env)
+    observed = trigger(status_url)
+    # Record what the trigger logs through its own logger (in a deployment: the triggerer's
+    # log). Reading stdout instead depends on how earlier tests left structlog configured.
+    recorder = _RecordingLog()
+    observed._log = recorder
     with caplog.at_level(logging.INFO):
-        run_trigger(trigger(status_url))
-    # The trigger logs through Airflow's logger (structlog: stdout here, the triggerer's log
-    # in a deployment), the core through the stdlib.
-    logged = capfd.readouterr().out + "\n".join(r.getMessage() for r in caplog.records)
+        run_trigger(observed)
+    logged = (
+        "\n".join(recorder.lines)
+        + capfd.readouterr().out
+        + "\n".join(r.getMessage() for r in caplog.records)
+    )
     assert "Export in progress: in-progress:" in logged
     assert "Bearer" not in logged
     assert_no_token_in(logged, bulk_env.sb, bulk_env.client_id)
