@@ -107,6 +107,9 @@ class FhirSearchOperator(BaseOperator):
             than this many resources (matches plus returned includes) are found.
         backendauth_conn_id: the ``backendauth`` connection (its host is the FHIR base URL).
         retry_args: ``tenacity.Retrying`` arguments replacing the default retry behaviour.
+        max_page_bytes: the largest decoded search page accepted (default 128 MiB; see
+            ``core/fhir/search.py``): raise it for unusually large pages.
+        max_page_entries: the most Bundle entries on one page (default 100,000).
 
     Returns:
         With a destination: a summary ``{"resource_type", "files": [{"path", "records",
@@ -133,6 +136,8 @@ class FhirSearchOperator(BaseOperator):
         max_xcom_resources: int = 1000,
         backendauth_conn_id: str = "backendauth_default",
         retry_args: dict[str, Any] | None = None,
+        max_page_bytes: int | None = None,
+        max_page_entries: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -152,6 +157,8 @@ class FhirSearchOperator(BaseOperator):
         self.max_xcom_resources = max_xcom_resources
         self.backendauth_conn_id = backendauth_conn_id
         self.retry_args = retry_args
+        self.max_page_bytes = max_page_bytes
+        self.max_page_entries = max_page_entries
 
     # -- execution -----------------------------------------------------------------------
 
@@ -190,6 +197,14 @@ class FhirSearchOperator(BaseOperator):
             timeout=hook.client.settings.timeout,
             allowed_origins=hook.allowed_origins,
             retry_args=self.retry_args,
+            **{
+                name: value
+                for name, value in (
+                    ("max_page_bytes", self.max_page_bytes),
+                    ("max_page_entries", self.max_page_entries),
+                )
+                if value is not None
+            },
         )
         return client.search(
             self.resource_type,

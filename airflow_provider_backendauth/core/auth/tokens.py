@@ -18,6 +18,12 @@ from airflow_provider_backendauth.core.errors import (
     InvalidScopeError,
     TokenRequestError,
 )
+from airflow_provider_backendauth.core.limits import (
+    MAX_TOKEN_RESPONSE_BYTES,
+    ResponseTooLargeError,
+    deadline_after,
+    read_body,
+)
 from airflow_provider_backendauth.core.network import describe_network_error
 from airflow_provider_backendauth.core.redact import (
     get_logger,
@@ -151,6 +157,9 @@ class TokenEndpoint:
     def _request_once(self) -> AccessToken:
         self.requests_made += 1
         started = time.time()
+        # 'timeout' bounds the whole exchange, not each socket read (a server dripping a byte
+        # per read would otherwise hold the worker indefinitely).
+        deadline = deadline_after(self.timeout)
         try:
             response = self._session.post(
                 self.token_url,
@@ -158,7 +167,17 @@ class TokenEndpoint:
                 headers={"Accept": "application/json"},
                 timeout=self.timeout,
                 allow_redirects=False,
+                stream=True,
             )
+            read_body(
+                response,
+                max_bytes=MAX_TOKEN_RESPONSE_BYTES,
+                deadline=deadline,
+                what="The token request",
+                setting="(fixed limit: no token answer is this large)",
+            )
+        except ResponseTooLargeError as exc:
+            raise TokenRequestError(str(exc), status_code=exc.status_code) from None
         except requests.exceptions.SSLError as exc:
             raise TokenRequestError(
                 f"Could not reach the token URL {self.token_url}: "

@@ -11,7 +11,7 @@ Failures raise ``FhirError`` quoting the server's OperationOutcome diagnostics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,11 @@ import requests
 
 from airflow_provider_backendauth.core.errors import FhirError
 from airflow_provider_backendauth.core.fhir.outcome import check_response
+from airflow_provider_backendauth.core.limits import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    deadline_after,
+    read_body,
+)
 from airflow_provider_backendauth.core.redact import get_logger, short_error
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 from airflow_provider_backendauth.core.urls import display_url, resolve_endpoint
@@ -59,6 +64,9 @@ class _Call:
     parse_json: bool
     safe: bool
     target: str
+    max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    max_bytes_setting: str = "max_response_bytes"
+    loads: Callable[[bytes], Any] | None = None
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -80,6 +88,8 @@ class RestClient:
             provider's ``retry_args``); ``stop``, ``wait`` or ``retry`` replace ours.
         retry_unsafe_methods: also retry POST/PATCH after 5xx and connection errors (only
             when the API is known to be idempotent for them, e.g. FHIR ``_search``).
+        max_response_bytes: the largest decoded answer body read (``core/limits.py``); the
+            connection's ``timeout`` bounds each call as a whole.
     """
 
     def __init__(
@@ -91,7 +101,9 @@ class RestClient:
         timeout: float = 30.0,
         retry_args: Mapping[str, Any] | None = None,
         retry_unsafe_methods: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
+        self.max_response_bytes = max_response_bytes
         self.session = session
         self.base_url = base_url.rstrip("/") if base_url else None
         self.retry = retry or RetryPolicy()
@@ -132,7 +144,14 @@ class RestClient:
         return self._send(method, endpoint, check=check, what=what, parse_json=False, **kwargs)[1]
 
     def get_json(
-        self, endpoint: str, *, what: str | None = None, **kwargs: Any
+        self,
+        endpoint: str,
+        *,
+        what: str | None = None,
+        max_bytes: int | None = None,
+        max_bytes_setting: str = "max_response_bytes",
+        loads: Callable[[bytes], Any] | None = None,
+        **kwargs: Any,
     ) -> tuple[Any, requests.Response]:
         """GET a JSON document; a 2xx answer whose body is not valid JSON (e.g. cut off by a
         dropped connection) is retried like a 5xx.
@@ -141,7 +160,13 @@ class RestClient:
             ``(parsed body, response)``.
         """
         body, response = self._send(
-            "GET", endpoint, check=True, what=what, parse_json=True, **kwargs
+            "GET",
+            endpoint,
+            check=True,
+            what=what,
+            parse_json=True,
+            limits=(max_bytes or self.max_response_bytes, max_bytes_setting, loads),
+            **kwargs,
         )
         return body, response
 
@@ -188,7 +213,21 @@ class RestClient:
         return retrying
 
     def _attempt(self, call: _Call) -> tuple[Any, requests.Response]:
-        response = self.session.request(call.method, call.url, **call.kwargs)
+        kwargs = call.kwargs
+        streamed_by_caller = bool(kwargs.get("stream"))
+        # 'timeout' bounds the whole answer (not each socket read); the decoded body is
+        # bounded in size (a gzip bomb ends in a clear error, not a MemoryError).
+        timeout = kwargs.get("timeout")
+        deadline = deadline_after(timeout if isinstance(timeout, (int, float)) else None)
+        response = self.session.request(call.method, call.url, **{**kwargs, "stream": True})
+        if not streamed_by_caller:
+            read_body(
+                response,
+                max_bytes=call.max_bytes,
+                deadline=deadline,
+                what=call.target,
+                setting=call.max_bytes_setting,
+            )
         status = response.status_code
         if status in RETRYABLE_STATUS and (call.safe or status in _NOT_PROCESSED_STATUS):
             response.content  # noqa: B018 - read the body so the connection can be reused
@@ -196,6 +235,8 @@ class RestClient:
         if not call.parse_json or not response.ok:
             return None, response
         try:
+            if call.loads is not None:
+                return call.loads(response.content), response
             return response.json(), response
         except ValueError:
             raise TransientResponseError(response, "a body that is not valid JSON") from None
@@ -208,6 +249,7 @@ class RestClient:
         check: bool,
         what: str | None,
         parse_json: bool,
+        limits: tuple[int, str, Callable[[bytes], Any] | None] | None = None,
         **kwargs: Any,
     ) -> tuple[Any, requests.Response]:
         method = method.upper()
@@ -215,7 +257,8 @@ class RestClient:
         target = what or f"{method} {url}"
         kwargs.setdefault("timeout", self.timeout)
         safe = method in IDEMPOTENT_METHODS or self.retry_unsafe_methods
-        call = _Call(method, url, kwargs, parse_json, safe, target)
+        max_bytes, setting, loads = limits or (self.max_response_bytes, "max_response_bytes", None)
+        call = _Call(method, url, kwargs, parse_json, safe, target, max_bytes, setting, loads)
         try:
             body, response = self._retrying(safe)(self._attempt, call)
         except TransientResponseError as exc:

@@ -12,9 +12,10 @@ server's data unauthenticated.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -24,9 +25,10 @@ import requests
 from airflow_provider_backendauth.core.errors import ConfigurationError, FhirError
 from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
 from airflow_provider_backendauth.core.fhir.rest import RestClient
+from airflow_provider_backendauth.core.limits import ResponseTooLargeError
 from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.retry import RetryPolicy
-from airflow_provider_backendauth.core.urls import join_url, origin_of
+from airflow_provider_backendauth.core.urls import display_url, join_url, origin_of
 
 log = get_logger(__name__)
 
@@ -34,6 +36,10 @@ log = get_logger(__name__)
 SearchParams = Mapping[str, Any] | Sequence[tuple[str, Any]]
 
 FHIR_JSON = "application/fhir+json"
+#: Generous: a page of 1,000 large resources is a few MB. Raise with ``max_page_bytes``.
+DEFAULT_MAX_PAGE_BYTES = 128 * 1024 * 1024
+#: A 1e6-entry Bundle took 656 MB; servers cap _count far below this.
+DEFAULT_MAX_PAGE_ENTRIES = 100_000
 #: Seconds between two progress lines of one search (at INFO; DEBUG logs every page).
 PROGRESS_LOG_SECONDS = 10.0
 
@@ -100,6 +106,31 @@ def resolve_link(link: str, *, base_url: str, current_url: str) -> str:
     return join_url(base_url, link)
 
 
+def _bundle_loader(max_entries: int, what: str, url: str) -> Callable[[bytes], Any]:
+    """``json.loads`` that stops once more than ``max_entries`` Bundle entries (objects with a
+    ``resource``) were decoded: memory stays bounded by the limit, not by the page."""
+
+    def loads(data: bytes) -> Any:
+        count = 0
+
+        def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            nonlocal count
+            obj = dict(pairs)
+            if "resource" in obj:
+                count += 1
+                if count > max_entries:
+                    raise ResponseTooLargeError(
+                        f"{what}: the page from {display_url(url)} holds more than "
+                        f"{max_entries} Bundle entries. If that is legitimate, raise "
+                        "'max_page_entries' (or ask for smaller pages with 'count')."
+                    )
+            return obj
+
+        return json.loads(data, object_pairs_hook=hook)
+
+    return loads
+
+
 def _split_entries(
     bundle: Mapping[str, Any],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -148,7 +179,9 @@ class FhirSearch:
         max_pages: int | None,
         max_resources: int | None,
         allowed_origins: frozenset[str],
+        limits: tuple[int, int] = (DEFAULT_MAX_PAGE_BYTES, DEFAULT_MAX_PAGE_ENTRIES),
     ) -> None:
+        self.max_page_bytes, self.max_page_entries = limits
         self._rest = rest
         self.base_url = base_url
         self.resource_type = resource_type
@@ -255,7 +288,13 @@ class FhirSearch:
     def _fetch(self, url: str, params: list[tuple[str, str]] | None, *, number: int) -> SearchPage:
         what = f"{self.resource_type} search (page {number})"
         body, response = self._rest.get_json(
-            url, params=params, headers={"Accept": FHIR_JSON}, what=what
+            url,
+            params=params,
+            headers={"Accept": FHIR_JSON},
+            what=what,
+            max_bytes=self.max_page_bytes,
+            max_bytes_setting="max_page_bytes",
+            loads=_bundle_loader(self.max_page_entries, what, url),
         )
         if not isinstance(body, Mapping) or body.get("resourceType") != "Bundle":
             kind = body.get("resourceType") if isinstance(body, Mapping) else type(body).__name__
@@ -303,6 +342,10 @@ class FhirClient:
         allowed_origins: origins a ``next`` link may point to; default: those the session's
             ``BackendAuth`` sends the token to, or else the base URL's origin.
         retry_args: ``tenacity`` arguments overriding the policy (see ``RestClient``).
+        max_page_bytes: the largest decoded search page read (a gzip bomb or a runaway page
+            ends in a clear ``ResponseTooLargeError``, not a ``MemoryError``).
+        max_page_entries: the most Bundle entries one page may hold (counted while parsing,
+            so memory stays bounded by it).
     """
 
     def __init__(
@@ -314,7 +357,11 @@ class FhirClient:
         timeout: float = 30.0,
         allowed_origins: Iterable[str] | None = None,
         retry_args: Mapping[str, Any] | None = None,
+        max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
+        max_page_entries: int = DEFAULT_MAX_PAGE_ENTRIES,
     ) -> None:
+        self.max_page_bytes = max_page_bytes
+        self.max_page_entries = max_page_entries
         if not base_url:
             raise ConfigurationError("A FHIR base URL is needed (the connection's host).")
         self.base_url = base_url.rstrip("/")
@@ -370,6 +417,7 @@ class FhirClient:
             max_pages=max_pages,
             max_resources=max_resources,
             allowed_origins=self.allowed_origins,
+            limits=(self.max_page_bytes, self.max_page_entries),
         )
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:

@@ -1,0 +1,102 @@
+"""Bounded reading of API answers: a size limit on the decoded body and a total deadline.
+
+``requests``' ``timeout`` bounds each socket read, not the answer: a server dripping one byte
+per second never trips ``timeout=2``. And ``response.content`` decodes a gzip body whole: a
+1 MB bomb becomes gigabytes in memory. ``read_body`` reads the (decoded) body in small steps,
+each a single socket read (urllib3 ``read1``, whose decoder output per call is bounded), and
+stops with a clear error when the body grows past ``max_bytes`` or the deadline passes.
+
+Token answers (``MAX_TOKEN_RESPONSE_BYTES``), REST/FHIR answers (``RestClient``'s
+``max_response_bytes``) and FHIR search pages (``max_page_bytes``) are read through it. Bulk
+file downloads have their own streaming limits (``core/bulk/download.py``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+from airflow_provider_backendauth.core.errors import FhirError
+from airflow_provider_backendauth.core.urls import display_url
+
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024
+_READ_SIZE = 64 * 1024
+
+
+class ResponseTooLargeError(FhirError):
+    """An answer's decoded body exceeded its size limit (a decompression bomb, or a page far
+    larger than expected). Retrying gets the same answer: raise the named setting instead."""
+
+    @property
+    def retry_cannot_help(self) -> bool:
+        return True
+
+
+class DeadlineExceededError(requests.Timeout):
+    """The whole answer did not arrive within the deadline (a ``requests.Timeout``, so retry
+    logic treats it like any other timeout)."""
+
+
+def read_body(
+    response: requests.Response,
+    *,
+    max_bytes: int,
+    deadline: float | None,
+    what: str,
+    setting: str,
+) -> bytes:
+    """Read ``response``'s decoded body (opened with ``stream=True``) within the limits, and
+    store it so ``response.content``/``.json()`` work as usual.
+
+    Args:
+        response: a streamed response.
+        max_bytes: the largest decoded body accepted.
+        deadline: a ``time.monotonic()`` by which the body must be complete, or None.
+        what: names the call in errors ("Patient search (page 2)").
+        setting: the setting that raises ``max_bytes``, named in the error.
+
+    Raises:
+        ResponseTooLargeError: the decoded body passed ``max_bytes``.
+        DeadlineExceededError: the deadline passed before the body was complete.
+    """
+    raw = response.raw
+    reader = getattr(raw, "read1", None)
+    body = bytearray()
+    try:
+        while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceededError(
+                    f"{what}: {display_url(response.url)} did not send its whole answer within "
+                    "the deadline (the connection's 'timeout' bounds each request as a whole)."
+                )
+            if reader is not None:
+                chunk = reader(_READ_SIZE, decode_content=True)
+            else:  # not urllib3 (a test double): plain reads
+                chunk = raw.read(_READ_SIZE, decode_content=True)
+            if not chunk:
+                break
+            body += chunk
+            if len(body) > max_bytes:
+                raise ResponseTooLargeError(
+                    f"{what}: the answer from {display_url(response.url)} is larger than "
+                    f"{max_bytes} bytes (decoded). If that is legitimate, raise '{setting}'; a "
+                    "much smaller compressed body means a decompression bomb.",
+                    status_code=response.status_code,
+                )
+    except BaseException:
+        response.close()
+        raise
+    content = bytes(body)
+    response._content = content
+    response._content_consumed = True  # type: ignore[attr-defined]
+    release = getattr(raw, "release_conn", None)
+    if release is not None:
+        release()
+    return content
+
+
+def deadline_after(seconds: float | None) -> float | None:
+    """A ``time.monotonic()`` deadline ``seconds`` from now (None: no deadline)."""
+    return None if seconds is None else time.monotonic() + float(seconds)
