@@ -14,6 +14,7 @@ file downloads have their own streaming limits (``core/bulk/download.py``).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import requests
 
@@ -71,10 +72,7 @@ def read_body(
                     f"{what}: {display_url(response.url)} did not send its whole answer within "
                     "the deadline (the connection's 'timeout' bounds each request as a whole)."
                 )
-            if reader is not None:
-                chunk = reader(_READ_SIZE, decode_content=True)
-            else:  # not urllib3 (a test double): plain reads
-                chunk = raw.read(_READ_SIZE, decode_content=True)
+            chunk = _read(reader or raw.read)
             if not chunk:
                 break
             body += chunk
@@ -95,6 +93,24 @@ def read_body(
     if release is not None:
         release()
     return content
+
+
+def _read(read: Any) -> bytes:
+    """One read, with urllib3's exceptions turned into the ones requests raises for them
+    (what the retry logic knows)."""
+    from urllib3 import exceptions as u3
+
+    try:
+        chunk: bytes = read(_READ_SIZE, decode_content=True)
+    except u3.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except u3.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
+    except u3.ReadTimeoutError as exc:
+        raise requests.exceptions.ConnectionError(exc) from exc
+    except u3.SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+    return chunk
 
 
 def deadline_after(seconds: float | None) -> float | None:
