@@ -148,9 +148,11 @@ class BackendAuthHook(BaseHook):
             f"granted scope {token.scope or 'not stated'!r}). Used: "
             f"{_effective_values(client, with_token_url=False)}"
         )
-        if not client.base_url or client.profile.name in ("mydatahelps",):
+        if not client.base_url or client.profile.probe_path is None:
             return True, message + "."
-        metadata = f"{client.base_url}/metadata"
+        from airflow_provider_backendauth.core.urls import resolve_endpoint
+
+        metadata = resolve_endpoint(client.base_url, client.profile.probe_path)
         session = client.new_session()
         try:
             response = session.get(metadata, timeout=client.settings.timeout)

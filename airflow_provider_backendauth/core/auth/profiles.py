@@ -38,6 +38,8 @@ class Profile:
         token_reuse: ``cache`` until expiry, or ``per_request`` (a new token per API call).
         certificate_header: send ``x5t#S256``/``x5t`` from the key's certificate.
         discovery_path: where to discover the token endpoint relative to the base URL.
+        probe_path: what a connection test GETs (relative to the base URL) to see the API
+            accept the token; None when the API has nothing cheap and harmless to read.
         notes: troubleshooting lines shown when the vendor rejects a token request.
         register_key: what to do with a new public key for this vendor (``backendauth
             keygen`` prints these; the guides in docs/vendors/ expand on them).
@@ -61,6 +63,7 @@ class Profile:
     token_reuse: TokenReuse = "cache"
     certificate_header: CertificateHeader | None = None
     discovery_path: str = ".well-known/smart-configuration"
+    probe_path: str | None = "metadata"  # FHIR's CapabilityStatement
     notes: tuple[str, ...] = field(default_factory=tuple)
     register_key: tuple[str, ...] = field(default_factory=tuple)
 
@@ -109,6 +112,7 @@ _PROFILES: tuple[Profile, ...] = (
         kid_from_thumbprint=False,
         lifetime=200,
         scope="api",
+        probe_path=None,  # a REST API, no FHIR CapabilityStatement
         notes=(
             "the client id is the full service account name, e.g. MyDataHelps.1234.test",
             "the private key must match the public key registered for the service account",
