@@ -73,3 +73,20 @@ def fails_fast(method: _F) -> _F:
             raise failure from exc
 
     return cast(_F, wrapper)
+
+
+def storage_path(destination: Any) -> Any:
+    """The path object for an operator's ``destination``/``state_dir``: URLs become
+    ``ObjectStoragePath`` (so Airflow connections apply: ``s3://aws_default@bucket/...``),
+    plain paths ``pathlib.Path``; path objects (ObjectStoragePath, UPath, pathlib) pass
+    through untouched. The one place operators turn what a DAG author wrote into a path."""
+    if not isinstance(destination, str):
+        return destination
+    text = destination.strip()
+    if "://" in text:
+        from airflow.sdk import ObjectStoragePath
+
+        return ObjectStoragePath(text)
+    import pathlib
+
+    return pathlib.Path(text).expanduser()

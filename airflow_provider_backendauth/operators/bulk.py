@@ -29,7 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth._compat import BaseOperator, conf
 from airflow_provider_backendauth.core.errors import ConfigurationError
-from airflow_provider_backendauth.operators._common import as_task_failure, fails_fast
+from airflow_provider_backendauth.operators._common import (
+    as_task_failure,
+    fails_fast,
+    storage_path,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -49,17 +53,6 @@ def _seconds(value: timedelta | float | int | None) -> float | None:
     if isinstance(value, timedelta):
         return value.total_seconds()
     return float(value)
-
-
-def _as_storage_path(value: str | ObjectStoragePath) -> ObjectStoragePath:
-    from airflow.sdk import ObjectStoragePath
-
-    if isinstance(value, ObjectStoragePath):
-        return value
-    text = str(value).strip()
-    if "://" not in text:
-        text = "file://" + text  # a plain local path
-    return ObjectStoragePath(text)
 
 
 def _fails_for_good(context: Context, exc: BaseException, retries: int | None) -> bool:
@@ -132,8 +125,8 @@ class _BulkBase(BaseOperator):
             if downloader_options is not None
             else None
         )
-        destination = _as_storage_path(self.destination)
-        state_root = _as_storage_path(self.state_dir) if self.state_dir else destination
+        destination = storage_path(self.destination)
+        state_root = storage_path(self.state_dir) if self.state_dir else destination
         self._job = BulkExportJob(
             client=client,
             store=BulkStateStore(state_root),

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth._compat import BaseOperator
 from airflow_provider_backendauth.core.errors import ConfigurationError
-from airflow_provider_backendauth.operators._common import fails_fast
+from airflow_provider_backendauth.operators._common import fails_fast, storage_path
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -57,21 +57,6 @@ def empty_last_updated(params: Sequence[tuple[str, str]]) -> str | None:
         "a manual run or a plain cron schedule): use a data-interval timetable such as "
         "CronDataIntervalTimetable, or pass the bounds as params."
     )
-
-
-def _as_storage_path(destination: Any) -> Any:
-    """A path object for a destination: URLs become ``ObjectStoragePath`` (so Airflow
-    connections apply: ``s3://aws_default@bucket/...``), plain paths ``pathlib.Path``."""
-    if not isinstance(destination, str):
-        return destination  # already a path object (ObjectStoragePath, UPath, pathlib.Path)
-    text = destination
-    if "://" in text:
-        from airflow.sdk import ObjectStoragePath
-
-        return ObjectStoragePath(text)
-    import pathlib
-
-    return pathlib.Path(text).expanduser()
 
 
 class FhirSearchOperator(BaseOperator):
@@ -220,7 +205,7 @@ class FhirSearchOperator(BaseOperator):
     def _to_files(self, search: FhirSearch) -> dict[str, Any]:
         from airflow_provider_backendauth.core.storage import NdjsonFileSet
 
-        target = _as_storage_path(self.destination)
+        target = storage_path(self.destination)
         rt = search.resource_type
         if target.name.endswith(".ndjson"):
             directory, main = target.parent, target.name
