@@ -16,7 +16,8 @@ from typing import Any
 import requests
 
 from airflow_provider_backendauth.core.auth.tokens import AccessToken
-from airflow_provider_backendauth.core.bulk.download import BulkDownloader, plan_files
+from airflow_provider_backendauth.core.bulk.download import BulkDownloader
+from airflow_provider_backendauth.core.bulk.files import plan_files
 from airflow_provider_backendauth.core.bulk.http import BulkHttp
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 

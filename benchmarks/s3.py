@@ -45,7 +45,8 @@ from download_child import StaticToken  # noqa: E402
 from servers import MB, sandbox  # noqa: E402
 
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient  # noqa: E402
-from airflow_provider_backendauth.core.bulk.download import BulkDownloader, plan_files  # noqa: E402
+from airflow_provider_backendauth.core.bulk.download import BulkDownloader  # noqa: E402
+from airflow_provider_backendauth.core.bulk.files import plan_files  # noqa: E402
 from airflow_provider_backendauth.core.bulk.http import BulkHttp  # noqa: E402
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest  # noqa: E402
 

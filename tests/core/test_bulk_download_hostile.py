@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from airflow_provider_backendauth.core.bulk.download import BulkDownloader, ExportFile
+from airflow_provider_backendauth.core.bulk.download import BulkDownloader
+from airflow_provider_backendauth.core.bulk.files import ExportFile
 from airflow_provider_backendauth.core.bulk.http import BulkHttp
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.retry import RetryPolicy

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_backendauth.core.bulk.download import (
-    AdaptiveLimit,
+from airflow_provider_backendauth.core.bulk.download import AdaptiveLimit
+from airflow_provider_backendauth.core.bulk.files import (
     ErrorReport,
     FileResult,
     plan_files,
-    safe_type_name,
     scan_error_files,
     summarize,
 )
@@ -46,6 +45,7 @@ from airflow_provider_backendauth.core.bulk.state import (
     job_key,
 )
 from airflow_provider_backendauth.core.errors import BulkExportError, ConfigurationError
+from airflow_provider_backendauth.core.names import safe_type_name
 from airflow_provider_backendauth.core.urls import redirect_target
 
 

@@ -27,8 +27,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
-from airflow_provider_backendauth.core.bulk.download import (
-    BulkDownloader,
+from airflow_provider_backendauth.core.bulk.download import BulkDownloader
+from airflow_provider_backendauth.core.bulk.files import (
     ExportFile,
     FileResult,
     plan_files,

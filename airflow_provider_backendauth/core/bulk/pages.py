@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from airflow_provider_backendauth.core.bulk.download import ExportFile, plan_files
+from airflow_provider_backendauth.core.bulk.files import ExportFile, plan_files
 from airflow_provider_backendauth.core.bulk.manifest import FILE_KINDS, BulkManifest, ManifestEntry
 
 
