@@ -311,7 +311,7 @@ class BackendAuthClient:
         The token cache is looked up on first use, not now: that may need discovery (the
         network), which the triggerer must do in a thread.
         """
-        return BearerPolicy(_LazyTokens(self), self.allowed_origins, **options)
+        return BearerPolicy(self.lazy_tokens(), self.allowed_origins, **options)
 
     def fresh_token(self) -> AccessToken:
         """A newly requested token, bypassing the cache (the Test button checks the exchange
@@ -322,6 +322,11 @@ class BackendAuthClient:
         """A requests ``AuthBase`` for the configured origins (see ``BackendAuth``)."""
         return BackendAuth(None, policy=self.bearer_policy())
 
+    def lazy_tokens(self) -> LazyTokens:
+        """This client's token cache, looked up on first use (it may need discovery, i.e.
+        the network, which building an HTTP helper should not)."""
+        return LazyTokens(self)
+
     def new_session(self) -> requests.Session:
         """A ``requests.Session`` that authenticates to the base URL's origin."""
         session = self.new_plain_session()
@@ -329,7 +334,7 @@ class BackendAuthClient:
         return session
 
 
-class _LazyTokens:
+class LazyTokens:
     """``client.tokens``, resolved when a token is first needed."""
 
     def __init__(self, client: BackendAuthClient) -> None:

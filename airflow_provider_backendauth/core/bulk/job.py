@@ -61,7 +61,6 @@ from airflow_provider_backendauth.core.urls import origin_of
 
 if TYPE_CHECKING:
     from airflow_provider_backendauth.core.auth.client import BackendAuthClient
-    from airflow_provider_backendauth.core.auth.tokens import AccessToken
 
 log = get_logger(__name__)
 
@@ -441,26 +440,12 @@ class BulkExportJob:
             log.warning("Could not record the cancelled export in %s", self.store, exc_info=True)
 
 
-class _ClientTokens:
-    """The client's token cache, looked up on first use (it may need discovery, i.e. the
-    network, which building a ``BulkHttp`` should not)."""
-
-    def __init__(self, auth_client: BackendAuthClient) -> None:
-        self._client = auth_client
-
-    def get(self) -> AccessToken:
-        return self._client.tokens.get()
-
-    def invalidate(self, value: str | None = None) -> None:
-        self._client.tokens.invalidate(value)
-
-
 def bulk_http_for(auth_client: BackendAuthClient, *, timeout: float | None = None) -> BulkHttp:
     """A ``BulkHttp`` for a ``BackendAuthClient``: its token cache, its allowed origins (the
     base URL's and the connection's ``allowed_hosts``) and its TLS settings."""
     return BulkHttp(
         auth_client.new_plain_session,
-        _ClientTokens(auth_client),
+        auth_client.lazy_tokens(),
         auth_client.allowed_origins,
         timeout=timeout or auth_client.settings.timeout,
     )
