@@ -227,6 +227,7 @@ def test_nightly_dag_under_a_real_scheduler_and_triggerer(fhir: BulkEnv, tmp_pat
         created = airflow.request("POST", f"dags/{dag_id}/dagRuns", json={"logical_date": None})
         assert created.status_code == 200, created.text
         seen_states: set[str] = set()
+        export_tries: dict[str, int] = {}
         while True:
             assert time.monotonic() < deadline, f"runs did not finish:\n{airflow.log_tail()}"
             runs = airflow.request("GET", f"dags/{dag_id}/dagRuns").json()["dag_runs"]
@@ -235,6 +236,9 @@ def test_nightly_dag_under_a_real_scheduler_and_triggerer(fhir: BulkEnv, tmp_pat
                     "GET", f"dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances"
                 ).json()["task_instances"]
                 seen_states |= {ti["state"] for ti in tis if ti["task_id"] == "export"}
+                for ti in tis:
+                    if ti["task_id"] == "export":
+                        export_tries[run["dag_run_id"]] = int(ti.get("try_number") or 1)
             if "deferred" in seen_states:
                 fhir.sb.faults.remove(hold)  # let the exports complete
             # Unpausing may add a scheduled run besides ours: wait for all of them.
@@ -258,5 +262,10 @@ def test_nightly_dag_under_a_real_scheduler_and_triggerer(fhir: BulkEnv, tmp_pat
         later = next(f for f in folders if f not in full)
         assert "_since=" in json.loads((later / "manifest.json").read_text())["request"]
     stats = fhir.sb.stats
-    assert stats["bulk_kickoffs"] == len(runs)
-    assert stats["bulk_cancels"] == len(runs)
+    # One kick-off per run. Only when Airflow itself ran an export task again (a worker it
+    # lost on an overloaded machine, a success it could not record) may a later try start
+    # one more export: never more kick-offs than tries, and every export is cleaned up.
+    assert len(runs) <= stats["bulk_kickoffs"] <= sum(export_tries.values()), export_tries
+    if all(tries == 1 for tries in export_tries.values()):
+        assert stats["bulk_kickoffs"] == len(runs)
+    assert stats["bulk_cancels"] == stats["bulk_kickoffs"]
