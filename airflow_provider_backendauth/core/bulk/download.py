@@ -42,7 +42,7 @@ from airflow_provider_backendauth.core.bulk.protocol import error_details
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.redact import get_logger, redact, short_error
 from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
-from airflow_provider_backendauth.core.storage import AtomicFile, StoragePath, discard_leftovers
+from airflow_provider_backendauth.core.storage import AtomicFile, Leftovers, StoragePath
 
 log = get_logger(__name__)
 
@@ -355,10 +355,13 @@ class BulkDownloader:
             log.info("%d of %d files are already complete; skipping them", len(results), len(files))
         if todo:
             abort = threading.Event()
+            # One listing per folder for the whole run (not one per file: thousands of files
+            # would make it quadratic).
+            leftovers = Leftovers()
 
             def run(file: ExportFile) -> FileResult:
                 result = self._download_with_retries(
-                    file, destination, requires_access_token, abort
+                    file, destination, requires_access_token, abort, leftovers
                 )
                 if on_done is not None:
                     on_done(file, result)
@@ -385,7 +388,7 @@ class BulkDownloader:
     ) -> FileResult:
         """Download a single file (with retries): what a mapped download task does."""
         return self._download_with_retries(
-            file, destination, requires_access_token, threading.Event()
+            file, destination, requires_access_token, threading.Event(), None
         )
 
     def _stopped(self, abort: threading.Event) -> bool:
@@ -397,9 +400,13 @@ class BulkDownloader:
         destination: StoragePath,
         requires_access_token: bool,
         abort: threading.Event,
+        leftovers: Leftovers | None,
     ) -> FileResult:
         partial = _PartialFile(destination / file.name, skip_headers=file.organized)
-        leftover = discard_leftovers(partial.target)
+        # A whole run shares one listing per folder; a single file lists only its own.
+        if leftovers is None:
+            leftovers = Leftovers(only=partial.target.name)
+        leftover = leftovers.discard(partial.target)
         if leftover:
             # A killed earlier try's upload cannot be continued: its data cannot be read
             # back to count lines (S3 parts are unreadable before completion).

@@ -1,0 +1,55 @@
+"""Leftover multipart uploads on a real S3 endpoint (moto server): a bulk download run lists
+them once for its destination, not once per file (thousands of files made that quadratic),
+and aborts only its own files' uploads."""
+
+from __future__ import annotations
+
+from tests.bulkkit import CONN_ID, FAST_POLL, BulkEnv, task_context
+from tests.s3.conftest import Bucket
+
+pytest_plugins = ("tests.bulk_fixtures",)
+
+
+def export_patients(bucket: Bucket, folder: str) -> int:
+    """Export the sandbox's Patients to ``folder`` on S3; returns how many files."""
+    from airflow_provider_backendauth.operators.bulk import FhirBulkExportOperator
+
+    summary = FhirBulkExportOperator(
+        task_id="export",
+        backendauth_conn_id=CONN_ID,
+        types="Patient",
+        destination=bucket.url(folder),
+        state_dir=bucket.url(f"{folder}-state"),
+        deferrable=False,
+        **FAST_POLL,
+    ).execute(task_context())
+    return int(summary["files"])
+
+
+def test_one_listing_per_run_whatever_the_number_of_files(
+    bulk_env: BulkEnv, bucket: Bucket
+) -> None:
+    listings = {}
+    for lines_per_file in (10, 1):  # 2 files, then 20
+        bulk_env.sb.settings.update(bulk_lines_per_file=lines_per_file)
+        bucket.server.reset()
+        assert export_patients(bucket, f"bulk-{lines_per_file}") == 20 // lines_per_file
+        listings[lines_per_file] = bucket.server.operations(bucket.name)["ListMultipartUploads"]
+    assert listings == {10: 1, 1: 1}  # it was one per file: 2 and 20
+
+
+def test_only_the_runs_own_uploads_are_aborted(bulk_env: BulkEnv, bucket: Bucket) -> None:
+    bulk_env.sb.settings.update(bulk_lines_per_file=5)
+    s3 = bucket.server.client()
+    killed = ["out/Patient.001.ndjson", "out/Patient.001.ndjson", "out/Patient.003.ndjson"]
+    # Another writer's uploads: another key in the folder, one that only starts alike, and
+    # the same name one folder deeper.
+    others = ["out/Other.ndjson", "out/Patient.001.ndjson.bak", "out/sub/Patient.001.ndjson"]
+    for key in killed + others:
+        s3.create_multipart_upload(Bucket=bucket.name, Key=key)
+    bucket.server.reset()
+    assert export_patients(bucket, "out") == 4
+    assert sorted(bucket.server.incomplete_uploads(bucket.name)) == sorted(others)
+    assert bucket.server.operations(bucket.name)["ListMultipartUploads"] == 1
+    aborted = [r.key for r in bucket.server.requests if r.operation == "AbortMultipartUpload"]
+    assert sorted(aborted) == sorted(killed)
