@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -90,3 +92,19 @@ def test_the_checks_see_a_violation(tmp_path: pathlib.Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from airflow.sdk import BaseHook\n    import airflow\n")
     assert [m for _, m, _ in imports(probe)] == ["airflow.sdk", "airflow"]
+
+
+def test_the_download_path_imports_no_key_machinery() -> None:
+    """A process that only downloads export files (a mapped download task, the benchmark's
+    fresh process) pays for every module it imports at start-up: cryptography alone cost
+    about 70 ms of a 0.2 s start. Signing lives behind the token client, not the downloader."""
+    code = (
+        "import sys; "
+        "import airflow_provider_backendauth.core.bulk.download, "
+        "airflow_provider_backendauth.core.bulk.http, "
+        "airflow_provider_backendauth.core.auth.tokens; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('cryptography', 'jwt') "
+        "or m == 'airflow_provider_backendauth.core.auth.keys'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

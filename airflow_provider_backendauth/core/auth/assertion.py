@@ -11,7 +11,6 @@ from typing import Any
 from airflow_provider_backendauth.core.auth.keys import SigningKey, check_algorithm
 from airflow_provider_backendauth.core.errors import ConfigurationError
 
-CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "jti"})
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import requests
 
-from airflow_provider_backendauth.core.auth.assertion import CLIENT_ASSERTION_TYPE
 from airflow_provider_backendauth.core.errors import (
     InvalidClientError,
     InvalidScopeError,
@@ -48,6 +47,11 @@ _INVALID_CLIENT_CHECKS = (
     "the audience (aud) equals what the server expects (usually its token URL)",
     "this machine's clock is correct (assertions are valid for minutes only)",
 )
+
+# The token request form (RFC 7523 section 2.2); the assertion itself is built in assertion.py.
+# Kept here, not there, so that what only sends tokens (downloads, REST) does not import the
+# key machinery and cryptography with it.
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 @dataclass(frozen=True)
