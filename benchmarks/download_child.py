@@ -3,6 +3,7 @@ manifest's files and exits. ``run.py`` times this whole process (start-up and im
 included) and reads its CPU time from ``wait4``; this prints what only the child knows.
 
     python benchmarks/download_child.py --manifest M --dest DIR --token=T --origin URL
+    python benchmarks/download_child.py --imports-only   # start-up and imports alone
 """
 
 from __future__ import annotations
@@ -57,11 +58,16 @@ def vmhwm_kb() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--imports-only", action="store_true", help="exit after the imports")
     for name in ("--manifest", "--dest", "--token", "--origin"):
-        parser.add_argument(name, required=True)
+        parser.add_argument(name)
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--object-storage", action="store_true")
     args = parser.parse_args()
+    if args.imports_only:
+        return
+    if None in (args.manifest, args.dest, args.token, args.origin):
+        parser.error("--manifest, --dest, --token and --origin are required")
     manifest = BulkManifest.from_json(json.loads(Path(args.manifest).read_text()))
     destination: Any = Path(args.dest)
     if args.object_storage:

@@ -51,6 +51,7 @@ from servers import MB, FileSet, Nginx, SandboxProcess, fhir_like_block, make_fi
 
 from airflow_provider_backendauth.core.auth.bearer import BackendAuth
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
+from airflow_provider_backendauth.core.bulk.decode import newline_counter
 from airflow_provider_backendauth.core.bulk.http import BulkHttp
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
@@ -122,6 +123,31 @@ def size_of(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+# The fresh process runs with compiled bytecode, as a pip-installed package has it (pip
+# compiles on install; an Airflow image ships its .pyc files). This machine sets
+# PYTHONDONTWRITEBYTECODE and installs the project editable, so without a cache of its own
+# every child would recompile everything it imports (about 0.35 s more per process). The cache
+# lives in the run's work directory and is filled by the warm-up round.
+CHILD_ENV: dict[str, str] = {}
+
+
+def child_env(work: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    return env
+
+
+def startup_ms(repeat: int) -> float:
+    """Median milliseconds for a fresh child to start and import what it needs, then exit:
+    the fixed cost the fresh-process rows include."""
+    times = []
+    for _ in range(repeat + 1):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(CHILD), "--imports-only"], env=CHILD_ENV, check=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:]) * 1000  # the first one compiled the bytecode
+
+
 def ours_fresh(case: Case, folder: Path, parallel: int) -> Sample:
     command = [
         sys.executable, str(CHILD), "--manifest", str(case.manifest_file), "--dest",
@@ -129,7 +155,7 @@ def ours_fresh(case: Case, folder: Path, parallel: int) -> Sample:
         "--parallel", str(parallel),
     ]  # fmt: skip
     started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=CHILD_ENV or None)
     assert child.stdout is not None
     output = child.stdout.read()
     # wait4, not wait(): the child's own CPU time and nothing else's.
@@ -448,8 +474,12 @@ def machine() -> dict[str, Any]:
     for package in ("isal", "zlib-ng"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             inflaters.append(f"{package} {importlib.metadata.version(package)}")
+    counter = newline_counter()[0]
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        counter += f" {importlib.metadata.version(counter)}"
     return {
         "inflaters": ", ".join(inflaters) or "zlib only",
+        "counter": counter,
         "nproc": os.cpu_count(),
         "cpu": model or platform.processor(),
         "python": platform.python_version(),
@@ -495,6 +525,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--search-counts", default="100", help="page sizes, comma-separated")
     parser.add_argument("--skip-nginx", action="store_true")
     parser.add_argument("--json", type=Path, help="also write every sample here")
+    parser.add_argument("--note", help="what else ran on the machine, for the README's figures")
     parser.add_argument(
         "--readme",
         action=argparse.BooleanOptionalAction,
@@ -523,12 +554,19 @@ def main(argv: list[str] | None = None) -> int:
     host = machine()
     print(
         f"{host['nproc']} CPUs ({host['cpu']}), Python {host['python']}, {host['curl']}, "
-        f"{host['nginx']}, installed inflaters: {host['inflaters']}; "
-        f"load average {' '.join(host['loadavg_start'])}",
+        f"{host['nginx']}, installed inflaters: {host['inflaters']}, newline counter: "
+        f"{host['counter']}; load average {' '.join(host['loadavg_start'])}",
         flush=True,
     )
     work = Path(tempfile.mkdtemp(prefix="backendauth-bench-"))
     work.chmod(0o755)  # nginx's workers run as another user when started as root
+    CHILD_ENV.update(child_env(work))
+    host["startup_ms"] = startup_ms(args.repeat)
+    print(
+        f"a fresh process's start-up and imports (bytecode compiled): "
+        f"{host['startup_ms']:.0f} ms (median)",
+        flush=True,
+    )
     rows: list[Row] = []
     raw: list[dict[str, Any]] = []
     warm = True
@@ -600,13 +638,16 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"machine": host, "cases": raw}, indent=1))
     if args.readme:
         when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        note = f" ({args.note})" if args.note else ""
         write_readme(
             f"Last full run: {when}. Machine: {host['nproc']} CPUs ({host['cpu']}), "
             f"Python {host['python']}, Linux {host['kernel']}, {host['curl']}, "
-            f"{host['nginx']}, installed inflaters: {host['inflaters']}; load average "
-            f"{' '.join(host['loadavg_start'])} at the start, "
-            f"{' '.join(host['loadavg_end'])} at the end. {args.files} files, "
-            f"{args.parallel} at a time, {args.repeat} rotating rounds.\n\n{text}"
+            f"{host['nginx']}, installed inflaters: {host['inflaters']}, newline counter: "
+            f"{host['counter']}; load average {' '.join(host['loadavg_start'])} at the start, "
+            f"{' '.join(host['loadavg_end'])} at the end{note}. {args.files} files, "
+            f"{args.parallel} at a time, {args.repeat} rotating rounds. A fresh process's "
+            f"start-up and imports (bytecode compiled, as installed): "
+            f"{host['startup_ms']:.0f} ms, included in its rows.\n\n{text}"
         )
         print(f"(written to {README.relative_to(HERE.parent)})")
     return 0
