@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from airflow_provider_backendauth.core.auth.tokens import AccessToken
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader
 from airflow_provider_backendauth.core.bulk.files import plan_files
 from airflow_provider_backendauth.core.bulk.http import BulkHttp
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
+from airflow_provider_backendauth.core.sessions import plain_session
 
 
 class StaticToken:
@@ -40,7 +39,8 @@ def download(
     manifest: BulkManifest, destination: Any, token: str, origin: str, parallel: int
 ) -> tuple[int, int]:
     """Download every output file; returns (decoded bytes, lines)."""
-    http = BulkHttp(requests.Session, StaticToken(token), [origin], timeout=120)
+    # The sessions a connection makes (BackendAuthClient.new_plain_session), minus the key.
+    http = BulkHttp(plain_session, StaticToken(token), [origin], timeout=120)
     downloader = BulkDownloader(http, parallel=parallel)
     results = downloader.download(
         plan_files(manifest), destination, requires_access_token=manifest.requires_access_token

@@ -56,6 +56,7 @@ from airflow_provider_backendauth.core.bulk.http import BulkHttp
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.fhir.search import FHIR_JSON, FhirClient
+from airflow_provider_backendauth.core.sessions import plain_session
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "download_child.py"
@@ -252,7 +253,7 @@ def curl_parallel(case: Case, folder: Path, parallel: int) -> Sample:
 def search_ours(case: Case, folder: Path, parallel: int) -> Sample:
     """``FhirSearch`` as a user runs it: a session whose ``BackendAuth`` attaches the token,
     every page parsed into a ``SearchPage``. ``bytes`` counts the matched resources."""
-    session = requests.Session()
+    session = plain_session()  # what BackendAuthClient.new_session() starts from
     session.auth = BackendAuth(StaticToken(case.token), [case.origin])
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()

@@ -214,7 +214,7 @@ class BulkExportTrigger(BaseTrigger):
         bundle into an SSL context is slow, blocking work)."""
         import httpx
 
-        from airflow_provider_backendauth.core.auth.settings import USER_AGENT
+        from airflow_provider_backendauth.core.sessions import USER_AGENT
 
         settings = client.settings
         return await asyncio.to_thread(

@@ -25,7 +25,7 @@ from airflow_provider_backendauth.core.auth.keys import (
     load_signing_key_file,
 )
 from airflow_provider_backendauth.core.auth.profiles import Profile, get_profile
-from airflow_provider_backendauth.core.auth.settings import USER_AGENT, ClientSettings
+from airflow_provider_backendauth.core.auth.settings import ClientSettings
 from airflow_provider_backendauth.core.auth.tokens import AccessToken, TokenCache, TokenEndpoint
 from airflow_provider_backendauth.core.errors import (
     ConfigurationError,
@@ -34,6 +34,7 @@ from airflow_provider_backendauth.core.errors import (
 )
 from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.retry import RetryPolicy
+from airflow_provider_backendauth.core.sessions import plain_session
 from airflow_provider_backendauth.core.urls import check_url, origin_of
 
 log = get_logger(__name__)
@@ -176,10 +177,7 @@ class BackendAuthClient:
     def new_plain_session(self) -> requests.Session:
         """A ``requests.Session`` with the connection's TLS settings and our User-Agent, and
         no auth (for the token endpoint, discovery and storage URLs)."""
-        session = requests.Session()
-        session.verify = self.settings.tls_verify
-        session.headers["User-Agent"] = USER_AGENT
-        return session
+        return plain_session(self.settings.tls_verify)
 
     # -- network -----------------------------------------------------------------------
 

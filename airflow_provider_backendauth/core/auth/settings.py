@@ -15,9 +15,6 @@ from typing import Any
 
 from airflow_provider_backendauth.core.errors import ConfigurationError
 
-# Sent on every request (token, FHIR, bulk; sync and async), so server logs can tell us apart.
-USER_AGENT = "airflow-provider-backendauth"
-
 # Airflow's secret masker hides every extra whose name contains a sensitive word ("token",
 # "private_key", "secret", ...: airflow's DEFAULT_SENSITIVE_FIELDS) in the UI, the REST API and
 # logs. So only secrets may carry such words: "private_key_passphrase" is masked on purpose;

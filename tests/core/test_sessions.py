@@ -1,0 +1,175 @@
+"""``ClientSession`` reads the proxy environment once per origin, yet routes every request as
+requests itself would: through a real forward proxy on loopback when ``HTTP_PROXY`` says so,
+direct when ``NO_PROXY`` or a changed environment says so."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from airflow_provider_backendauth.core import sessions
+from airflow_provider_backendauth.core.sessions import USER_AGENT, ClientSession, plain_session
+
+PROXY_VARIABLES = [
+    name
+    for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    for name in (base, base.upper())
+] + ["REQUEST_METHOD", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"]
+
+
+class _Answer(BaseHTTPRequestHandler):
+    """Says who answered: the proxy gets absolute URIs (``GET http://host/path``)."""
+
+    name = "server"
+    seen: list[str]
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.seen.append(self.path)
+        body = self.name.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(name: str) -> tuple[ThreadingHTTPServer, list[str]]:
+    seen: list[str] = []
+    handler = type(f"{name}Handler", (_Answer,), {"name": name, "seen": seen})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+@pytest.fixture
+def servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str, list[str]]]:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    target, _ = _serve("server")
+    proxy, proxied = _serve("proxy")
+    try:
+        yield (
+            f"http://127.0.0.1:{target.server_address[1]}/data",
+            f"http://127.0.0.1:{proxy.server_address[1]}",
+            proxied,
+        )
+    finally:
+        for server in (target, proxy):
+            server.shutdown()
+            server.server_close()
+
+
+def test_requests_follow_the_environment_as_it_changes(
+    servers: tuple[str, str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, proxy, proxied = servers
+    ours, theirs = plain_session(), requests.Session()
+
+    def answers() -> tuple[str, str]:
+        return ours.get(url, timeout=10).text, theirs.get(url, timeout=10).text
+
+    assert answers() == ("server", "server")
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    assert answers() == ("proxy", "proxy")
+    assert proxied == [url, url]  # the proxy was asked for the target's absolute URI
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert answers() == ("server", "server")
+    monkeypatch.delenv("NO_PROXY")
+    assert answers() == ("proxy", "proxy")
+    monkeypatch.setenv("REQUEST_METHOD", "GET")  # a CGI process: HTTP_PROXY is not trusted
+    assert answers() == ("server", "server")
+    monkeypatch.delenv("REQUEST_METHOD")
+    monkeypatch.delenv("HTTP_PROXY")
+    assert answers() == ("server", "server")
+    # Per-request proxies and trust_env = False are requests' own paths.
+    assert ours.get(url, proxies={"http": proxy}, timeout=10).text == "proxy"
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    ours.trust_env = False
+    assert ours.get(url, timeout=10).text == "server"
+
+
+def test_the_environment_is_read_once_per_origin(
+    servers: tuple[str, str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, proxy, _ = servers
+    reads = {"n": 0}
+    original = urllib.request.getproxies_environment
+
+    def counted() -> dict[str, str]:
+        reads["n"] += 1
+        return original()
+
+    monkeypatch.setattr(urllib.request, "getproxies_environment", counted)
+    monkeypatch.setattr(requests.utils, "getproxies", counted)  # what requests calls on Linux
+
+    def reads_for(session: requests.Session) -> int:
+        reads["n"] = 0
+        for _ in range(20):
+            session.get(url, timeout=10)
+        return reads["n"]
+
+    assert reads_for(requests.Session()) >= 20  # requests: at least once per request
+    assert reads_for(plain_session()) <= 2  # ours: once for the origin
+    other = url.replace("/data", "/other?x=1")
+    session = plain_session()
+    session.get(url, timeout=10)
+    reads["n"] = 0
+    session.get(other, timeout=10)  # same origin, other path and query: no new read
+    assert reads["n"] == 0
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {},
+        {"HTTPS_PROXY": "http://proxy.example:3128"},
+        {"https_proxy": "http://a:3128", "no_proxy": "fhir.example"},
+        {"ALL_PROXY": "socks5://p:1080", "NO_PROXY": "*"},
+        {"REQUESTS_CA_BUNDLE": "/etc/ssl/bundle.pem"},
+        {"CURL_CA_BUNDLE": "/etc/ssl/curl.pem"},
+    ],
+)
+@pytest.mark.parametrize(
+    "url", ["https://fhir.example/R4/Patient", "https://other.example:8443/x", "http://h/"]
+)
+def test_the_settings_are_requests_own(
+    environment: dict[str, str], url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    ours = ClientSession()
+    ours.merge_environment_settings(url, {}, None, None, None)  # fill the cache first
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    for verify in (None, True, False, "/custom.pem"):
+        for _ in range(2):  # a miss, then a hit
+            got = ours.merge_environment_settings(url, {}, None, verify, None)
+            expected = requests.Session().merge_environment_settings(url, {}, None, verify, None)
+            assert got == expected
+    got["proxies"]["https"] = "http://changed"  # what requests does with it stays local
+    assert ours.merge_environment_settings(url, {}, None, None, None) == (
+        requests.Session().merge_environment_settings(url, {}, None, None, None)
+    )
+
+
+def test_the_cache_stays_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    session = ClientSession()
+    for index in range(sessions._CACHE_SIZE * 3):
+        session.merge_environment_settings(f"https://h{index}.example/", {}, None, None, None)
+    assert len(session._environment) <= sessions._CACHE_SIZE
+
+
+def test_plain_session_sets_tls_and_user_agent() -> None:
+    session = plain_session("/ca.pem")
+    assert (session.verify, session.headers["User-Agent"], session.auth) == (
+        "/ca.pem",
+        USER_AGENT,
+        None,
+    )
