@@ -28,7 +28,7 @@ class _Answer(BaseHTTPRequestHandler):
     name = "server"
     seen: list[str]
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self.seen.append(self.path)
         body = self.name.encode()
         self.send_response(200)
@@ -98,7 +98,7 @@ def test_requests_follow_the_environment_as_it_changes(
 def test_the_environment_is_read_once_per_origin(
     servers: tuple[str, str, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url, proxy, _ = servers
+    url, _, _ = servers
     reads = {"n": 0}
     original = urllib.request.getproxies_environment
 
