@@ -51,10 +51,10 @@ from servers import MB, FileSet, Nginx, SandboxProcess, fhir_like_block, make_fi
 
 from airflow_provider_backendauth.core.auth.bearer import BackendAuth
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
-from airflow_provider_backendauth.core.bulk.decode import newline_counter
 from airflow_provider_backendauth.core.bulk.http import BulkHttp
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
+from airflow_provider_backendauth.core.counting import byte_counter
 from airflow_provider_backendauth.core.fhir.search import FHIR_JSON, FhirClient
 from airflow_provider_backendauth.core.sessions import plain_session
 
@@ -475,7 +475,7 @@ def machine() -> dict[str, Any]:
     for package in ("isal", "zlib-ng"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             inflaters.append(f"{package} {importlib.metadata.version(package)}")
-    counter = newline_counter()[0]
+    counter = byte_counter()[0]
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         counter += f" {importlib.metadata.version(counter)}"
     return {

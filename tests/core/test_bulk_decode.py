@@ -9,8 +9,6 @@ import zlib
 from collections.abc import Iterable
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from airflow_provider_backendauth.core.bulk.decode import (
     BodyDecoder,
@@ -18,10 +16,9 @@ from airflow_provider_backendauth.core.bulk.decode import (
     DecodeLimitError,
     DecodeLimits,
     LineTally,
-    counter_names,
     inflater_names,
-    newline_counter,
 )
+from airflow_provider_backendauth.core.counting import byte_counter, counter_names
 
 INFLATERS = inflater_names()
 COUNTERS = counter_names()
@@ -224,47 +221,11 @@ def test_the_environment_may_name_the_inflater(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(module, "_auto_choice", None)
 
 
-def test_the_fast_counter_is_installed_where_the_fast_extra_is() -> None:
-    # CI installs the [fast] extra: were StringZilla missing, every test would use the
-    # fallback and nothing would test the counter users of [fast] get.
-    assert COUNTERS == ["stringzilla", "bytes"]
-
-
-@pytest.mark.parametrize("name", COUNTERS)
-@settings(max_examples=300, deadline=None)
-@given(
-    data=st.binary(max_size=3000)
-    | st.lists(st.sampled_from([b"\n", b"x", b"{}", b"\r\n"])).map(b"".join),
-    cut=st.integers(min_value=0, max_value=3100),
-    kind=st.sampled_from(["bytes", "bytearray"]),
-)
-def test_every_counter_counts_like_bytes_count(name: str, data: bytes, cut: int, kind: str) -> None:
-    end = min(cut, len(data))
-    buffer = data if kind == "bytes" else bytearray(data)
-    _, count = newline_counter(name)
-    assert count(buffer, end) == data.count(b"\n", 0, end)
-
-
 @pytest.mark.parametrize("name", COUNTERS)
 @pytest.mark.parametrize("size", [1, 7, 4096])
 def test_a_tally_with_each_counter(name: str, size: int) -> None:
-    tally = LineTally(newline_counter(name)[1])
+    tally = LineTally(byte_counter(name)[1])
     for piece in pieces_of(NDJSON + b'{"last":1}', size):
         tally.feed(piece)
     assert (tally.total, tally.bytes) == (5001, len(NDJSON) + 10)
     assert tally.final_line_problem() is None
-
-
-def test_the_environment_may_name_the_counter(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_provider_backendauth.core.bulk import decode as module
-
-    monkeypatch.setattr(module, "_auto_counter", None)
-    monkeypatch.setenv(module.COUNTER_ENV, "bytes")
-    assert module.newline_counter()[0] == "bytes"
-    monkeypatch.setattr(module, "_auto_counter", None)
-    monkeypatch.setenv(module.COUNTER_ENV, "abacus")
-    with pytest.raises(ValueError, match="counter must be one of"):
-        module.newline_counter()
-    monkeypatch.setattr(module, "_auto_counter", None)
-    monkeypatch.delenv(module.COUNTER_ENV)
-    assert module.newline_counter()[0] == COUNTERS[0]

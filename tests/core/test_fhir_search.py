@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -9,6 +10,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_backendauth.core.auth.client import BackendAuthClient
 from airflow_provider_backendauth.core.auth.settings import ClientSettings
@@ -379,3 +382,33 @@ def test_rest_client_retries_post_after_429(sb: Any, session: requests.Session) 
     sb.faults.add("/fhir/Patient", status=429, retry_after=0.1)
     response = rest.request("POST", "Patient/_search", data={"_count": "1"}, check=False)
     assert response.status_code != 429
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    entries=st.integers(min_value=0, max_value=40),
+    nested=st.integers(min_value=0, max_value=3),
+    limit=st.integers(min_value=0, max_value=120),
+    braces_in_strings=st.booleans(),
+)
+def test_the_entry_limit_holds_on_both_parse_paths(
+    entries: int, nested: int, limit: int, braces_in_strings: bool
+) -> None:
+    """A page with few enough ``{`` skips the per-object hook; either way the answer is
+    json.loads's, and the limit fails exactly the pages with more entries than it allows."""
+    from airflow_provider_backendauth.core.fhir.search import _bundle_loader
+    from airflow_provider_backendauth.core.limits import ResponseTooLargeError
+
+    text = "{{}}" if braces_in_strings else "x"
+    resource: dict[str, Any] = {"resourceType": "Patient", "note": text}
+    for _ in range(nested):
+        resource = {"resourceType": "Basic", "wrapped": resource}
+    page = json.dumps(
+        {"resourceType": "Bundle", "entry": [{"resource": resource} for _ in range(entries)]}
+    ).encode()
+    loads = _bundle_loader(limit, "search", "https://fhir.example/Patient")
+    if entries > limit:
+        with pytest.raises(ResponseTooLargeError, match="max_page_entries"):
+            loads(page)
+    else:
+        assert loads(page) == json.loads(page)

@@ -21,8 +21,7 @@ What holds the GIL is the line count. ``bytes.count`` scans a byte at a time (0.
 MB): on plain NDJSON that alone held four download threads at 0.66x of what they reached
 without it (858 against 1,152 MB/s; 4 curl processes: 983). StringZilla's SIMD count (also in
 the ``[fast]`` extra) takes 0.03 ms/MB, so the count stops mattering; ``bytes.count`` stays
-the fallback. The newline counter is chosen like the inflater: the fastest installed, or
-the one ``BACKENDAUTH_BULK_COUNTER`` names.
+the fallback (``core/counting.py`` chooses).
 
 This module imports no Airflow.
 """
@@ -36,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from airflow_provider_backendauth.core.counting import ByteCounter, byte_counter
 from airflow_provider_backendauth.core.errors import BulkExportError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -190,75 +190,6 @@ def gzip_inflater_factory(name: str = "auto") -> tuple[str, Callable[[], Inflate
     except ImportError as exc:
         raise ValueError(f"the {name!r} inflater is not installed ({exc})") from None
     return name, factory
-
-
-# --- newline counting -----------------------------------------------------------------------
-
-NewlineCounter = Callable[[Any, int], int]
-"""``count(data, end)``: how many ``\\n`` bytes ``data[:end]`` holds (``data`` is bytes or
-a bytearray)."""
-
-
-def _bytes_counter() -> NewlineCounter:
-    def count(data: Any, end: int) -> int:
-        return int(data.count(b"\n", 0, end))
-
-    return count
-
-
-def _stringzilla_counter() -> NewlineCounter:
-    import stringzilla
-
-    sz_count = stringzilla.count
-    if sz_count(b"a\nb\n\n", b"\n", 0, 4) != 2:  # start/end honoured, no overlap surprises
-        raise ImportError("stringzilla too old: count() ignores its bounds")
-
-    def count(data: Any, end: int) -> int:
-        return int(sz_count(data, b"\n", 0, end))
-
-    return count
-
-
-_COUNTERS: dict[str, Callable[[], NewlineCounter]] = {
-    "stringzilla": _stringzilla_counter,
-    "bytes": _bytes_counter,
-}
-COUNTER_ENV = "BACKENDAUTH_BULK_COUNTER"
-_auto_counter: tuple[str, NewlineCounter] | None = None
-
-
-def counter_names() -> list[str]:
-    """The newline counters that can be used here, fastest first."""
-    names = []
-    for name, factory in _COUNTERS.items():
-        try:
-            factory()
-        except ImportError:
-            continue
-        names.append(name)
-    return names
-
-
-def newline_counter(name: str = "auto") -> tuple[str, NewlineCounter]:
-    """The named newline counter and its actual name. ``auto`` is the fastest installed, or
-    the one ``BACKENDAUTH_BULK_COUNTER`` names; it is chosen once per process."""
-    global _auto_counter
-    if name == "auto":
-        if _auto_counter is None:
-            chosen = os.environ.get(COUNTER_ENV) or counter_names()[0]
-            _auto_counter = (chosen, _make_counter(chosen))
-        return _auto_counter
-    return name, _make_counter(name)
-
-
-def _make_counter(name: str) -> NewlineCounter:
-    try:
-        return _COUNTERS[name]()
-    except KeyError:
-        choices = ["auto", *_COUNTERS]
-        raise ValueError(f"counter must be one of {choices}, not {name!r}") from None
-    except ImportError as exc:
-        raise ValueError(f"the {name!r} newline counter is not installed ({exc})") from None
 
 
 # --- layers ---------------------------------------------------------------------------------
@@ -533,8 +464,8 @@ class LineTally:
     """Counts NDJSON lines across pieces (a last line without newline counts too), and keeps
     just enough of the end of the file to judge its final line."""
 
-    def __init__(self, counter: NewlineCounter | None = None) -> None:
-        self._count_newlines = counter or newline_counter()[1]
+    def __init__(self, counter: ByteCounter | None = None) -> None:
+        self._count_byte = counter or byte_counter()[1]
         self.lines = 0
         self.bytes = 0
         self._tail = bytearray()  # bytes after the last newline (the first LIMIT of them)
@@ -549,7 +480,7 @@ class LineTally:
         end = len(data) if end is None else end
         if not end:
             return
-        newlines = self._count_newlines(data, end)
+        newlines = self._count_byte(data, b"\n", end)
         self.bytes += end
         if not newlines:
             self._extend_tail(data, 0, end)

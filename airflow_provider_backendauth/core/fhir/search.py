@@ -22,6 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from airflow_provider_backendauth.core.counting import byte_counter
 from airflow_provider_backendauth.core.errors import ConfigurationError, FhirError
 from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
 from airflow_provider_backendauth.core.fhir.rest import RestClient
@@ -108,9 +109,17 @@ def resolve_link(link: str, *, base_url: str, current_url: str) -> str:
 
 def _bundle_loader(max_entries: int, what: str, url: str) -> Callable[[bytes], Any]:
     """``json.loads`` that stops once more than ``max_entries`` Bundle entries (objects with a
-    ``resource``) were decoded: memory stays bounded by the limit, not by the page."""
+    ``resource``) were decoded: memory stays bounded by the limit, not by the page.
+
+    Every JSON object starts with a ``{`` byte (JSON has no escape for structure), so a page
+    with no more ``{`` than the limit cannot exceed it and is parsed without the per-object
+    hook, which made a page of 100 Observations cost a third more CPU than ``json.loads``.
+    Only a page that might exceed the limit pays for counting its entries as they decode.
+    """
 
     def loads(data: bytes) -> Any:
+        if byte_counter()[1](data, b"{", len(data)) <= max_entries:
+            return json.loads(data)
         count = 0
 
         def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
