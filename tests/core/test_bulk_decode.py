@@ -4,11 +4,14 @@ cut streams, the size and ratio limits (memory measured with tracemalloc), line 
 from __future__ import annotations
 
 import gzip
+import json
 import tracemalloc
 import zlib
 from collections.abc import Iterable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_backendauth.core.bulk.decode import (
     BodyDecoder,
@@ -229,3 +232,46 @@ def test_a_tally_with_each_counter(name: str, size: int) -> None:
         tally.feed(piece)
     assert (tally.total, tally.bytes) == (5001, len(NDJSON) + 10)
     assert tally.final_line_problem() is None
+
+
+_LINES = st.lists(
+    st.one_of(
+        st.dictionaries(st.text(max_size=5), st.integers(), max_size=3).map(
+            lambda d: json.dumps(d).encode()
+        ),
+        st.sampled_from([b"[1]", b"<html>", b'{"cut":', b"  {}  ", b"x" * 3000]),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=_LINES,
+    final_newline=st.booleans(),
+    sizes=st.lists(st.integers(min_value=1, max_value=5000), min_size=1, max_size=8),
+)
+def test_a_tally_fed_in_any_pieces_agrees_with_the_whole_file(
+    lines: list[bytes], final_newline: bool, sizes: list[int]
+) -> None:
+    data = b"\n".join(lines) + (b"\n" if final_newline else b"")
+    pieces, position, index = [], 0, 0
+    while position < len(data):
+        size = sizes[index % len(sizes)]
+        pieces.append(data[position : position + size])
+        position, index = position + size, index + 1
+    # Half the pieces come in a reused buffer bigger than the piece, as the download does.
+    tally = LineTally()
+    for number, piece in enumerate(pieces):
+        if number % 2:
+            buffer = bytearray(piece) + b"\xffJUNK"
+            tally.feed(buffer, len(piece))
+        else:
+            tally.feed(piece)
+    assert tally.total == len(lines) and tally.bytes == len(data)
+    try:
+        last_ok = isinstance(json.loads(lines[-1]), dict)
+    except ValueError:
+        last_ok = False
+    assert (tally.final_line_problem() is None) == last_ok

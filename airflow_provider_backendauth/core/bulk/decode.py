@@ -460,6 +460,11 @@ class BodyDecoder:
 # --- lines ------------------------------------------------------------------------------------
 
 
+def _blank(data: bytes | bytearray) -> bool:
+    """Empty or ASCII whitespace only (what ``strip()`` removes), without a copy."""
+    return not data or data.isspace()
+
+
 class LineTally:
     """Counts NDJSON lines across pieces (a last line without newline counts too), and keeps
     just enough of the end of the file to judge its final line."""
@@ -471,7 +476,7 @@ class LineTally:
         self._tail = bytearray()  # bytes after the last newline (the first LIMIT of them)
         self._tail_size = 0
         self._tail_end = b""  # the last bytes of the tail, for a tail too long to keep
-        self._last = b""  # the last complete non-blank line (capped like the tail)
+        self._last: bytes | bytearray = b""  # the last complete non-blank line (capped so)
         self._last_size = 0
         self._last_end = b""
 
@@ -488,19 +493,23 @@ class LineTally:
         self.lines += newlines
         last_nl = data.rfind(b"\n", 0, end)
         before = data.rfind(b"\n", 0, last_nl)
+        # Each byte is copied at most once more (into the tail) and nothing is scanned again:
+        # with resources of hundreds of KB per line, copying and stripping every line a few
+        # times halved the download speed.
         if before >= 0:
-            line = data[before + 1 : last_nl]
-            if line.strip():
+            line = data[before + 1 : min(last_nl, before + 1 + LAST_LINE_PARSE_LIMIT)]
+            if not _blank(line):
                 self._last, self._last_size, self._last_end = (
-                    bytes(line[:LAST_LINE_PARSE_LIMIT]),
-                    len(line),
-                    bytes(line[-8:]),
+                    line,
+                    last_nl - before - 1,
+                    bytes(data[max(before + 1, last_nl - 8) : last_nl]),
                 )
         else:
             self._extend_tail(data, 0, last_nl)
-            if self._tail_size and (bytes(self._tail).strip() or self._tail_end.strip()):
+            if self._tail_size and not (_blank(self._tail) and _blank(self._tail_end)):
+                # The tail is done with: hand it over instead of copying it.
                 self._last, self._last_size, self._last_end = (
-                    bytes(self._tail),
+                    self._tail,
                     self._tail_size,
                     self._tail_end,
                 )
@@ -512,7 +521,7 @@ class LineTally:
             return
         room = LAST_LINE_PARSE_LIMIT - len(self._tail)
         if room > 0:
-            self._tail += data[start : min(end, start + room)]
+            self._tail += memoryview(data)[start : min(end, start + room)]  # one copy
         self._tail_size += end - start
         self._tail_end = (self._tail_end + bytes(data[max(start, end - 8) : end]))[-8:]
 
@@ -523,8 +532,9 @@ class LineTally:
     def final_line_problem(self) -> str | None:
         """Why the final non-blank line is not a JSON object, or None if it is (or there
         is none)."""
-        if self._tail_size and (bytes(self._tail).strip() or self._tail_end.strip()):
-            line, size, end = bytes(self._tail), self._tail_size, self._tail_end
+        line: bytes | bytearray
+        if self._tail_size and not (_blank(self._tail) and _blank(self._tail_end)):
+            line, size, end = self._tail, self._tail_size, self._tail_end
         elif self._last_size:
             line, size, end = self._last, self._last_size, self._last_end
         else:
@@ -533,7 +543,7 @@ class LineTally:
             try:
                 value = json.loads(line)
             except ValueError:
-                return f"its last line is not JSON (ends with {line[-40:]!r})"
+                return f"its last line is not JSON (ends with {bytes(line[-40:])!r})"
             return None if isinstance(value, dict) else "its last line is not a JSON object"
         if line.lstrip()[:1] != b"{" or end.rstrip()[-1:] != b"}":
             return f"its last line ({size} bytes) is not a JSON object (ends with {end!r})"
