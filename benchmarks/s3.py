@@ -10,10 +10,15 @@ rotating order:
 - ``BulkDownloader`` -> ``ObjectStoragePath("s3://aws_default@bucket/...")``: fetch from the
   sandbox and stream into S3 (what the export operator does);
 - ``boto3`` ``upload_file`` of the local copies (s3transfer: threads, multipart), N at once;
-- ``s3fs`` ``put`` of the local copies.
+- ``s3fs`` ``put`` of the local copies;
+- ``BulkDownloader`` -> local disk (the download alone).
 
-The baselines only upload (their download is already done), so "vs baseline" near 1 means
-streaming into S3 costs nothing over an upload alone. Also counted from the server's request
+The upload baselines only upload (their download is already done), so "vs fastest upload"
+near 1 means streaming into S3 costs nothing over an upload alone; "vs download then upload"
+compares with doing the two one after the other (above 1: they overlap). On a machine whose
+cores the S3 server, the FHIR server and the client share, the first cannot reach 1 (the
+stream does the download's work too). ``--parts-in-flight K`` sets the S3 parts of one file
+uploading at once. Also counted from the server's request
 log: S3 requests per exported file, and the bytes copied server-side per exported byte
 (``CopyObject``/``UploadPartCopy``; the goal, and what the commit path now does, is 0).
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -44,6 +50,7 @@ import requests  # noqa: E402
 from download_child import StaticToken  # noqa: E402
 from servers import MB, sandbox  # noqa: E402
 
+from airflow_provider_backendauth.core import storage  # noqa: E402
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient  # noqa: E402
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader  # noqa: E402
 from airflow_provider_backendauth.core.bulk.files import plan_files  # noqa: E402
@@ -125,10 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=4, help="files at a time")
     parser.add_argument("--repeat", type=int, help="repetitions (default 5; --quick 3)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--parts-in-flight",
+        type=int,
+        help="S3 parts uploading at once per file (default: core.storage's default)",
+    )
     args = parser.parse_args(argv)
+    if args.parts_in_flight:
+        storage.DEFAULT_PARTS_IN_FLIGHT = args.parts_in_flight  # read when a file opens
     size_mb = args.mb or (20 if args.quick else 200)
     repeat = args.repeat or (3 if args.quick else 5)
 
+    scratch: Path | None = None
     moto = Moto()
     os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
         {
@@ -160,12 +175,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             manifest = client.wait(client.kickoff(BulkExportRequest.create("system")))
             files = plan_files(manifest)
-            local = Path(tempfile.mkdtemp(prefix="bench-s3-local-"))
+            local = scratch = Path(tempfile.mkdtemp(prefix="bench-s3-local-"))
             BulkDownloader(http, parallel=args.parallel).download(
                 files, local, requires_access_token=manifest.requires_access_token
             )
             paths = sorted(p for p in local.rglob("*.ndjson"))
-            total = sum(p.stat().st_size for p in paths)
+            sizes = [p.stat().st_size for p in paths]
+            total = sum(sizes)
 
             def ours(rep: int) -> None:
                 destination = ObjectStoragePath(f"s3://aws_default@{bucket}/ours-{rep}/")
@@ -189,7 +205,13 @@ def main(argv: list[str] | None = None) -> int:
                     [f"{bucket}/s3fs-{rep}/{p.relative_to(local)}" for p in paths],
                 )
 
+            def download_only(rep: int) -> None:
+                BulkDownloader(http, parallel=args.parallel).download(
+                    files, local / f"dl-{rep}", requires_access_token=manifest.requires_access_token
+                )
+
             def forget(rep: int) -> None:
+                shutil.rmtree(local / f"dl-{rep}", ignore_errors=True)
                 listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
                 keys = [
                     {"Key": o["Key"]} for o in listed if o["Key"].split("/")[0].endswith(f"-{rep}")
@@ -201,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 "BulkDownloader -> S3": ours,
                 "boto3 upload_file": with_boto3,
                 "s3fs put": with_s3fs,
+                "BulkDownloader -> disk": download_only,
             }
             names = list(contenders)
             times: dict[str, list[float]] = {n: [] for n in names}
@@ -220,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         moto.stop()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)  # the local copies of the export
 
     # Every request of the measured export (the log was reset just before it): the
     # per-object ones and the bucket-level ones (the listing of leftover uploads per file).
@@ -228,25 +253,40 @@ def main(argv: list[str] | None = None) -> int:
     copied = len(copies)
     medians = {n: statistics.median(t) for n, t in times.items()}
     baseline = min(medians["boto3 upload_file"], medians["s3fs put"])
+    part_size = storage.DEFAULT_PART_SIZE
     figures = {
         "export_mb": round(total / MB, 1),
         "files": len(paths),
+        "file_mb": [round(min(sizes) / MB, 1), round(max(sizes) / MB, 1)],
+        "multipart_files": sum(1 for size in sizes if size >= part_size),
+        "part_mib": part_size / 2**20,
+        "parts_in_flight": storage.DEFAULT_PARTS_IN_FLIGHT,
         "parallel": args.parallel,
         "repeat": repeat,
         "median_s": {n: round(v, 3) for n, v in medians.items()},
         "mb_per_s": {n: round(total / MB / v, 1) for n, v in medians.items()},
         "ours_vs_fastest_upload": round(baseline / medians["BulkDownloader -> S3"], 2),
+        # Downloading and uploading one after the other would take the sum of the two.
+        "ours_vs_download_then_upload": round(
+            (medians["BulkDownloader -> disk"] + baseline) / medians["BulkDownloader -> S3"], 2
+        ),
         "s3_requests_per_file": round(sum(ops.values()) / max(1, len(ours_keys)), 2),
         "s3_operations": dict(ops),
         "copy_requests": copied,
         "server_side_bytes_copied_per_exported_byte": round(copied_bytes / max(1, total), 3),
     }
-    print(f"\nS3 (moto server) on 127.0.0.1: {figures['export_mb']} MB in {len(paths)} files")
+    print(
+        f"\nS3 (moto server) on 127.0.0.1: {figures['export_mb']} MB in {len(paths)} files of "
+        f"{figures['file_mb'][0]}-{figures['file_mb'][1]} MB, {figures['multipart_files']} "
+        f"multipart ({figures['part_mib']:g} MiB parts, {figures['parts_in_flight']} in flight "
+        f"per file); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     print(f"{'contender':24} {'median s':>9} {'MB/s':>8}")
     for name in names:
         print(f"{name:24} {medians[name]:9.3f} {figures['mb_per_s'][name]:8.1f}")
     print(
-        f"download+stream vs fastest upload-only: {figures['ours_vs_fastest_upload']}x speed; "
+        f"download+stream vs fastest upload-only: {figures['ours_vs_fastest_upload']}x speed, "
+        f"vs download to disk then fastest upload: {figures['ours_vs_download_then_upload']}x; "
         f"{figures['s3_requests_per_file']} S3 requests per file {dict(ops)}; "
         f"server-side copies: {copied} "
         f"(bytes copied per exported byte: {figures['server_side_bytes_copied_per_exported_byte']})"

@@ -159,3 +159,20 @@ class BulkExportError(FhirError):
 class UnsafeURLError(FhirError):
     """A server sent a URL the provider will not follow: ambiguous (parsers would disagree on
     its host), not http(s), a downgrade to plain HTTP, or outside the allowed origins."""
+
+
+class StorageError(BackendAuthError, OSError):
+    """Writing to the output storage failed (e.g. an S3 part upload the store refused).
+
+    Also an ``OSError``, like the storage library's own errors, so code that treats storage
+    problems as not the FHIR server's keeps doing so. ``retryable`` unless the store denied
+    access (a person must fix the credentials or the bucket policy).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+    @property
+    def retry_cannot_help(self) -> bool:
+        return not self.retryable

@@ -7,10 +7,11 @@ A rename within one directory is atomic, so a reader never sees half a file.
 Object stores (S3, GCS, Azure, fsspec memory, ...): there is no rename (fsspec's ``mv`` is a
 server-side copy plus a delete, so every byte would be stored twice and a crash between the
 two leaves litter). Instead each file is written *once, under its final key*, as an
-uncommitted fsspec write (``fs.open(path, "wb", autocommit=False)``): the data is uploaded
-while it is written (S3: multipart upload parts), and the object appears only on
-``commit()`` (S3: ``CompleteMultipartUpload``); ``discard()`` aborts the upload. A failed or
-killed run therefore leaves no object under the final name, and none under any other name.
+uncommitted upload: the data is uploaded while it is written (S3: multipart upload parts,
+several at a time; other stores: ``fs.open(path, "wb", autocommit=False)``), and the object
+appears only on ``commit()`` (S3: ``CompleteMultipartUpload``); ``discard()`` aborts the
+upload. A failed or killed run therefore leaves no object under the final name, and none
+under any other name.
 A file that stays smaller than one part is kept in memory and stored by one ``PUT`` at
 commit (what s3fs does for small files too): one request for a small state record.
 
@@ -24,6 +25,7 @@ This module imports no Airflow.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -32,10 +34,11 @@ import secrets
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
-from airflow_provider_backendauth.core.redact import get_logger
+from airflow_provider_backendauth.core.errors import StorageError
+from airflow_provider_backendauth.core.redact import get_logger, short_error
 
 log = get_logger(__name__)
 
@@ -43,9 +46,16 @@ PARTIAL_MARKER = ".partial-"
 _LOCAL_PROTOCOLS = frozenset({"", "file", "local"})
 _WRITE_MODES = frozenset({"w", "wb", "wt"})
 # Bytes kept in memory before an object-store upload starts; also the multipart part size.
-# 16 MiB parts: memory stays at about parallel * 16 MiB, and S3's 10,000-part limit allows
-# files up to 160 GB. (S3's minimum part size is 5 MiB.)
+# S3's 10,000-part limit allows files up to 160 GB with 16 MiB parts (its minimum is 5 MiB).
 DEFAULT_PART_SIZE = 16 * 2**20
+# S3: parts of one file uploading while the next one fills. The writer waits when this many
+# are in flight, so a file being written holds at most (DEFAULT_PARTS_IN_FLIGHT + 1) *
+# DEFAULT_PART_SIZE bytes: 48 MiB, and a download of `parallel` files at once (4 by
+# default) that many times, 192 MiB. Measured with benchmarks/s3.py (docs/deployment.md):
+# 2 overlaps the part uploads with the download; 3 and 4 were no faster, and 4 files times
+# 2 parts stay within s3fs's pool of 10 connections (botocore's max_pool_connections),
+# where more would only queue. Other stores upload one part at a time (fsspec's file).
+DEFAULT_PARTS_IN_FLIGHT = 2
 
 # ``Any`` on purpose: pathlib.Path, ObjectStoragePath and UPath share this duck type but no
 # common base class.
@@ -102,22 +112,190 @@ def _protocols(fs: Any) -> tuple[str, ...]:
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
+def _is_s3(fs: Any) -> bool:
+    """Whether ``fs`` is s3fs's (or a subclass): async S3 calls on fsspec's event loop."""
+    return callable(getattr(fs, "_call_s3", None)) and getattr(fs, "loop", None) is not None
+
+
+@dataclass(eq=False)
+class _Part:
+    """One S3 part on its way; ``settled`` is set once its upload has really ended."""
+
+    number: int
+    size: int
+    settled: threading.Event = field(default_factory=threading.Event)
+    task: asyncio.Task[dict[str, Any]] | None = None
+    entry: dict[str, Any] | None = None  # for CompleteMultipartUpload, once stored
+
+
+class _S3Parts:
+    """One S3 multipart upload whose parts go up while the next part is being written.
+
+    s3fs's own file sends its parts one after the other from the writing thread (the
+    download waits for each), and its concurrent part upload exists only for local files
+    (``put_file``). Here each part is a task on the event loop s3fs already runs every call
+    on (``fs._call_s3``, so its credentials, retries, endpoint and extra arguments apply):
+    no thread is started, so none can outlive the upload.
+
+    - At most ``limit`` parts are in flight; ``send`` waits for a free slot (backpressure:
+      the memory bound).
+    - Parts are numbered in the order they are sent and listed in that order on completion,
+      whatever order their uploads finish in.
+    - The first failure is kept and raised by every later ``send`` and by ``complete``.
+    - ``abort`` cancels the parts in flight, waits until they have ended, then aborts the
+      upload, so no part request can still be arriving after the abort.
+    """
+
+    def __init__(self, fs: Any, path: str, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"parts in flight must be at least 1, not {limit}")
+        self.fs = fs
+        self.path = path
+        self.bucket, self.key, _ = fs.split_path(path)
+        self._loop: asyncio.AbstractEventLoop = fs.loop
+        self._slots = threading.BoundedSemaphore(limit)
+        self._parts: list[_Part] = []
+        self._failure: StorageError | None = None
+        # Set while the writer waits for a free slot: storage, not the download, is slower.
+        self.waiting = threading.Event()
+        self.waits = 0
+        answer = self._call("create_multipart_upload", Bucket=self.bucket, Key=self.key)
+        self.upload_id: str = answer["UploadId"]
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        try:
+            return self.fs.call_s3(method, **kwargs)
+        except Exception as exc:
+            raise self._error(method, exc) from exc
+
+    def _error(self, what: str, exc: BaseException) -> StorageError:
+        return StorageError(
+            f"S3 {what} of s3://{self.bucket}/{self.key} failed: {short_error(exc)}",
+            # A denial needs a person (credentials, bucket policy); anything else may pass.
+            retryable=not isinstance(exc, PermissionError),
+        )
+
+    @property
+    def stored(self) -> list[_Part]:
+        """The parts the store has acknowledged so far."""
+        return [p for p in self._parts if p.entry is not None]
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for p in self._parts if not p.settled.is_set())
+
+    def check(self) -> None:
+        """Raise the failure of any part sent so far (again on every call)."""
+        if self._failure is not None:
+            raise self._failure
+
+    def send(self, body: bytes) -> None:
+        """Upload ``body`` as the next part, waiting first while ``limit`` parts are in flight."""
+        self.check()
+        # Released by _settle, on the loop, when a part has ended.
+        if not self._slots.acquire(blocking=False):
+            self.waits += 1
+            self.waiting.set()
+            self._slots.acquire()
+            self.waiting.clear()
+        if self._failure is not None:  # the part we waited for failed
+            self._slots.release()
+            raise self._failure
+        part = _Part(len(self._parts) + 1, len(body))
+        self._parts.append(part)
+        self._loop.call_soon_threadsafe(self._start, part, body)
+
+    def _start(self, part: _Part, body: bytes) -> None:  # on the loop
+        part.task = asyncio.ensure_future(self._upload(part.number, body))
+        part.task.add_done_callback(lambda task: self._settle(part, task))
+
+    async def _upload(self, number: int, body: bytes) -> dict[str, Any]:
+        answer = await self.fs._call_s3(
+            "upload_part",
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        entry = {"PartNumber": number, "ETag": answer["ETag"]}
+        if "ChecksumSHA256" in answer:  # what s3fs's own file lists, too
+            entry["ChecksumSHA256"] = answer["ChecksumSHA256"]
+        return entry
+
+    def _settle(self, part: _Part, task: asyncio.Task[dict[str, Any]]) -> None:  # on the loop
+        # A done callback runs even for a task cancelled before it started, so every slot
+        # taken by ``send`` is given back exactly once.
+        try:
+            if not task.cancelled():
+                if (exc := task.exception()) is not None:
+                    if self._failure is None:
+                        self._failure = self._error(f"upload of part {part.number}", exc)
+                else:
+                    part.entry = task.result()
+        finally:
+            part.settled.set()
+            self._slots.release()
+
+    @staticmethod
+    def _cancel(part: _Part) -> None:  # on the loop
+        if part.task is not None:
+            part.task.cancel()
+
+    def _wait(self) -> None:
+        for part in self._parts:
+            part.settled.wait()
+
+    def complete(self) -> None:
+        """Wait for every part, then make the object visible (``CompleteMultipartUpload``)."""
+        self._wait()
+        self.check()
+        parts = [p.entry for p in self._parts]
+        self._call(
+            "complete_multipart_upload",
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+        self.fs.invalidate_cache(self.path)  # listings cached before now lack the object
+
+    def abort(self) -> None:
+        """Cancel the parts in flight, wait until they have ended, abort the upload."""
+        for part in self._parts:
+            if not part.settled.is_set():
+                # Runs after the part's _start (the loop takes callbacks in order).
+                self._loop.call_soon_threadsafe(self._cancel, part)
+        self._wait()
+        self._call(
+            "abort_multipart_upload", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id
+        )
+
+
 class _UncommittedUpload(io.RawIOBase):
     """A binary writer for one object-store file that becomes visible only on ``commit()``.
 
-    Bytes are buffered in memory up to ``part_size``; past that an fsspec file is opened with
-    ``autocommit=False`` (S3: a multipart upload) and receives the buffer and everything
-    after it, part by part. ``commit()`` completes the upload (or, for a small file, stores
-    the buffer with one ``pipe_file``); ``discard()`` aborts it. Nothing is ever copied.
+    Bytes are buffered in memory up to ``part_size``; past that the upload starts. On S3 it
+    is a multipart upload fed part by part, up to ``parts_in_flight`` parts uploading while
+    the next one fills (``_S3Parts``); on other stores an fsspec file opened with
+    ``autocommit=False`` receives the buffer and everything after it. ``commit()``
+    completes the upload (or, for a small file, stores the buffer with one ``pipe_file``);
+    ``discard()`` aborts it. Nothing is ever copied server-side.
     """
 
-    def __init__(self, fs: Any, path: str, part_size: int) -> None:
+    def __init__(
+        self, fs: Any, path: str, part_size: int, parts_in_flight: int | None = None
+    ) -> None:
         super().__init__()
         self.fs = fs
         self.path = path
         self.part_size = part_size
+        self.parts_in_flight = (
+            DEFAULT_PARTS_IN_FLIGHT if parts_in_flight is None else parts_in_flight
+        )
         self._buffer: bytearray | None = bytearray()
         self._file: Any = None  # the fsspec file, once the data outgrew the buffer
+        self._s3: _S3Parts | None = None  # S3's multipart upload, likewise
         # fsspec's memory filesystem publishes a file as soon as it is opened, whatever
         # ``autocommit`` says; since it keeps everything in memory anyway, buffer it all.
         self._buffer_only = "memory" in _protocols(fs)
@@ -133,14 +311,23 @@ class _UncommittedUpload(io.RawIOBase):
         if self._file is not None:
             self._file.write(view)
         else:
-            assert self._buffer is not None
-            self._buffer += view
-            if len(self._buffer) >= self.part_size and not self._buffer_only:
-                self._start_upload()
+            buffer = self._buffer
+            assert buffer is not None
+            if self._s3 is not None:
+                self._s3.check()  # a part that failed meanwhile fails this write
+            buffer += view
+            if len(buffer) >= self.part_size and not self._buffer_only:
+                if self._s3 is None and self._file is None:
+                    self._start_upload()
+                if self._s3 is not None:
+                    self._send_full_parts()
         self.size += len(view)
         return len(view)
 
     def _start_upload(self) -> None:
+        if _is_s3(self.fs):
+            self._s3 = _S3Parts(self.fs, self.path, self.parts_in_flight)
+            return
         file = self.fs.open(self.path, "wb", autocommit=False, block_size=self.part_size)
         # fsspec also queues every autocommit=False file on the filesystem's (shared,
         # cached) transaction object; this file is committed or discarded here, never by a
@@ -151,26 +338,46 @@ class _UncommittedUpload(io.RawIOBase):
         buffer, self._buffer = self._buffer, None
         file.write(bytes(buffer or b""))
 
+    def _send_full_parts(self) -> None:
+        assert self._s3 is not None and self._buffer is not None
+        buffer = self._buffer
+        while len(buffer) >= self.part_size:
+            # Parts of exactly part_size (some S3-compatible stores require equal parts).
+            # The copy is the part's own memory while it uploads; deleting a bytearray's
+            # head only moves its start, so the buffer keeps its allocation for the next.
+            body = bytes(memoryview(buffer)[: self.part_size])
+            del buffer[: self.part_size]
+            self._s3.send(body)
+
     def commit(self) -> None:
         """Make the file visible under its name (complete the upload)."""
         if self.closed:
             raise ValueError(f"the upload of {self.path} was already finished")
         try:
-            if self._file is None:
+            if self._s3 is not None:
+                if self._buffer:  # the last part (the only one allowed below 5 MiB)
+                    self._s3.send(bytes(self._buffer))
+                self._buffer = None
+                self._s3.complete()
+            elif self._file is None:
                 self.fs.pipe_file(self.path, bytes(self._buffer or b""))
             else:
                 self._file.close()  # uploads the last part; the object is still invisible
                 self._file.commit()
+            self._s3 = self._file = None  # committed: nothing left to abort
         finally:
             self._buffer = None
             super().close()
 
     def discard(self) -> None:
         """Abort the upload: no object appears. Idempotent."""
-        if self.closed:
+        if self.closed and self._s3 is None and self._file is None:
             return
         file, self._file, self._buffer = self._file, None, None
+        s3, self._s3 = self._s3, None
         super().close()
+        if s3 is not None:
+            s3.abort()  # also after a failed commit: the upload may still be open
         if file is not None:
             try:
                 file.discard()  # S3: AbortMultipartUpload
@@ -187,8 +394,17 @@ class _UncommittedUpload(io.RawIOBase):
 
     @property
     def parts_uploaded(self) -> int:
-        """How many multipart parts were sent so far (0 while the data is still buffered)."""
+        """How many multipart parts the store has acknowledged (0 while still buffered)."""
+        if self._s3 is not None:
+            return len(self._s3.stored)
         return len(getattr(self._file, "parts", None) or [])
+
+    @property
+    def bytes_uploaded(self) -> int:
+        """Bytes in parts the store has acknowledged."""
+        if self._s3 is not None:
+            return sum(p.size for p in self._s3.stored)
+        return int(getattr(self._file, "offset", 0) or 0)
 
 
 class AtomicFile:
@@ -205,6 +421,9 @@ class AtomicFile:
             have no directories to create.
         part_size: object stores: bytes buffered before the upload starts, and the size of
             each multipart part.
+        parts_in_flight: S3: parts uploading at once while the next one fills (default
+            ``DEFAULT_PARTS_IN_FLIGHT``); memory is at most ``(parts_in_flight + 1) *
+            part_size``.
 
     Use as a context manager (commits on success, discards on error) or call ``open()``,
     then ``commit()`` or ``discard()`` yourself, e.g. to commit several files together.
@@ -218,6 +437,7 @@ class AtomicFile:
         encoding: str | None = None,
         make_parents: bool = True,
         part_size: int = DEFAULT_PART_SIZE,
+        parts_in_flight: int | None = None,
     ) -> None:
         if mode not in _WRITE_MODES:
             raise ValueError(f"mode must be one of {sorted(_WRITE_MODES)}, not {mode!r}")
@@ -226,6 +446,7 @@ class AtomicFile:
         self.encoding = None if "b" in mode else (encoding or "utf-8")
         self.make_parents = make_parents
         self.part_size = part_size
+        self.parts_in_flight = parts_in_flight
         self.local = is_local(self.path)
         # Local files only: object-store files are written under their final key.
         self.temp_path: StoragePath | None = (
@@ -245,11 +466,8 @@ class AtomicFile:
 
     @property
     def bytes_uploaded(self) -> int:
-        """Object stores: bytes already sent to the store in parts (kept on resume)."""
-        upload = self._upload
-        if upload is None or upload._file is None:
-            return 0
-        return int(getattr(upload._file, "offset", 0) or 0)
+        """Object stores: bytes the store has acknowledged in parts (kept on resume)."""
+        return 0 if self._upload is None else self._upload.bytes_uploaded
 
     def open(self) -> IO[Any]:
         """Open the file for writing and return the file object."""
@@ -266,7 +484,7 @@ class AtomicFile:
                     self._handle = self.temp_path.open(self.mode, encoding=self.encoding)
             else:
                 upload = self._upload = _UncommittedUpload(
-                    self.path.fs, self.path.path, self.part_size
+                    self.path.fs, self.path.path, self.part_size, self.parts_in_flight
                 )
                 handle: Any = upload
                 if self.encoding is not None:

@@ -13,6 +13,7 @@ import pytest
 from tests.support.s3 import S3Server
 
 S3_CONN_ID = "aws_default"
+NO_RETRIES_CONN_ID = "s3_no_retries"
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +38,21 @@ class Bucket:
 
 
 @pytest.fixture
-def bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Bucket:
-    """A fresh bucket, the env connection pointing at the server, and an empty request log."""
+def bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
+    """A fresh bucket, the env connection pointing at the server, and an empty request log;
+    the server's injected faults are removed afterwards."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{S3_CONN_ID.upper()}", s3_server.connection_json())
     name = s3_server.create_bucket(f"test-{uuid.uuid4().hex[:12]}")
-    return Bucket(s3_server, name)
+    yield Bucket(s3_server, name)
+    s3_server.clear_faults()
+
+
+@pytest.fixture
+def fragile_bucket(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """The same bucket through a connection whose client does not retry: an error the
+    server injects reaches the code under test at once (botocore would retry a 5xx)."""
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{NO_RETRIES_CONN_ID.upper()}",
+        bucket.server.connection_json(retries=False),
+    )
+    return Bucket(bucket.server, bucket.name, NO_RETRIES_CONN_ID)

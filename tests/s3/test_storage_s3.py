@@ -35,7 +35,10 @@ def test_large_file_is_one_multipart_upload_completed_on_commit(bucket: Bucket) 
     line = b"x" * 1023 + b"\n"
     for _ in range(12 * 1024):  # 12 MiB: two full parts and a last one
         atomic.handle.write(line)
-    assert atomic.bytes_uploaded >= 10 * MIB  # parts went out while writing...
+    upload: Any = atomic._upload
+    for part in upload._s3._parts:  # parts went out while writing...
+        assert part.settled.wait(60)
+    assert atomic.bytes_uploaded == 10 * MIB
     assert bucket.server.objects(bucket.name) == {}  # ...but no object exists yet
     atomic.commit()
     data = bucket.server.objects(bucket.name)["out/big.ndjson"]

@@ -7,6 +7,11 @@ Tests, the stack end-to-end test and the S3 benchmark point the Amazon provider 
 Every request is classified into its S3 operation name (``PutObject``, ``UploadPart``,
 ``CopyObject``, ...) as it reaches the server, so a test can count what the code under test
 did per file, independently of the client library.
+
+Faults happen in the server, in front of moto, on the real HTTP exchange (no client library
+is patched): ``fail()`` answers matching requests with an S3 error, ``hold()`` returns a
+``Gate`` that keeps matching requests waiting at the server until the test lets them pass
+(events, no sleeps: a test can count requests in flight at any moment).
 """
 
 from __future__ import annotations
@@ -41,6 +46,77 @@ class S3Request:
     bucket: str
     key: str
     bytes: int  # request body size (data uploaded)
+    part: int | None = None  # UploadPart's partNumber
+    # Requests on the same key still being answered when this one arrived.
+    overlapping: int = 0
+
+
+class Gate:
+    """Keeps the requests it matches waiting at the server until ``release``/``open``."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._released: set[int | None] = set()
+        self._open = False
+        self.held: list[int | None] = []  # parts waiting now
+        self.passed: list[int | None] = []  # parts let through and answered, in order
+
+    def _wait_turn(self, part: int | None) -> None:
+        with self._cond:
+            self.held.append(part)
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._open or part in self._released)
+            self.held.remove(part)
+            self._cond.notify_all()
+
+    def _answered(self, part: int | None) -> None:
+        with self._cond:
+            self.passed.append(part)
+            self._cond.notify_all()
+
+    def release(self, part: int | None) -> None:
+        """Let the request for ``part`` through (now or when it arrives)."""
+        with self._cond:
+            self._released.add(part)
+            self._cond.notify_all()
+
+    def open(self) -> None:
+        """Let every request through, from now on."""
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[Gate], bool], timeout: float = 60) -> None:
+        """Wait until ``predicate(gate)`` holds; the timeout only guards a broken test."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self), timeout):
+                raise AssertionError(
+                    f"gate never got there: held {self.held}, passed {self.passed}"
+                )
+
+
+@dataclass
+class _Fault:
+    operation: str
+    part: int | None
+    status: int  # 0: hold at the gate instead
+    code: str
+    times: int | None  # None: every matching request
+    gate: Gate | None = None
+    hits: int = 0
+
+    def matches(self, request: S3Request) -> bool:
+        if request.operation != self.operation:
+            return False
+        if self.part is not None and request.part != self.part:
+            return False
+        return self.times is None or self.hits < self.times
+
+
+_ERROR_BODY = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+    "<Message>injected by the test server</Message><RequestId>test</RequestId></Error>"
+)
 
 
 def s3_operation(method: str, path: str, query: str, headers: dict[str, str]) -> S3Request:
@@ -50,6 +126,7 @@ def s3_operation(method: str, path: str, query: str, headers: dict[str, str]) ->
     bucket = parts[0]
     key = parts[1] if len(parts) > 1 else ""
     size = int(headers.get("content-length") or 0)
+    part = int(params["partNumber"][0]) if params.get("partNumber", [""])[0].isdigit() else None
     if not key:
         names = {
             ("GET", "uploads"): "ListMultipartUploads",
@@ -82,7 +159,7 @@ def s3_operation(method: str, path: str, query: str, headers: dict[str, str]) ->
         name = "HeadObject"
     else:
         name = method
-    return S3Request(name, bucket, key, size)
+    return S3Request(name, bucket, key, size, part)
 
 
 class S3Server(ThreadedMotoServer):
@@ -95,6 +172,10 @@ class S3Server(ThreadedMotoServer):
         super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
         self.requests: list[S3Request] = []
         self._lock = threading.Lock()
+        self._faults: list[_Fault] = []
+        self._answering: Counter[tuple[str, str]] = Counter()  # (bucket, key) -> requests
+        self.max_in_flight: Counter[str] = Counter()  # operation -> most at once, any key
+        self._in_flight: Counter[str] = Counter()
 
     def _server_entry(self) -> None:
         app = DomainDispatcherApplication(create_backend_app)
@@ -113,10 +194,39 @@ class S3Server(ThreadedMotoServer):
                 headers,
             )
             inspecting = _INSPECTOR in environ.get("HTTP_USER_AGENT", "")
-            if not inspecting and not request.bucket.startswith("moto-api"):
+            if inspecting or request.bucket.startswith("moto-api"):
+                return app(environ, start_response)
+            where = (request.bucket, request.key)
+            with self._lock:
+                fault = next((f for f in self._faults if f.matches(request)), None)
+                if fault is not None:
+                    fault.hits += 1
+                overlapping = self._answering[where]
+                self._answering[where] += 1
+                self._in_flight[request.operation] += 1
+                self.max_in_flight[request.operation] = max(
+                    self.max_in_flight[request.operation], self._in_flight[request.operation]
+                )
+                self.requests.append(S3Request(**{**request.__dict__, "overlapping": overlapping}))
+            try:
+                if fault is not None and fault.gate is not None:
+                    fault.gate._wait_turn(request.part)
+                elif fault is not None:
+                    environ["wsgi.input"].read(request.bytes)  # the whole request, then no
+                    body = _ERROR_BODY.format(code=fault.code).encode()
+                    start_response(
+                        f"{fault.status} Injected",
+                        [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
+                    )
+                    return [body]
+                # moto answers in full here (its answers are small lists, never streams).
+                return list(app(environ, start_response))
+            finally:
                 with self._lock:
-                    self.requests.append(request)
-            return app(environ, start_response)
+                    self._answering[where] -= 1
+                    self._in_flight[request.operation] -= 1
+                if fault is not None and fault.gate is not None:
+                    fault.gate._answered(request.part)
 
         self._server = make_server(
             self._ip_address, self._port, logged, True, request_handler=MotoRequestHandler
@@ -140,16 +250,45 @@ class S3Server(ThreadedMotoServer):
         host, port = self.get_host_and_port()
         return f"http://{host}:{port}"
 
-    def connection_json(self) -> str:
-        """An ``aws_default``-style connection for ``AIRFLOW_CONN_<ID>``."""
+    def connection_json(self, *, retries: bool = True) -> str:
+        """An ``aws_default``-style connection for ``AIRFLOW_CONN_<ID>``; ``retries=False``:
+        botocore makes one attempt per request (an injected error reaches the caller)."""
+        extra: dict[str, Any] = {"endpoint_url": self.endpoint_url, "region_name": REGION}
+        if not retries:
+            extra["config_kwargs"] = {"retries": {"total_max_attempts": 1}}
         return json.dumps(
-            {
-                "conn_type": "aws",
-                "login": ACCESS_KEY,
-                "password": SECRET_KEY,
-                "extra": {"endpoint_url": self.endpoint_url, "region_name": REGION},
-            }
+            {"conn_type": "aws", "login": ACCESS_KEY, "password": SECRET_KEY, "extra": extra}
         )
+
+    def fail(
+        self,
+        operation: str,
+        *,
+        part: int | None = None,
+        status: int = 500,
+        code: str = "InternalError",
+        times: int | None = None,
+    ) -> None:
+        """Answer matching requests (``part``: UploadPart's number) with an S3 error, the
+        first ``times`` of them (all when None), instead of passing them to moto."""
+        with self._lock:
+            self._faults.append(_Fault(operation, part, status, code, times))
+
+    def hold(self, operation: str, *, part: int | None = None) -> Gate:
+        """Keep matching requests waiting at the server until the returned gate lets them."""
+        gate = Gate()
+        with self._lock:
+            self._faults.append(_Fault(operation, part, 0, "", None, gate))
+        return gate
+
+    def clear_faults(self) -> None:
+        """Remove every fault; requests waiting at a gate are let through."""
+        with self._lock:
+            faults, self._faults = self._faults, []
+            self.max_in_flight.clear()
+        for fault in faults:
+            if fault.gate is not None:
+                fault.gate.open()
 
     def client(self) -> Any:
         """A boto3 S3 client for this server (for set-up and inspection, not the code under test)."""
@@ -173,6 +312,7 @@ class S3Server(ThreadedMotoServer):
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.max_in_flight.clear()
 
     def operations(self, bucket: str, keys: Iterable[str] | None = None) -> Counter[str]:
         """How often each operation was made on ``bucket`` (optionally only on ``keys``)."""
