@@ -35,22 +35,22 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -m "not e2e"
 
+# A venv for an older Airflow with the project and its dev extra: $(1) the venv, $(2) the version.
+define airflow_venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/pip install --quiet --disable-pip-version-check uv
+	$(1)/bin/uv pip install --quiet --python $(1)/bin/python "apache-airflow==$(2)" -e ".[dev]"
+	touch $(1)/.installed
+endef
+
 $(VENV_OLDEST)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV_OLDEST)
-	$(VENV_OLDEST)/bin/pip install --quiet --disable-pip-version-check uv
-	$(VENV_OLDEST)/bin/uv pip install --quiet --python $(VENV_OLDEST)/bin/python \
-		"apache-airflow==$(OLDEST_AIRFLOW)" -e ".[dev]"
-	touch $@
+	$(call airflow_venv,$(VENV_OLDEST),$(OLDEST_AIRFLOW))
 
 compat: $(VENV_OLDEST)/.installed
 	$(VENV_OLDEST)/bin/python -m pytest -q -m "not e2e" -p no:cacheprovider
 
 $(VENV_MIDDLE)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV_MIDDLE)
-	$(VENV_MIDDLE)/bin/pip install --quiet --disable-pip-version-check uv
-	$(VENV_MIDDLE)/bin/uv pip install --quiet --python $(VENV_MIDDLE)/bin/python \
-		"apache-airflow==$(MIDDLE_AIRFLOW)" -e ".[dev]"
-	touch $@
+	$(call airflow_venv,$(VENV_MIDDLE),$(MIDDLE_AIRFLOW))
 
 compat-3.2: $(VENV_MIDDLE)/.installed
 	$(VENV_MIDDLE)/bin/python -m pytest -q -m "not e2e" -p no:cacheprovider

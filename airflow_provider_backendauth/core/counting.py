@@ -12,9 +12,10 @@ This module imports no Airflow.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
+
+from airflow_provider_backendauth.core.backends import FastestInstalled
 
 ByteCounter = Callable[[Any, bytes, int], int]
 """``count(data, needle, end)``: how many times the single byte ``needle`` occurs in
@@ -43,42 +44,24 @@ def _stringzilla_counter() -> ByteCounter:
     return count
 
 
-_COUNTERS: dict[str, Callable[[], ByteCounter]] = {
-    "stringzilla": _stringzilla_counter,
-    "bytes": _bytes_counter,
-}
-_auto: tuple[str, ByteCounter] | None = None
+COUNTERS: FastestInstalled[ByteCounter] = FastestInstalled(
+    "counter",
+    COUNTER_ENV,
+    {"stringzilla": _stringzilla_counter, "bytes": _bytes_counter},
+)
+_made: dict[str, ByteCounter] = {}
 
 
 def counter_names() -> list[str]:
     """The byte counters that can be used here, fastest first."""
-    names = []
-    for name, factory in _COUNTERS.items():
-        try:
-            factory()
-        except ImportError:
-            continue
-        names.append(name)
-    return names
+    return COUNTERS.names()
 
 
 def byte_counter(name: str = "auto") -> tuple[str, ByteCounter]:
     """The named byte counter and its actual name. ``auto`` is the fastest installed, or the
     one ``BACKENDAUTH_COUNTER`` names; it is chosen once per process."""
-    global _auto
-    if name == "auto":
-        if _auto is None:
-            chosen = os.environ.get(COUNTER_ENV) or counter_names()[0]
-            _auto = (chosen, _make(chosen))
-        return _auto
-    return name, _make(name)
-
-
-def _make(name: str) -> ByteCounter:
-    try:
-        return _COUNTERS[name]()
-    except KeyError:
-        choices = ["auto", *_COUNTERS]
-        raise ValueError(f"counter must be one of {choices}, not {name!r}") from None
-    except ImportError as exc:
-        raise ValueError(f"the {name!r} byte counter is not installed ({exc})") from None
+    chosen, factory = COUNTERS.choose(name)
+    counter = _made.get(chosen)
+    if counter is None:
+        counter = _made[chosen] = factory()
+    return chosen, counter

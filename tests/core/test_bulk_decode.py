@@ -214,14 +214,14 @@ def test_a_long_last_line_is_judged_by_its_braces(monkeypatch: pytest.MonkeyPatc
 def test_the_environment_may_name_the_inflater(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow_provider_backendauth.core.bulk import decode as module
 
-    monkeypatch.setattr(module, "_auto_choice", None)
+    monkeypatch.setattr(module.INFLATERS, "_auto", None)
     monkeypatch.setenv(module.INFLATER_ENV, "zlib")
     assert module.gzip_inflater_factory("auto")[0] == "zlib"
-    monkeypatch.setattr(module, "_auto_choice", None)
+    monkeypatch.setattr(module.INFLATERS, "_auto", None)
     monkeypatch.setenv(module.INFLATER_ENV, "nonsense")
     with pytest.raises(ValueError, match="inflater must be one of"):
         module.gzip_inflater_factory("auto")
-    monkeypatch.setattr(module, "_auto_choice", None)
+    monkeypatch.setattr(module.INFLATERS, "_auto", None)
 
 
 @pytest.mark.parametrize("name", COUNTERS)

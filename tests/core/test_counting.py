@@ -38,13 +38,13 @@ def test_every_counter_counts_like_bytes_count(
 
 
 def test_the_environment_may_name_the_counter(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(counting, "_auto", None)
+    monkeypatch.setattr(counting.COUNTERS, "_auto", None)
     monkeypatch.setenv(counting.COUNTER_ENV, "bytes")
     assert byte_counter()[0] == "bytes"
-    monkeypatch.setattr(counting, "_auto", None)
+    monkeypatch.setattr(counting.COUNTERS, "_auto", None)
     monkeypatch.setenv(counting.COUNTER_ENV, "abacus")
     with pytest.raises(ValueError, match="counter must be one of"):
         byte_counter()
-    monkeypatch.setattr(counting, "_auto", None)
+    monkeypatch.setattr(counting.COUNTERS, "_auto", None)
     monkeypatch.delenv(counting.COUNTER_ENV)
     assert byte_counter()[0] == COUNTERS[0]

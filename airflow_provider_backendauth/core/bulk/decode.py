@@ -29,12 +29,12 @@ This module imports no Airflow.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from airflow_provider_backendauth.core.backends import FastestInstalled
 from airflow_provider_backendauth.core.counting import ByteCounter, byte_counter
 from airflow_provider_backendauth.core.errors import BulkExportError
 
@@ -149,47 +149,23 @@ def _zlib_ng_gzip() -> Inflater:
     return inflater
 
 
-_GZIP_BACKENDS: dict[str, Callable[[], Inflater]] = {
-    "isal": _isal_gzip,
-    "zlib-ng": _zlib_ng_gzip,
-    "zlib": _stdlib_gzip,
-}
-_auto_choice: str | None = None
+INFLATER_ENV = "BACKENDAUTH_BULK_INFLATER"
+INFLATERS: FastestInstalled[Inflater] = FastestInstalled(
+    "inflater",
+    INFLATER_ENV,
+    {"isal": _isal_gzip, "zlib-ng": _zlib_ng_gzip, "zlib": _stdlib_gzip},
+)
 
 
 def inflater_names() -> list[str]:
     """The gzip inflaters that can be used here, fastest first."""
-    names = []
-    for name, factory in _GZIP_BACKENDS.items():
-        try:
-            factory()
-        except ImportError:
-            continue
-        names.append(name)
-    return names
-
-
-INFLATER_ENV = "BACKENDAUTH_BULK_INFLATER"
+    return INFLATERS.names()
 
 
 def gzip_inflater_factory(name: str = "auto") -> tuple[str, Callable[[], Inflater]]:
     """The named gzip inflater and its actual name. ``auto`` is the fastest installed, or
-    the one named by the ``BACKENDAUTH_BULK_INFLATER`` environment variable (to rule a
-    binding out, or to compare them)."""
-    global _auto_choice
-    if name == "auto":
-        if _auto_choice is None:
-            _auto_choice = os.environ.get(INFLATER_ENV) or inflater_names()[0]
-        name = _auto_choice
-    try:
-        factory = _GZIP_BACKENDS[name]
-        factory()
-    except KeyError:
-        choices = ["auto", *_GZIP_BACKENDS]
-        raise ValueError(f"inflater must be one of {choices}, not {name!r}") from None
-    except ImportError as exc:
-        raise ValueError(f"the {name!r} inflater is not installed ({exc})") from None
-    return name, factory
+    the one named by the ``BACKENDAUTH_BULK_INFLATER`` environment variable."""
+    return INFLATERS.choose(name)
 
 
 # --- layers ---------------------------------------------------------------------------------
