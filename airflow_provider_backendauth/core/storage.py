@@ -189,8 +189,11 @@ class _S3Parts:
         if self._failure is not None:
             raise self._failure
 
-    def send(self, body: bytes) -> None:
-        """Upload ``body`` as the next part, waiting first while ``limit`` parts are in flight."""
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Upload ``data`` as the next part, waiting first while ``limit`` parts are in flight.
+
+        The part's copy is made after the wait, so a waiting writer holds no extra part.
+        """
         self.check()
         # Released by _settle, on the loop, when a part has ended.
         if not self._slots.acquire(blocking=False):
@@ -201,15 +204,21 @@ class _S3Parts:
         if self._failure is not None:  # the part we waited for failed
             self._slots.release()
             raise self._failure
-        part = _Part(len(self._parts) + 1, len(body))
+        # botocore wraps bytes in a BytesIO that shares them, and aiohttp's getbuffer() then
+        # unshares it: a second copy of every part, made on the event loop that every
+        # upload shares. A BytesIO filled by write() owns its memory: one copy, made here.
+        body = io.BytesIO()
+        size = body.write(data)
+        body.seek(0)
+        part = _Part(len(self._parts) + 1, size)
         self._parts.append(part)
         self._loop.call_soon_threadsafe(self._start, part, body)
 
-    def _start(self, part: _Part, body: bytes) -> None:  # on the loop
+    def _start(self, part: _Part, body: io.BytesIO) -> None:  # on the loop
         part.task = asyncio.ensure_future(self._upload(part.number, body))
         part.task.add_done_callback(lambda task: self._settle(part, task))
 
-    async def _upload(self, number: int, body: bytes) -> dict[str, Any]:
+    async def _upload(self, number: int, body: io.BytesIO) -> dict[str, Any]:
         answer = await self.fs._call_s3(
             "upload_part",
             Bucket=self.bucket,
@@ -343,11 +352,14 @@ class _UncommittedUpload(io.RawIOBase):
         buffer = self._buffer
         while len(buffer) >= self.part_size:
             # Parts of exactly part_size (some S3-compatible stores require equal parts).
-            # The copy is the part's own memory while it uploads; deleting a bytearray's
-            # head only moves its start, so the buffer keeps its allocation for the next.
-            body = bytes(memoryview(buffer)[: self.part_size])
+            # send() copies the part (its own memory while it uploads); deleting a
+            # bytearray's head only moves its start, so the buffer keeps its allocation.
+            part = memoryview(buffer)[: self.part_size]
+            try:
+                self._s3.send(part)
+            finally:
+                part.release()  # the buffer cannot shrink while a view of it exists
             del buffer[: self.part_size]
-            self._s3.send(body)
 
     def commit(self) -> None:
         """Make the file visible under its name (complete the upload)."""
@@ -356,7 +368,7 @@ class _UncommittedUpload(io.RawIOBase):
         try:
             if self._s3 is not None:
                 if self._buffer:  # the last part (the only one allowed below 5 MiB)
-                    self._s3.send(bytes(self._buffer))
+                    self._s3.send(self._buffer)
                 self._buffer = None
                 self._s3.complete()
             elif self._file is None:
