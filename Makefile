@@ -55,8 +55,15 @@ $(VENV_MIDDLE)/.installed: pyproject.toml
 compat-3.2: $(VENV_MIDDLE)/.installed
 	$(VENV_MIDDLE)/bin/python -m pytest -q -m "not e2e" -p no:cacheprovider
 
+# Azurite (an npm package) for the Azure tests in tests/storage, in the project-local
+# .cache/azurite; the tests would install it on first use too, this keeps that out of a timeout.
+AZURITE = .cache/azurite/.installed
+$(AZURITE): tests/support/azurite.py | $(VENV)/.installed
+	$(PY) -m tests.support.azurite install
+	touch $@
+
 # All three suites always run (a failure in one does not hide the others); all must pass.
-test: lint typecheck $(VENV)/.installed $(VENV_OLDEST)/.installed $(VENV_MIDDLE)/.installed
+test: lint typecheck $(VENV)/.installed $(VENV_OLDEST)/.installed $(VENV_MIDDLE)/.installed $(AZURITE)
 	@newest=0; oldest=0; middle=0; \
 	$(VENV)/bin/pytest -q || newest=$$?; \
 	$(VENV_OLDEST)/bin/python -m pytest -q -m "not e2e" -p no:cacheprovider || oldest=$$?; \

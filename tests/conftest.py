@@ -24,6 +24,9 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags_examples")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
+# gcsfs (2026.10+) would ask a gRPC service the GCS emulator does not have about each bucket's
+# layout, 60 s per lookup; read when gcsfs is imported (tests/support/gcs.py).
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
 @pytest.fixture(scope="session")

@@ -281,6 +281,22 @@ class _S3Parts:
         )
 
 
+def _close_unflushed(file: Any) -> None:
+    """Close an fsspec write file without its final flush (no upload, no commit).
+
+    fsspec's ``close()`` flushes with ``final=True`` unless the file was force-flushed
+    already, and adlfs commits the staged blocks on that final flush whatever ``autocommit``
+    says (Azure has no abort: ``discard()`` does nothing there). Closing a discarded Azure
+    upload the usual way would publish the partial data under the final name, over any
+    existing blob (tests/storage). Marking it force-flushed with an empty buffer makes
+    ``close()`` only release the file's client.
+    """
+    with suppress(Exception):
+        file.buffer = io.BytesIO()
+        file.forced = True
+        file.close()
+
+
 class _UncommittedUpload(io.RawIOBase):
     """A binary writer for one object-store file that becomes visible only on ``commit()``.
 
@@ -392,12 +408,16 @@ class _UncommittedUpload(io.RawIOBase):
             s3.abort()  # also after a failed commit: the upload may still be open
         if file is not None:
             try:
-                file.discard()  # S3: AbortMultipartUpload
+                file.discard()  # GCS: cancels the resumable upload; Azure: nothing
             finally:
-                # The discarded file has no buffer left; closing it only marks it closed
-                # (so garbage collection does not try to upload anything).
-                with suppress(Exception):
-                    file.close()
+                _close_unflushed(file)
+
+    def __del__(self) -> None:
+        # Dropped unfinished (neither committed nor discarded): the store's file must not
+        # publish itself from its own finalizer (adlfs's closes an unclosed file, and that
+        # commits its blocks). No request: what was sent stays uncommitted, as after a kill.
+        if not self.closed and self._file is not None:
+            _close_unflushed(self._file)
 
     def close(self) -> None:
         # Closing is not committing: an AtomicFile decides which of the two happens.
