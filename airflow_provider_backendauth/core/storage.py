@@ -629,7 +629,8 @@ def discard_leftovers(path: str | os.PathLike[str] | StoragePath) -> str | None:
     Locally: the file's temporary siblings. On S3: incomplete multipart uploads of the key
     (invisible, but stored and billed until aborted). Their data cannot be continued by this
     process (S3 does not let a part be read before the upload completes, and the download
-    checks every byte it writes), so the file starts again.
+    checks every byte it writes), so the file starts again. Azure and GCS have nothing to
+    drop: what a killed upload left there is invisible and expires (docs/object-storage.md).
 
     One listing per call: for many files use one ``Leftovers``, which lists each folder once.
     Only call this when no other writer can be writing ``path``.
@@ -705,7 +706,10 @@ class Leftovers:
             return found
         fs = folder.fs
         if not hasattr(fs, "call_s3"):
-            return found  # other stores expire uncommitted uploads themselves (GCS, Azure)
+            # Nothing to drop elsewhere. Azure: a killed upload's blocks stay uncommitted
+            # (invisible) until the name's next commit drops them, or a week passes; there
+            # is no abort. GCS: an unfinished resumable upload expires a week after it began.
+            return found
         bucket, key, _ = fs.split_path(folder.path)
         prefix = f"{key.rstrip('/')}/" if key else ""
         markers: dict[str, str] = {}
