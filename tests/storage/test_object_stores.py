@@ -100,3 +100,57 @@ def test_file_set_all_or_nothing(store: Store) -> None:
     blobs = store.blobs()
     assert sorted(blobs) == ["set/Empty.ndjson", "set/Patient.ndjson"]
     assert blobs["set/Patient.ndjson"].count(b"\n") == 3 and blobs["set/Empty.ndjson"] == b""
+
+
+KILLED_WRITER = """
+import json, os, signal, sys
+from upath import UPath
+from airflow_provider_backendauth.core.storage import AtomicFile
+url, options, size, part = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+atomic = AtomicFile(UPath(url, **options), part_size=part)
+atomic.handle.write(b"k" * size)
+assert atomic.bytes_uploaded >= 2 * part, atomic.bytes_uploaded  # parts are on the server
+os.kill(os.getpid(), signal.SIGKILL)  # as a lost worker: no cleanup runs
+"""
+
+
+def test_killed_writer_leaves_nothing_visible_and_the_retry_completes(store: Store) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    if isinstance(store, Container):
+        url = f"az://{store.name}/out/killed.ndjson"
+        options: dict[str, Any] = {"connection_string": store.server.connection_string}
+    else:
+        url = f"gs://{store.name}/out/killed.ndjson"
+        options = {"endpoint_url": store.server.endpoint, "token": "anon", "project": "p"}
+    env = {**os.environ, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLED_WRITER,
+            url,
+            json.dumps(options),
+            str(3 * PART + 9),
+            str(PART),
+        ],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    assert store.blobs() == {}
+    assert not store.path("out/killed.ndjson").exists()
+    if isinstance(store, Container):
+        (blocks,) = store.uncommitted().values()  # invisible, not yet dropped
+        assert blocks >= 3
+    assert discard_leftovers(store.path("out/killed.ndjson")) is None
+    with AtomicFile(store.path("out/killed.ndjson"), part_size=PART) as f:
+        f.write(b"r" * (PART + 1))
+    assert store.blobs() == {"out/killed.ndjson": b"r" * (PART + 1)}
+    if isinstance(store, Container):
+        assert store.uncommitted() == {}  # the retry's commit dropped the killed blocks
