@@ -14,7 +14,11 @@ import pytest
 
 from airflow_provider_backendauth.core.bulk.state import BulkStateStore
 from airflow_provider_backendauth.core.errors import BulkExportError
-from airflow_provider_backendauth.operators.bulk import FhirBulkExportOperator
+from airflow_provider_backendauth.operators.bulk import (
+    FhirBulkDownloadOperator,
+    FhirBulkExportOperator,
+    FhirBulkFinalizeOperator,
+)
 from tests.bulkkit import CONN_ID, FAST_POLL, BulkEnv, task_context
 from tests.storage.conftest import Container, GcsBucket
 
@@ -85,6 +89,34 @@ def test_bulk_export_every_resource_once(bulk_env: BulkEnv, store: Store) -> Non
     (since,) = [k for k in store.blobs("bulk/_bulk_state/since/")]
     key = since.rsplit("/", 1)[1][: -len(".json")]
     assert BulkStateStore(store.path("bulk")).load_since(key) == summary["transactionTime"]
+
+
+def test_mapped_downloads_every_file_once(bulk_env: BulkEnv, store: Store) -> None:
+    bulk_env.sb.settings.update(bulk_lines_per_file=25)
+    dest, state = store.url(DAY.rstrip("/")), store.url("bulk")
+    files = export_op(store, download=False).execute(task_context())
+    assert isinstance(files, list) and len(files) > 4
+    for i, f in enumerate(files):
+        FhirBulkDownloadOperator(
+            task_id="download",
+            backendauth_conn_id=CONN_ID,
+            destination=dest,
+            state_dir=state,
+            file=f,
+        ).execute(task_context(task_id="download", map_index=i))
+    summary = FhirBulkFinalizeOperator(
+        task_id="finalize",
+        export_task_id="export",
+        backendauth_conn_id=CONN_ID,
+        destination=dest,
+        state_dir=state,
+    ).execute(task_context(task_id="finalize"))
+    stored = exported(store)
+    assert sorted(stored) == sorted(f"{DAY}{f['name']}" for f in files)
+    assert sum(v["count"] for v in summary["output"].values()) == sum(f["count"] for f in files)
+    for kind, ids in ids_by_type(stored).items():
+        assert sorted(ids) == sorted(r.id for r in bulk_env.sb.store.by_type[kind])
+    assert_azure_committed_once(store, list(stored))
 
 
 @pytest.mark.parametrize("cut_mib", [3, 18], ids=["within-first-part", "past-first-part"])
