@@ -26,6 +26,7 @@ log: S3 requests per exported file, and the bytes copied server-side per exporte
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -45,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests.support.s3 (the request-logging moto server)
 _HOME = tempfile.mkdtemp(prefix="bench-s3-airflow-")
 os.environ.setdefault("AIRFLOW_HOME", _HOME)
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)  # Airflow's files of this run
 
 import requests  # noqa: E402
 from download_child import StaticToken  # noqa: E402
