@@ -1,10 +1,11 @@
-"""Bounded reading of API answers: a size limit on the decoded body and a total deadline.
+"""Bounded reading of API answers: a size limit on the decoded body, within the request's
+total deadline.
 
-``requests``' ``timeout`` bounds each socket read, not the answer: a server dripping one byte
-per second never trips ``timeout=2``. And ``response.content`` decodes a gzip body whole: a
-1 MB bomb becomes gigabytes in memory. ``read_body`` reads the (decoded) body in small steps,
-each a single socket read (urllib3 ``read1``, whose decoder output per call is bounded), and
-stops with a clear error when the body grows past ``max_bytes`` or the deadline passes.
+``response.content`` decodes a gzip body whole: a 1 MB bomb becomes gigabytes in memory.
+``read_body`` reads the (decoded) body in small steps, each a single socket read (urllib3
+``read1``, whose decoder output per call is bounded), and stops with a clear error when the
+body grows past ``max_bytes`` or the request's deadline passes (``core/deadline.py`` owns the
+deadline: it also bounds the status line and headers, which arrive before this reads).
 
 Token answers (``MAX_TOKEN_RESPONSE_BYTES``), REST/FHIR answers (``RestClient``'s
 ``max_response_bytes``) and FHIR search pages (``max_page_bytes``) are read through it. Bulk
@@ -13,11 +14,11 @@ file downloads have their own streaming limits (``core/bulk/download.py``).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import requests
 
+from airflow_provider_backendauth.core.deadline import Deadline, deadline_of
 from airflow_provider_backendauth.core.errors import FhirError
 from airflow_provider_backendauth.core.urls import display_url
 
@@ -35,16 +36,11 @@ class ResponseTooLargeError(FhirError):
         return True
 
 
-class DeadlineExceededError(requests.Timeout):
-    """The whole answer did not arrive within the deadline (a ``requests.Timeout``, so retry
-    logic treats it like any other timeout)."""
-
-
 def read_body(
     response: requests.Response,
     *,
     max_bytes: int,
-    deadline: float | None,
+    deadline: Deadline | None,
     what: str,
     setting: str,
 ) -> bytes:
@@ -54,7 +50,8 @@ def read_body(
     Args:
         response: a streamed response.
         max_bytes: the largest decoded body accepted.
-        deadline: a ``time.monotonic()`` by which the body must be complete, or None.
+        deadline: the request's deadline when it was sent through a session without
+            ``DeadlineAdapter`` (one that has it gives the response its own, used instead).
         what: names the call in errors ("Patient search (page 2)").
         setting: the setting that raises ``max_bytes``, named in the error.
 
@@ -62,16 +59,14 @@ def read_body(
         ResponseTooLargeError: the decoded body passed ``max_bytes``.
         DeadlineExceededError: the deadline passed before the body was complete.
     """
+    deadline = deadline_of(response) or deadline
     raw = response.raw
     reader = getattr(raw, "read1", None)
     body = bytearray()
     try:
         while True:
-            if deadline is not None and time.monotonic() > deadline:
-                raise DeadlineExceededError(
-                    f"{what}: {display_url(response.url)} did not send its whole answer within "
-                    "the deadline (the connection's 'timeout' bounds each request as a whole)."
-                )
+            if deadline is not None and deadline.passed():
+                raise deadline.error(f"{what}: {display_url(response.url)}")
             chunk = _read(reader or raw.read)
             if not chunk:
                 break
@@ -111,8 +106,3 @@ def _read(read: Any) -> bytes:
     except u3.SSLError as exc:
         raise requests.exceptions.SSLError(exc) from exc
     return chunk
-
-
-def deadline_after(seconds: float | None) -> float | None:
-    """A ``time.monotonic()`` deadline ``seconds`` from now (None: no deadline)."""
-    return None if seconds is None else time.monotonic() + float(seconds)

@@ -37,6 +37,10 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 def describe_network_error(exc: BaseException) -> str:
     """A short plain reason for a failed request: what happened, never a pool dump."""
+    from airflow_provider_backendauth.core.deadline import DeadlineExceededError
+
+    if isinstance(exc, DeadlineExceededError):
+        return exc.reason  # "did not answer within 30 s (total deadline: ...)"
     causes = list(_causes(exc))
     for cause in causes:
         if isinstance(cause, ssl.SSLCertVerificationError):

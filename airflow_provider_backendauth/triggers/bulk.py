@@ -248,11 +248,26 @@ class BulkExportTrigger(BaseTrigger):
         import httpx
 
         from airflow_provider_backendauth.core.bulk.protocol import RetryLater, interpret_status
+        from airflow_provider_backendauth.core.deadline import (
+            Deadline,
+            DeadlineExceededError,
+            within,
+        )
+        from airflow_provider_backendauth.core.urls import display_url
 
+        # httpx's timeout bounds each read; the connection's 'timeout' bounds the whole
+        # request (status line, headers, body), as on the workers.
+        deadline = Deadline(client.settings.timeout)
         try:
-            response = await self._send(http, client, "GET", self.status_url)
+            response = await within(
+                deadline,
+                self._send(http, client, "GET", self.status_url),
+                f"GET {display_url(self.status_url)}",
+            )
         except httpx.TransportError as exc:
             return RetryLater(None, f"no answer ({type(exc).__name__})")
+        except DeadlineExceededError as exc:
+            return RetryLater(None, exc.reason)
         headers = dict(response.headers.items())
         if len(response.content) > LARGE_BODY:  # a big manifest: parse it off the loop
             return await asyncio.to_thread(

@@ -10,6 +10,7 @@ import requests
 from airflow_provider_backendauth.core.auth.cache import CacheInfo, SingleFlightCache
 from airflow_provider_backendauth.core.errors import DiscoveryError
 from airflow_provider_backendauth.core.network import describe_network_error
+from airflow_provider_backendauth.core.sessions import plain_session
 from airflow_provider_backendauth.core.urls import join_url
 
 
@@ -68,7 +69,7 @@ def discover(
 def _fetch(
     url: str, base_url: str, *, session: requests.Session | None, timeout: float
 ) -> SmartConfiguration:
-    http = session or requests.Session()
+    http = session or plain_session()
     try:
         response = http.get(url, headers={"Accept": "application/json"}, timeout=timeout)
     except requests.RequestException as exc:

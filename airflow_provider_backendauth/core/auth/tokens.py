@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 
+from airflow_provider_backendauth.core.deadline import Deadline
 from airflow_provider_backendauth.core.errors import (
     InvalidClientError,
     InvalidScopeError,
@@ -20,7 +21,6 @@ from airflow_provider_backendauth.core.errors import (
 from airflow_provider_backendauth.core.limits import (
     MAX_TOKEN_RESPONSE_BYTES,
     ResponseTooLargeError,
-    deadline_after,
     read_body,
 )
 from airflow_provider_backendauth.core.network import describe_network_error
@@ -30,6 +30,7 @@ from airflow_provider_backendauth.core.redact import (
     remember_secret,
 )
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
+from airflow_provider_backendauth.core.sessions import plain_session
 
 log = get_logger(__name__)
 
@@ -112,7 +113,7 @@ class TokenEndpoint:
         self.client_id = client_id
         self.scope = scope
         self.client_id_in_form = client_id_in_form
-        self._session = session or requests.Session()
+        self._session = session or plain_session()
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.hints = hints
@@ -162,8 +163,9 @@ class TokenEndpoint:
         self.requests_made += 1
         started = time.time()
         # 'timeout' bounds the whole exchange, not each socket read (a server dripping a byte
-        # per read would otherwise hold the worker indefinitely).
-        deadline = deadline_after(self.timeout)
+        # per read would otherwise hold the worker indefinitely). Our sessions' adapter owns
+        # that deadline from the send on; this one serves a session made elsewhere.
+        deadline = Deadline(self.timeout)
         try:
             response = self._session.post(
                 self.token_url,

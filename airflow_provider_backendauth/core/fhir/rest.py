@@ -17,13 +17,10 @@ from typing import Any
 
 import requests
 
+from airflow_provider_backendauth.core.deadline import Deadline, total_seconds
 from airflow_provider_backendauth.core.errors import FhirError
 from airflow_provider_backendauth.core.fhir.outcome import check_response
-from airflow_provider_backendauth.core.limits import (
-    DEFAULT_MAX_RESPONSE_BYTES,
-    deadline_after,
-    read_body,
-)
+from airflow_provider_backendauth.core.limits import DEFAULT_MAX_RESPONSE_BYTES, read_body
 from airflow_provider_backendauth.core.redact import get_logger, short_error
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 from airflow_provider_backendauth.core.urls import display_url, resolve_endpoint
@@ -215,10 +212,11 @@ class RestClient:
     def _attempt(self, call: _Call) -> tuple[Any, requests.Response]:
         kwargs = call.kwargs
         streamed_by_caller = bool(kwargs.get("stream"))
-        # 'timeout' bounds the whole answer (not each socket read); the decoded body is
-        # bounded in size (a gzip bomb ends in a clear error, not a MemoryError).
-        timeout = kwargs.get("timeout")
-        deadline = deadline_after(timeout if isinstance(timeout, (int, float)) else None)
+        # 'timeout' bounds the whole answer (not each socket read: core/deadline.py; this
+        # deadline serves a session without its adapter); the decoded body is bounded in
+        # size (a gzip bomb ends in a clear error, not a MemoryError).
+        seconds = total_seconds(kwargs.get("timeout"))
+        deadline = None if seconds is None else Deadline(seconds)
         response = self.session.request(call.method, call.url, **{**kwargs, "stream": True})
         if not streamed_by_caller:
             read_body(
