@@ -9,6 +9,8 @@ makes a request per file or page. The answer depends only on the URL's scheme an
 a handful of variables, so ``ClientSession`` keeps it per origin and per value of those
 variables: a variable changed later (a test, a task setting a proxy) is seen on the next
 request, as before. Per-request ``proxies=`` and ``trust_env = False`` behave as in requests.
+One thing does not: a session's own ``verify`` (the connection's ``ca_bundle`` or
+``verify_ssl``) is not replaced by ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``.
 
 This module imports no Airflow.
 """
@@ -57,6 +59,13 @@ class ClientSession(requests.Session):
         verify: Any,
         cert: Any,
     ) -> Any:  # requests' settings dict (a TypedDict in its stubs only)
+        # The connection's own TLS setting wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE.
+        # requests lets those replace a request's verify=None before it looks at the
+        # session's, so a connection's ca_bundle (or verify_ssl false) was silently ignored
+        # on any worker that sets them. Only the default (True) leaves the environment's
+        # bundle in charge, as in requests.
+        if verify is None and self.verify is not True:
+            verify = self.verify
         if not self.trust_env or proxies or not isinstance(url, str):
             return dict(super().merge_environment_settings(url, proxies, stream, verify, cert))
         parts = urlsplit(url)

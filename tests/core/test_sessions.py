@@ -4,16 +4,20 @@ direct when ``NO_PROXY`` or a changed environment says so."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import certifi
 import pytest
 import requests
 
 from airflow_provider_backendauth.core import sessions
 from airflow_provider_backendauth.core.sessions import USER_AGENT, ClientSession, plain_session
+from tests.support.servers import _self_signed
 
 PROXY_VARIABLES = [
     name
@@ -173,3 +177,36 @@ def test_plain_session_sets_tls_and_user_agent() -> None:
         USER_AGENT,
         None,
     )
+
+
+@pytest.fixture
+def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An HTTPS server with a self-signed certificate: (its URL, the certificate)."""
+    cert, key = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server, _ = _serve("tls")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/data", cert
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_the_connections_tls_setting_wins_over_the_ca_bundle_environment(
+    https_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that sets REQUESTS_CA_BUNDLE (to the system bundle, say) must still use the
+    connection's ca_bundle: requests alone would verify against the environment's bundle."""
+    url, cert = https_server
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())  # does not know our CA
+    assert plain_session(str(cert)).get(url, timeout=10).text == "tls"
+    assert plain_session(False).get(url, timeout=10).text == "tls"
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.Session().get(url, verify=None, timeout=10)  # what requests does instead
+    with pytest.raises(requests.exceptions.SSLError):
+        plain_session(True).get(url, timeout=10)  # the default follows the environment...
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    assert plain_session(True).get(url, timeout=10).text == "tls"  # ...either way
