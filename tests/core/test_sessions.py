@@ -17,7 +17,7 @@ import requests
 
 from airflow_provider_backendauth.core import sessions
 from airflow_provider_backendauth.core.sessions import USER_AGENT, ClientSession, plain_session
-from tests.support.servers import _self_signed
+from tests.support.servers import trusted_certificate
 
 PROXY_VARIABLES = [
     name
@@ -182,7 +182,7 @@ def test_plain_session_sets_tls_and_user_agent() -> None:
 @pytest.fixture
 def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """An HTTPS server with a self-signed certificate: (its URL, the certificate)."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = trusted_certificate(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server, _ = _serve("tls")

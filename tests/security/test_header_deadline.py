@@ -182,7 +182,7 @@ def test_the_triggers_status_poll(conn: Callable[..., str], drip: DripServer) ->
 def test_over_tls(tmp_path: Path) -> None:
     from airflow_provider_backendauth.core.deadline import DeadlineExceededError
     from airflow_provider_backendauth.core.sessions import plain_session
-    from tests.security.drip import trusted_certificate
+    from tests.support.servers import trusted_certificate
 
     cert, key = trusted_certificate(tmp_path)
     server = DripServer(header_bytes=60, delay=0.3, tls=(cert, key))

@@ -43,7 +43,10 @@ def silent_server() -> Iterator[str]:
         sock.close()
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
+def trusted_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 that may serve as its own CA bundle (a CA
+    basic constraint, so OpenSSL accepts it as a trust anchor); returns (cert, key) files."""
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -60,6 +63,7 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
@@ -98,7 +102,7 @@ def self_signed_https() -> Iterator[str]:
             pass  # the client aborting the handshake is the point of this server
 
     with tempfile.TemporaryDirectory() as tmp:
-        cert, key = _self_signed(Path(tmp))
+        cert, key = trusted_certificate(Path(tmp))
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
         server = QuietServer(("127.0.0.1", 0), Handler)
