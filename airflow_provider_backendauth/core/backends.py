@@ -23,15 +23,20 @@ class FastestInstalled(Generic[T]):
         self.env = env
         self.factories = dict(factories)
         self._auto: str | None = None  # chosen once per process
+        # Names whose factory already worked here: asked for again (a search page, a file's
+        # line tally), they are not built a second time just to check they import.
+        self._usable: set[str] = set()
 
     def names(self) -> list[str]:
         """The implementations that can be used here, fastest first."""
         names = []
         for name, factory in self.factories.items():
-            try:
-                factory()
-            except ImportError:
-                continue
+            if name not in self._usable:
+                try:
+                    factory()
+                except ImportError:
+                    continue
+                self._usable.add(name)
             names.append(name)
         return names
 
@@ -44,7 +49,9 @@ class FastestInstalled(Generic[T]):
             name = self._auto
         try:
             factory = self.factories[name]
-            factory()
+            if name not in self._usable:
+                factory()
+                self._usable.add(name)
         except KeyError:
             choices = ["auto", *self.factories]
             raise ValueError(f"{self.kind} must be one of {choices}, not {name!r}") from None
