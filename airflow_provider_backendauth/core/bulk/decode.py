@@ -482,7 +482,7 @@ class LineTally:
                 )
         else:
             self._extend_tail(data, 0, last_nl)
-            if self._tail_size and not (_blank(self._tail) and _blank(self._tail_end)):
+            if self._tail_has_content():
                 # The tail is done with: hand it over instead of copying it.
                 self._last, self._last_size, self._last_end = (
                     self._tail,
@@ -491,6 +491,10 @@ class LineTally:
                 )
         self._tail, self._tail_size, self._tail_end = bytearray(), 0, b""
         self._extend_tail(data, last_nl + 1, end)
+
+    def _tail_has_content(self) -> bool:
+        """Whether the bytes after the last newline hold more than whitespace."""
+        return bool(self._tail_size) and not (_blank(self._tail) and _blank(self._tail_end))
 
     def _extend_tail(self, data: bytes | bytearray, start: int, end: int) -> None:
         if end <= start:
@@ -509,7 +513,7 @@ class LineTally:
         """Why the final non-blank line is not a JSON object, or None if it is (or there
         is none)."""
         line: bytes | bytearray
-        if self._tail_size and not (_blank(self._tail) and _blank(self._tail_end)):
+        if self._tail_has_content():
             line, size, end = self._tail, self._tail_size, self._tail_end
         elif self._last_size:
             line, size, end = self._last, self._last_size, self._last_end
