@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tests.support.servers import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 AZURITE_VERSION = "3.35.0"
 CACHE = REPO / ".cache" / "azurite"
@@ -180,12 +182,7 @@ class AzuriteServer:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop_process(self._process)
             self._process = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)

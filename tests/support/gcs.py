@@ -32,6 +32,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tests.support.servers import stop_process
+
 START_TIMEOUT = 60.0  # seconds; it starts in well under one
 PROJECT = "test-project"
 
@@ -117,12 +119,7 @@ class FakeGcsServer:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop_process(self._process)
             self._process = None
         if self._stderr is not None:
             self._stderr.close()
