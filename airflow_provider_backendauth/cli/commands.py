@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime
 import json
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +140,9 @@ def _suggested_connection(
 def _read_passphrase(path: str | None) -> bytes | None:
     if path is None:
         return None
-    with open(path, "rb") as handle:
-        lines = handle.read().splitlines()
+    from airflow_provider_backendauth.core.auth.keys import read_local_file
+
+    lines = read_local_file(path, what="passphrase file").splitlines()
     passphrase = lines[0] if lines else b""
     if not passphrase:
         raise CommandError(f"The passphrase file {path} is empty.")
@@ -147,19 +150,28 @@ def _read_passphrase(path: str | None) -> bytes | None:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    # Created 0600 from the start (never briefly readable by others), then moved into place.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    _write_atomic(path, data, mode=0o600)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` all at once: readers see the old file or the new one.
+
+    The temporary file is a fresh, unpredictable name in the target directory, created with
+    O_EXCL and O_NOFOLLOW (``tempfile.mkstemp``) with mode 0600 until it is complete: a
+    symlink planted at a guessable name such as ``<name>.tmp`` cannot redirect the write,
+    and a private key is never readable by others, not even briefly.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # -- jwks ---------------------------------------------------------------------------------
@@ -171,6 +183,7 @@ def jwks(args: argparse.Namespace) -> int:
         check_algorithm,
         compatible_algorithms,
         load_signing_key_file,
+        read_local_file,
     )
     from airflow_provider_backendauth.core.auth.profiles import get_profile
     from airflow_provider_backendauth.core.errors import KeyLoadError
@@ -195,10 +208,13 @@ def jwks(args: argparse.Namespace) -> int:
         alg = check_algorithm(alg, key)
     document = key.public_jwks(kid=args.kid, alg=alg)
     if args.merge:
+        merge_text = read_local_file(args.merge, what="JWKS to merge into")
         try:
-            existing = json.loads(Path(args.merge).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CommandError(f"{args.merge} is not JSON (line {exc.lineno}).") from None
+            existing = json.loads(merge_text)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            line = getattr(exc, "lineno", None)
+            where = f" (line {line})" if line else ""
+            raise CommandError(f"{args.merge} is not JSON{where}.") from None
         document = merge_jwks(existing, document)
     text = json.dumps(document, indent=2) + "\n"
     if args.out:

@@ -153,10 +153,8 @@ def merge_jwks(existing: Any, new: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(existing, dict) or not isinstance(existing.get("keys"), list):
         raise KeyLoadError('The file to merge into is not a JWKS (a JSON object with "keys").')
     keys = [k for k in existing["keys"] if isinstance(k, dict)]
-    if any("d" in k for k in keys):
-        raise KeyLoadError(
-            "The JWKS to merge into holds a private key ('d'); merge into the public JWKS."
-        )
+    refuse_secret_members(keys, "The JWKS to merge into")
+    refuse_secret_members(new["keys"], "The key to add")
     merged = list(keys)
     for key in new["keys"]:
         same_kid = [k for k in merged if k.get("kid") == key.get("kid")]
@@ -168,6 +166,32 @@ def merge_jwks(existing: Any, new: dict[str, Any]) -> dict[str, Any]:
                 "new key another kid (--kid)."
             )
     return {**existing, "keys": merged}
+
+
+# Every JWK member that is secret (RFC 7518 section 6: the RSA and EC private parts and the
+# symmetric key value). A published key set holds none of them.
+SECRET_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+
+
+def refuse_secret_members(keys: list[Any], what: str) -> None:
+    """Raise unless every JWK in ``keys`` is public (no member of ``SECRET_JWK_MEMBERS``).
+
+    Refused rather than stripped: a secret in the document means the wrong file was named
+    (the private JWKS, or a shared secret), which the user should see, not have repaired.
+
+    Raises:
+        KeyLoadError: naming the key (its kid) and the secret members, never their values.
+    """
+    for key in keys:
+        if not isinstance(key, dict):
+            continue
+        found = [m for m in SECRET_JWK_MEMBERS if m in key]
+        if found:
+            raise KeyLoadError(
+                f"{what} holds secret member(s) {', '.join(found)} in the key with kid "
+                f"{key.get('kid')!r}: a published JWKS holds public keys only; use the public "
+                "JWKS (keygen's jwks.json, or 'backendauth jwks' of the private key)."
+            )
 
 
 def _public_members(jwk: dict[str, Any]) -> str:
@@ -197,4 +221,12 @@ def _self_signed(
     return builder.sign(key, hashes.SHA256())
 
 
-__all__ = ["DEFAULT_RSA_BITS", "GeneratedKey", "default_algorithm", "generate_key", "merge_jwks"]
+__all__ = [
+    "DEFAULT_RSA_BITS",
+    "SECRET_JWK_MEMBERS",
+    "GeneratedKey",
+    "default_algorithm",
+    "generate_key",
+    "merge_jwks",
+    "refuse_secret_members",
+]

@@ -181,44 +181,61 @@ def _parse_signing_key(
 def load_signing_key_file(
     path: str, *, passphrase: str | bytes | None = None, kid: str | None = None
 ) -> SigningKey:
-    """Load a private key from a file on this machine (see ``load_signing_key``).
+    """Load a private key from a file on this machine (see ``load_signing_key`` and
+    ``read_local_file``, which reads it)."""
+    data = read_local_file(
+        path,
+        what="private key file",
+        hint="point 'key_file' at the PEM/JWK file itself",
+    )
+    return load_signing_key(data, passphrase=passphrase, kid=kid)
 
-    Only a regular file of at most ``MAX_KEY_FILE_BYTES`` is read: ``/dev/zero`` would exhaust
+
+def read_local_file(
+    path: str, *, what: str, hint: str = "check the path", max_bytes: int = MAX_KEY_FILE_BYTES
+) -> bytes:
+    """The bytes of a small local file (a key, a JWKS, a passphrase), read with a bound.
+
+    Only a regular file of at most ``max_bytes`` is read: ``/dev/zero`` would exhaust
     memory and a FIFO would hang the worker. The file is opened non-blocking and checked on
     the open descriptor, so swapping the path for a FIFO after a check cannot hang either.
+
+    Args:
+        what: how the messages name the file ("private key file", "passphrase file", ...).
+        hint: what to do when the path is not a regular file.
+
+    Raises:
+        KeyLoadError: unreadable, not a regular file, or larger than ``max_bytes``.
     """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise KeyLoadError(
-            f"Cannot read the private key file {path!r}: {exc.strerror or exc}. Check that the "
-            "path exists on every worker and is readable by the Airflow user."
+            f"Cannot read the {what} {path!r}: {exc.strerror or exc}. Check that the path "
+            "exists (on every worker, for a connection) and is readable by this user."
         ) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise KeyLoadError(
-                f"The private key file {path!r} is not a regular file (a device, FIFO or "
-                "directory); point 'private_key_file' at the PEM/JWK file itself."
+                f"The {what} {path!r} is not a regular file (a device, FIFO or directory); {hint}."
             )
-        if info.st_size > MAX_KEY_FILE_BYTES:
+        if info.st_size > max_bytes:
             raise KeyLoadError(
-                f"The private key file {path!r} is {info.st_size} bytes; a key file is at most "
-                f"{MAX_KEY_FILE_BYTES} bytes. Check the path."
+                f"The {what} {path!r} is {info.st_size} bytes; at most {max_bytes} bytes are "
+                "read. Check the path."
             )
         with os.fdopen(fd, "rb") as handle:
             fd = -1
-            data = handle.read(MAX_KEY_FILE_BYTES + 1)
+            data = handle.read(max_bytes + 1)
     except OSError as exc:
-        raise KeyLoadError(
-            f"Cannot read the private key file {path!r}: {exc.strerror or exc}."
-        ) from None
+        raise KeyLoadError(f"Cannot read the {what} {path!r}: {exc.strerror or exc}.") from None
     finally:
         if fd >= 0:
             os.close(fd)
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise KeyLoadError(f"The private key file {path!r} grew past {MAX_KEY_FILE_BYTES} bytes.")
-    return load_signing_key(data, passphrase=passphrase, kid=kid)
+    if len(data) > max_bytes:
+        raise KeyLoadError(f"The {what} {path!r} grew past {max_bytes} bytes.")
+    return data
 
 
 def check_algorithm(algorithm: str, key: SigningKey) -> str:
