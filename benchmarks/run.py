@@ -47,6 +47,7 @@ from typing import Any
 
 import requests
 from download_child import StaticToken, download
+from load import IDLE_FRACTION, Load, add_arguments, check, span
 from servers import MB, FileSet, Nginx, SandboxProcess, fhir_like_block, make_files, nginx, sandbox
 
 from airflow_provider_backendauth.core.auth.bearer import BackendAuth
@@ -88,6 +89,7 @@ class Case:
     expected_bytes: int | None
     manifest_file: Path = field(default=Path())
     status_url: str = ""  # a sandbox export's, to delete it afterwards
+    load: str = ""  # the 1-minute load average before -> after its rounds
     fhir_base: str = ""  # searches: the FHIR base and what to search
     search: tuple[str, int] = ("", 0)
 
@@ -443,16 +445,16 @@ def size_text(megabytes: float) -> str:
 def table(rows: Sequence[Row]) -> str:
     header = (
         "| server | files | size | client | MB/s median | MB/s best | CPU ms/MB "
-        "| peak RSS MiB | vs fastest baseline |"
+        "| peak RSS MiB | vs fastest baseline | load (1 min) |"
     )
-    lines = [header, "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [header, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         rss = f"{r.rss_mib:.0f}" if r.rss_mib is not None else "-"
         size = size_text(r.case.size_mb)
         lines.append(
             f"| {r.case.server} | {r.case.files_label} | {size} | {r.contender} "
             f"| {r.mb_s_median:.0f} | {r.mb_s_best:.0f} | {r.cpu_ms_per_mb:.2f} | {rss} "
-            f"| {r.ratio:.2f} |"
+            f"| {r.ratio:.2f} | {r.case.load} |"
         )
     return "\n".join(lines)
 
@@ -487,8 +489,14 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "curl": versions["curl"].split(" (")[0],
         "nginx": versions["nginx"].replace("nginx version: ", ""),
-        "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
     }
+
+
+def idle_text(*loads: Load) -> str:
+    if all(load.idle for load in loads):
+        return "an idle machine"
+    cores = loads[0].cores
+    return f"NOT an idle machine (idle: a 1-minute load <= {IDLE_FRACTION:g} x {cores} cores)"
 
 
 def write_readme(text: str) -> None:
@@ -526,6 +534,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--search-counts", default="100", help="page sizes, comma-separated")
     parser.add_argument("--skip-nginx", action="store_true")
     parser.add_argument("--json", type=Path, help="also write every sample here")
+    add_arguments(parser)
     parser.add_argument("--note", help="what else ran on the machine, for the README's figures")
     parser.add_argument(
         "--readme",
@@ -552,11 +561,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("curl") is None:
         raise SystemExit("curl is needed for the baselines (apt-get install -y curl)")
+    start_load = check(args.require_idle)
     host = machine()
+    host["loadavg_start"] = str(start_load)
     print(
         f"{host['nproc']} CPUs ({host['cpu']}), Python {host['python']}, {host['curl']}, "
         f"{host['nginx']}, installed inflaters: {host['inflaters']}, newline counter: "
-        f"{host['counter']}; load average {' '.join(host['loadavg_start'])}",
+        f"{host['counter']}; load average {start_load}",
         flush=True,
     )
     work = Path(tempfile.mkdtemp(prefix="backendauth-bench-"))
@@ -569,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows: list[Row] = []
+    loads = [start_load]  # every one taken: the README says whether all were idle
     raw: list[dict[str, Any]] = []
     warm = True
 
@@ -577,8 +589,12 @@ def main(argv: list[str] | None = None) -> int:
         case.manifest_file = work / "manifest.json"
         case.manifest_file.write_text(json.dumps(case.manifest))
         warm = warm or case.mode == SEARCH_MODE  # the first search warms connections too
-        print(f"  {case.label}: {args.repeat} rounds...", flush=True)
+        before = check(args.require_idle, case.label)
+        print(f"  {case.label}: {args.repeat} rounds, load average {before}...", flush=True)
         samples = measure(case, work, args, warm_up=warm)
+        after = Load.now()
+        case.load = span(before, after)
+        loads.extend((before, after))
         warm = False
         new = rows_for(case, samples, args.parallel)
         for row in new:
@@ -592,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "case": case.label,
                 "bytes": case.expected_bytes,
+                "load_1min": case.load,
                 "samples": {
                     n.format(n=args.parallel): [s.__dict__ for s in runs]
                     for n, runs in samples.items()
@@ -628,13 +645,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    host["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    end_load = Load.now()
+    host["loadavg_end"] = str(end_load)
     text = table(rows)
     print(
         f"\nBulk downloads ({args.files} files, {args.parallel} at a time) and FHIR search, "
-        f"{args.repeat} rounds:"
+        f"{args.repeat} rounds; load average {start_load} at the start, {end_load} at the end "
+        f"on {end_load.cores} cores:"
     )
     print(text)
+    check(False, "the end of the run")  # warns again if the run ended on a busy machine
     if args.json:
         args.json.write_text(json.dumps({"machine": host, "cases": raw}, indent=1))
     if args.readme:
@@ -644,11 +664,12 @@ def main(argv: list[str] | None = None) -> int:
             f"Last full run: {when}. Machine: {host['nproc']} CPUs ({host['cpu']}), "
             f"Python {host['python']}, Linux {host['kernel']}, {host['curl']}, "
             f"{host['nginx']}, installed inflaters: {host['inflaters']}, newline counter: "
-            f"{host['counter']}; load average {' '.join(host['loadavg_start'])} at the start, "
-            f"{' '.join(host['loadavg_end'])} at the end{note}. {args.files} files, "
-            f"{args.parallel} at a time, {args.repeat} rotating rounds. A fresh process's "
-            f"start-up and imports (bytecode compiled, as installed): "
-            f"{host['startup_ms']:.0f} ms, included in its rows.\n\n{text}"
+            f"{host['counter']}; load average {host['loadavg_start']} at the start, "
+            f"{host['loadavg_end']} at the end{note}; {idle_text(*loads, end_load)}. "
+            f"{args.files} files, {args.parallel} at a time, {args.repeat} rotating rounds. "
+            f"A fresh process's start-up and imports (bytecode compiled, as installed): "
+            f"{host['startup_ms']:.0f} ms, included in its rows. The last column is the "
+            f"1-minute load average before and after each case's rounds.\n\n{text}"
         )
         print(f"(written to {README.relative_to(HERE.parent)})")
     return 0

@@ -50,6 +50,7 @@ atexit.register(shutil.rmtree, _HOME, ignore_errors=True)  # Airflow's files of 
 
 import requests  # noqa: E402
 from download_child import StaticToken  # noqa: E402
+from load import Load, add_arguments, check, span  # noqa: E402
 from servers import MB, sandbox  # noqa: E402
 
 from airflow_provider_backendauth.core import storage  # noqa: E402
@@ -120,6 +121,13 @@ def boto3_client(endpoint: str) -> Any:
     )
 
 
+def load_range(pairs: list[tuple[Load, Load]]) -> str:
+    """The 1-minute load before the first and after the last of a contender's runs, with
+    the lowest and highest seen around any of them."""
+    seen = [load.one for pair in pairs for load in pair]
+    return f"{span(pairs[0][0], pairs[-1][1])} (range {min(seen):.2f}-{max(seen):.2f})"
+
+
 def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
@@ -139,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="S3 parts uploading at once per file (default: core.storage's default)",
     )
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    start_load = check(args.require_idle, "benchmarks/s3.py")
     if args.parts_in_flight:
         storage.DEFAULT_PARTS_IN_FLIGHT = args.parts_in_flight  # read when a file opens
     size_mb = args.mb or (20 if args.quick else 200)
@@ -229,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             names = list(contenders)
             times: dict[str, list[float]] = {n: [] for n in names}
+            # The 1-minute load before and after each contender's run: [(before, after)].
+            loads: dict[str, list[tuple[Load, Load]]] = {n: [] for n in names}
             ours(-1)  # warm-up: connections, imports, the sandbox's page cache
             moto.reset()
             ours(0)
@@ -236,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
             for rep in range(1, repeat + 1):
                 order = names[rep % len(names) :] + names[: rep % len(names)]
                 for name in order:
+                    before = Load.now()
                     times[name].append(timed(lambda n=name, r=rep: contenders[n](r)))
+                    loads[name].append((before, Load.now()))
                     forget(rep)  # untimed: moto keeps every object in memory
             copies = [r for r in log if r["operation"] in ("CopyObject", "UploadPartCopy")]
             # A copy stores its whole source again: size it by the object it made.
@@ -248,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)  # the local copies of the export
 
+    end_load = Load.now()
     # Every request of the measured export (the log was reset just before it): the
     # per-object ones and the bucket-level ones (the listing of leftover uploads per file).
     ours_keys = {r["key"] for r in log if r["key"].startswith("ours-0/")}
@@ -266,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         "parallel": args.parallel,
         "repeat": repeat,
         "median_s": {n: round(v, 3) for n, v in medians.items()},
+        "load_start": str(start_load),
+        "load_end": str(end_load),
+        "load_1min": {n: load_range(pairs) for n, pairs in loads.items()},
         "mb_per_s": {n: round(total / MB / v, 1) for n, v in medians.items()},
         "ours_vs_fastest_upload": round(baseline / medians["BulkDownloader -> S3"], 2),
         # Downloading and uploading one after the other would take the sum of the two.
@@ -281,11 +299,15 @@ def main(argv: list[str] | None = None) -> int:
         f"\nS3 (moto server) on 127.0.0.1: {figures['export_mb']} MB in {len(paths)} files of "
         f"{figures['file_mb'][0]}-{figures['file_mb'][1]} MB, {figures['multipart_files']} "
         f"multipart ({figures['part_mib']:g} MiB parts, {figures['parts_in_flight']} in flight "
-        f"per file); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        f"per file); load average {start_load} at the start, {end_load} at the end on "
+        f"{end_load.cores} cores"
     )
-    print(f"{'contender':24} {'median s':>9} {'MB/s':>8}")
+    print(f"{'contender':24} {'median s':>9} {'MB/s':>8}  load (1 min): first -> last (range)")
     for name in names:
-        print(f"{name:24} {medians[name]:9.3f} {figures['mb_per_s'][name]:8.1f}")
+        print(
+            f"{name:24} {medians[name]:9.3f} {figures['mb_per_s'][name]:8.1f}  "
+            f"{figures['load_1min'][name]}"
+        )
     print(
         f"download+stream vs fastest upload-only: {figures['ours_vs_fastest_upload']}x speed, "
         f"vs download to disk then fastest upload: {figures['ours_vs_download_then_upload']}x; "
@@ -295,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
+    check(False, "the end of the run")  # warns again if it ended on a busy machine
     return 0
 
 

@@ -26,6 +26,7 @@ def test_quick_run_measures_every_contender(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| server | files | size | client | MB/s median" in result.stdout
+    assert "| vs fastest baseline | load (1 min) |" in result.stdout
     cases = {case["case"]: case for case in json.loads(figures.read_text())["cases"]}
     assert set(cases) == {
         "nginx plain NDJSON 1 MB",
@@ -39,6 +40,7 @@ def test_quick_run_measures_every_contender(tmp_path: Path) -> None:
     matched = [run["bytes"] for runs in search["samples"].values() for run in runs]
     assert len(set(matched)) == 1 and matched[0] > 20  # the same resources, several pages
     for label, case in cases.items():
+        assert " -> " in case["load_1min"], label  # the load before and after its rounds
         contenders = set(case["samples"])
         assert {"BulkDownloader, fresh process", "BulkDownloader, in-process"} <= contenders
         assert "4 curl processes" in contenders
