@@ -302,6 +302,11 @@ class HttpServer(ThreadingHTTPServer):
     """A threaded server that remembers its open connections so it can close them all."""
 
     daemon_threads = True
+    # The listen backlog: connections the kernel completes before serve_forever accepts them.
+    # The stdlib's 5 is far too few for a DAG test that defers hundreds of exports at once:
+    # with the queue full the kernel drops further SYNs, and each of those clients waits out
+    # a SYN retry (1 s, then 3, 7, ...). Linux caps it at net.core.somaxconn (4096 today).
+    request_queue_size = 1024
 
     def __init__(self, host: str, port: int, app: App, name: str = "main") -> None:
         self.app = app
