@@ -54,6 +54,26 @@ class InsecureURLError(ConfigurationError):
     """A URL is not HTTPS (and is neither loopback nor explicitly allowed as plain HTTP)."""
 
 
+class ViewDefinitionError(ConfigurationError):
+    """A SQL-on-FHIR ViewDefinition is invalid, or a resource breaks what it declares.
+
+    Raised by ``core.views.compile_view`` before any row for everything knowable from the
+    view alone (structure, column names, FHIRPath syntax, functions, constants), and while
+    rows are produced for what depends on the data (a ``collection: false`` column meeting
+    several values, a ``where`` path that is not boolean). The message names the column or
+    path and what is wrong; it never quotes resource content.
+    """
+
+
+class MalformedResourceError(BackendAuthError, ValueError):
+    """An input to a ViewDefinition is not a FHIR resource (not a JSON object, or no
+    ``resourceType``). The message gives its position in the input, never its content."""
+
+    @property
+    def retry_cannot_help(self) -> bool:
+        return True
+
+
 class DiscoveryError(BackendAuthError):
     """The server's `.well-known/smart-configuration` could not be fetched or is unusable."""
 

@@ -108,3 +108,15 @@ def test_the_download_path_imports_no_key_machinery() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("path", sources(PACKAGE / "core" / "views"), ids=lambda p: p.name)
+def test_view_runner_imports_no_table_library(path: pathlib.Path) -> None:
+    """The ViewDefinition runner yields plain dicts; Arrow/Parquet/Delta stay in the layer above."""
+    heavy = ("pyarrow", "deltalake", "duckdb", "pandas", "polars")
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for line, module, _ in imports(path)
+        if module.split(".")[0] in heavy
+    ]
+    assert not bad, bad
