@@ -53,12 +53,12 @@ from download_child import StaticToken  # noqa: E402
 from load import Load, add_arguments, check, span  # noqa: E402
 from servers import MB, sandbox  # noqa: E402
 
-from airflow_provider_backendauth.core import storage  # noqa: E402
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient  # noqa: E402
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader  # noqa: E402
 from airflow_provider_backendauth.core.bulk.files import plan_files  # noqa: E402
 from airflow_provider_backendauth.core.bulk.http import BulkHttp  # noqa: E402
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest  # noqa: E402
+from airflow_provider_backendauth.core.storage import s3_parts, uploads  # noqa: E402
 
 MOTO_CHILD = """
 import sys, json
@@ -145,13 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parts-in-flight",
         type=int,
-        help="S3 parts uploading at once per file (default: core.storage's default)",
+        help="S3 parts uploading at once per file (default: core.storage.s3_parts's default)",
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
     start_load = check(args.require_idle, "benchmarks/s3.py")
     if args.parts_in_flight:
-        storage.DEFAULT_PARTS_IN_FLIGHT = args.parts_in_flight  # read when a file opens
+        s3_parts.DEFAULT_PARTS_IN_FLIGHT = args.parts_in_flight  # read when a file opens
     size_mb = args.mb or (20 if args.quick else 200)
     repeat = args.repeat or (3 if args.quick else 5)
 
@@ -270,14 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     copied = len(copies)
     medians = {n: statistics.median(t) for n, t in times.items()}
     baseline = min(medians["boto3 upload_file"], medians["s3fs put"])
-    part_size = storage.DEFAULT_PART_SIZE
+    part_size = uploads.DEFAULT_PART_SIZE
     figures = {
         "export_mb": round(total / MB, 1),
         "files": len(paths),
         "file_mb": [round(min(sizes) / MB, 1), round(max(sizes) / MB, 1)],
         "multipart_files": sum(1 for size in sizes if size >= part_size),
         "part_mib": part_size / 2**20,
-        "parts_in_flight": storage.DEFAULT_PARTS_IN_FLIGHT,
+        "parts_in_flight": s3_parts.DEFAULT_PARTS_IN_FLIGHT,
         "parallel": args.parallel,
         "repeat": repeat,
         "median_s": {n: round(v, 3) for n, v in medians.items()},

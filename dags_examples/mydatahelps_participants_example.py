@@ -94,7 +94,8 @@ with DAG(
         from airflow.sdk import ObjectStoragePath
 
         from airflow_provider_backendauth.core.fhir.rest import RestClient
-        from airflow_provider_backendauth.core.storage import NdjsonWriter, atomic_writer
+        from airflow_provider_backendauth.core.storage.atomic import atomic_writer
+        from airflow_provider_backendauth.core.storage.ndjson import NdjsonWriter
         from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 
         hook = BackendAuthHook(CONN_ID)

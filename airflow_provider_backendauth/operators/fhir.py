@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_backendauth.core.fhir.search import FhirSearch, SearchParams
-    from airflow_provider_backendauth.core.storage import NdjsonFileSet
+    from airflow_provider_backendauth.core.storage.ndjson import NdjsonFileSet
 
 INCLUDE_MODES = ("separate", "per_type", "inline", "drop")
 _INCLUDE_PARAMS = ("_include", "_revinclude")
@@ -67,7 +67,7 @@ class FhirSearchOperator(BaseOperator):
     with ``Retry-After``, 5xx, dropped connections) are retried; an expired token is renewed
     by the connection's auth; an OperationOutcome error fails the task quoting its
     diagnostics. Output files appear under their final names only when the whole search
-    succeeded (see ``core.storage``).
+    succeeded (see ``core.storage.atomic``).
 
     Args:
         resource_type: e.g. ``"Observation"``. Templated.
@@ -203,7 +203,7 @@ class FhirSearchOperator(BaseOperator):
         return any(name.split(":")[0] in _INCLUDE_PARAMS for name, _ in search.params)
 
     def _to_files(self, search: FhirSearch) -> dict[str, Any]:
-        from airflow_provider_backendauth.core.storage import NdjsonFileSet
+        from airflow_provider_backendauth.core.storage.ndjson import NdjsonFileSet
 
         target = storage_path(self.destination)
         rt = search.resource_type

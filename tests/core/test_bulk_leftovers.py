@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 import pytest
 
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
-from airflow_provider_backendauth.core.storage import Leftovers, discard_leftovers, partial_name
+from airflow_provider_backendauth.core.storage.leftovers import Leftovers, discard_leftovers
+from airflow_provider_backendauth.core.storage.paths import partial_name
 from tests.bulkkit import BulkEnv, partials
 
 pytest_plugins = ("tests.bulk_fixtures",)

@@ -9,16 +9,10 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_backendauth.core.storage import (
-    AtomicFile,
-    NdjsonFileSet,
-    NdjsonWriter,
-    atomic_writer,
-    discard_leftovers,
-    is_local,
-    is_partial_name,
-    remove_partials,
-)
+from airflow_provider_backendauth.core.storage.atomic import AtomicFile, atomic_writer
+from airflow_provider_backendauth.core.storage.leftovers import discard_leftovers, remove_partials
+from airflow_provider_backendauth.core.storage.ndjson import NdjsonFileSet, NdjsonWriter
+from airflow_provider_backendauth.core.storage.paths import is_local, is_partial_name
 
 
 class Boom(Exception):

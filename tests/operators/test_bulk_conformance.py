@@ -17,7 +17,7 @@ import pytest
 from airflow_provider_backendauth._compat import TaskDeferred
 from airflow_provider_backendauth.core.bulk.state import DONE
 from airflow_provider_backendauth.core.errors import BulkExportError
-from airflow_provider_backendauth.core.storage import partial_name
+from airflow_provider_backendauth.core.storage.paths import partial_name
 from tests.bulkkit import BulkEnv, partials, task_context
 from tests.operators.test_bulk import download_op, drive, export_op, finalize_op, job_state
 

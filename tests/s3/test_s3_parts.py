@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from airflow_provider_backendauth.core.errors import StorageError
-from airflow_provider_backendauth.core.storage import AtomicFile, _S3Parts, _UncommittedUpload
+from airflow_provider_backendauth.core.storage.atomic import AtomicFile
+from airflow_provider_backendauth.core.storage.s3_parts import S3Parts
+from airflow_provider_backendauth.core.storage.uploads import UncommittedUpload
 from tests.s3.conftest import Bucket
 from tests.support.s3 import Gate
 
@@ -27,13 +29,13 @@ def part_data(number: int, size: int = PART) -> bytes:
     return (f"part {number:03d} ".encode() * (size // 9 + 1))[:size]
 
 
-def upload_of(atomic: AtomicFile) -> _UncommittedUpload:
+def upload_of(atomic: AtomicFile) -> UncommittedUpload:
     upload = atomic._upload
     assert upload is not None
     return upload
 
 
-def parts_of(atomic: AtomicFile) -> _S3Parts:
+def parts_of(atomic: AtomicFile) -> S3Parts:
     parts = upload_of(atomic)._s3
     assert parts is not None
     return parts
@@ -44,9 +46,7 @@ def our_tasks(atomic: AtomicFile) -> int:
     loop = atomic.path.fs.loop
 
     async def count() -> int:
-        return sum(
-            1 for t in asyncio.all_tasks() if "_S3Parts._upload" in t.get_coro().__qualname__
-        )
+        return sum(1 for t in asyncio.all_tasks() if "S3Parts._upload" in t.get_coro().__qualname__)
 
     return asyncio.run_coroutine_threadsafe(count(), loop).result(30)
 

@@ -6,12 +6,9 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_backendauth.core.storage import (
-    AtomicFile,
-    NdjsonFileSet,
-    atomic_writer,
-    discard_leftovers,
-)
+from airflow_provider_backendauth.core.storage.atomic import AtomicFile, atomic_writer
+from airflow_provider_backendauth.core.storage.leftovers import discard_leftovers
+from airflow_provider_backendauth.core.storage.ndjson import NdjsonFileSet
 from tests.s3.conftest import Bucket
 
 MIB = 2**20

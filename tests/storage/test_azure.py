@@ -8,7 +8,8 @@ import gc
 
 import pytest
 
-from airflow_provider_backendauth.core.storage import AtomicFile, atomic_writer, discard_leftovers
+from airflow_provider_backendauth.core.storage.atomic import AtomicFile, atomic_writer
+from airflow_provider_backendauth.core.storage.leftovers import discard_leftovers
 from tests.storage.conftest import Container
 
 pytestmark = pytest.mark.e2e  # real servers (Azurite, fake-gcs-server)

@@ -9,12 +9,9 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_backendauth.core.storage import (
-    AtomicFile,
-    NdjsonFileSet,
-    atomic_writer,
-    discard_leftovers,
-)
+from airflow_provider_backendauth.core.storage.atomic import AtomicFile, atomic_writer
+from airflow_provider_backendauth.core.storage.leftovers import discard_leftovers
+from airflow_provider_backendauth.core.storage.ndjson import NdjsonFileSet
 from tests.storage.conftest import Container, GcsBucket
 
 pytestmark = pytest.mark.e2e  # real servers (Azurite, fake-gcs-server)
@@ -105,7 +102,7 @@ def test_file_set_all_or_nothing(store: Store) -> None:
 KILLED_WRITER = """
 import json, os, signal, sys
 from upath import UPath
-from airflow_provider_backendauth.core.storage import AtomicFile
+from airflow_provider_backendauth.core.storage.atomic import AtomicFile
 url, options, size, part = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 atomic = AtomicFile(UPath(url, **options), part_size=part)
 atomic.handle.write(b"k" * size)

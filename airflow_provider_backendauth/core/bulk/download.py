@@ -42,7 +42,9 @@ from airflow_provider_backendauth.core.bulk.protocol import error_details
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.redact import get_logger, redact, short_error
 from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
-from airflow_provider_backendauth.core.storage import AtomicFile, Leftovers, StoragePath
+from airflow_provider_backendauth.core.storage.atomic import AtomicFile
+from airflow_provider_backendauth.core.storage.leftovers import Leftovers
+from airflow_provider_backendauth.core.storage.paths import StoragePath
 
 log = get_logger(__name__)
 

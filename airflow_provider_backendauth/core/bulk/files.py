@@ -16,7 +16,7 @@ from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
 from airflow_provider_backendauth.core.names import safe_type_name
 from airflow_provider_backendauth.core.redact import get_logger
-from airflow_provider_backendauth.core.storage import StoragePath
+from airflow_provider_backendauth.core.storage.paths import StoragePath
 
 log = get_logger(__name__)
 

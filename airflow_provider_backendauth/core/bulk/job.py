@@ -51,12 +51,9 @@ from airflow_provider_backendauth.core.bulk.state import (
 )
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.redact import get_logger
-from airflow_provider_backendauth.core.storage import (
-    StoragePath,
-    as_path,
-    atomic_writer,
-    remove_partials,
-)
+from airflow_provider_backendauth.core.storage.atomic import atomic_writer
+from airflow_provider_backendauth.core.storage.leftovers import remove_partials
+from airflow_provider_backendauth.core.storage.paths import StoragePath, as_path
 from airflow_provider_backendauth.core.urls import origin_of
 
 if TYPE_CHECKING:

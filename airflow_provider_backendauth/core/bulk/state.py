@@ -31,7 +31,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_backendauth.core.redact import get_logger
-from airflow_provider_backendauth.core.storage import StoragePath, as_path, atomic_writer
+from airflow_provider_backendauth.core.storage.atomic import atomic_writer
+from airflow_provider_backendauth.core.storage.paths import StoragePath, as_path
 
 log = get_logger(__name__)
 
