@@ -101,8 +101,9 @@ class FhirBulkExportOperator(_BulkBase):
         cleanup: ``DELETE`` the job on the server after a successful download (some servers
             allow one export per client at a time).
         cancel_on_failure: ``DELETE`` the job when the task is killed or fails for good.
-        poll_interval_min, poll_interval_max: bounds for the wait between status polls
-            (``Retry-After``, seconds or HTTP-date, is honoured within them).
+        poll_interval_min, poll_interval_max: the first wait between status polls when
+            the server sends no ``Retry-After``, and the longest wait. A ``Retry-After``
+            (seconds or HTTP-date) is honoured down to 1 s and up to ``poll_interval_max``.
         max_wait: give up when the export has not completed this long after the kick-off
             (default: 7 days, ``DEFAULT_MAX_WAIT``; polling is always bounded).
         kickoff_busy_budget: seconds to keep retrying a kick-off answered 429 (another

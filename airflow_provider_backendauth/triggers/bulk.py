@@ -2,7 +2,7 @@
 
 A multi-day export costs no worker slot: the trigger polls the status URL with
 ``httpx.AsyncClient``, sleeps with ``asyncio.sleep`` (honouring ``Retry-After`` within the
-configured bounds), reads the connection with the async API, and runs the (synchronous)
+poller's rules, jittered), reads the connection with the async API, and runs the (synchronous)
 token exchange in a thread with ``asyncio.to_thread``, so the triggerer's event loop is
 never blocked. A 401 renews the token and retries. The meaning of each status answer comes
 from the same sans-IO ``interpret_status`` the non-deferrable path uses.
@@ -64,7 +64,8 @@ class BulkExportTrigger(BaseTrigger):
     Args:
         backendauth_conn_id: the ``backendauth`` connection (tokens, TLS settings, origins).
         status_url: from the kick-off's ``Content-Location``.
-        poll_interval_min: shortest wait between polls (floors ``Retry-After``).
+        poll_interval_min: first wait between polls without a ``Retry-After`` (a
+            ``Retry-After`` is honoured down to 1 s: ``poller.RETRY_AFTER_FLOOR``).
         poll_interval_max: longest wait between polls (caps ``Retry-After``).
         deadline: a ``time.time()`` after which to stop waiting (event ``timeout``).
         max_transient_errors: consecutive 5xx/``transient``/network errors tolerated.

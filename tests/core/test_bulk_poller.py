@@ -9,6 +9,8 @@ import pytest
 
 from airflow_provider_backendauth.core.bulk.poller import (
     DEFAULT_MAX_WAIT,
+    JITTER,
+    RETRY_AFTER_FLOOR,
     Done,
     Fail,
     Poll,
@@ -29,10 +31,11 @@ URL = "https://fhir.example/status/1"
 T0 = 1_800_000_000.0
 
 
-def poller(**options: float) -> StatusPoller:
+def poller(random: float = 0.0, **options: float) -> StatusPoller:
+    """A poller whose jitter draws ``random`` every time (0: no jitter, exact waits)."""
     settings = {"poll_interval_min": 1.0, "poll_interval_max": 60.0, "deadline": T0 + 10_000}
     settings.update(options)
-    return StatusPoller(URL, **settings)  # type: ignore[arg-type]
+    return StatusPoller(URL, **settings, random=lambda: random)  # type: ignore[arg-type]
 
 
 def run(p: StatusPoller, answers: list[StatusResult]) -> list[Sleep | Done | Fail]:
@@ -79,6 +82,35 @@ def test_pending_retry_after_is_clamped_and_a_long_one_is_said() -> None:
     assert isinstance(last, Sleep)
     said = " ".join(n.message for n in last.notes)
     assert "2.0 h" in said and "poll_interval_max" in said and "60.0 s instead" in said
+
+
+def test_retry_after_is_followed_down_to_one_second_whatever_poll_interval_min() -> None:
+    # The SMART reference server answers Retry-After: 1; poll_interval_min (2 s by default)
+    # paces only servers that say nothing. Sub-second and zero values stop at the floor.
+    p = poller(poll_interval_min=2.0)
+    actions = run(p, [Pending(1), Pending(0.2), Pending(0), Pending(None)])
+    assert seconds(actions) == [RETRY_AFTER_FLOOR, 1, 1, 2]
+    throttled = run(poller(poll_interval_min=2.0), [Pending(1, throttled=True)])
+    failing = run(poller(poll_interval_min=2.0), [RetryLater(1, "HTTP 503", 503)])
+    assert seconds(throttled) == seconds(failing) == [1]
+    # A poll_interval_min below the floor lowers it (tests; a server known to answer fast).
+    assert seconds(run(poller(poll_interval_min=0.2), [Pending(0)])) == [0.2]
+
+
+def test_waits_are_jittered_up_never_down_and_the_growth_ignores_the_jitter() -> None:
+    exact = seconds(run(poller(poll_interval_min=2), [Pending()] * 3 + [Pending(1)]))
+    assert exact == [2, 3, 4.5, 1]
+    draw = 0.5  # half the jitter: every wait 5% longer
+    stretched = seconds(run(poller(draw, poll_interval_min=2), [Pending()] * 3 + [Pending(1)]))
+    assert stretched == pytest.approx([w * (1 + JITTER * draw) for w in exact])
+    # The largest draw stays below +10%: a Retry-After of 1 s is polled within 1.1 s.
+    assert seconds(run(poller(0.999_999), [Pending(1)]))[0] == pytest.approx(1.1, abs=1e-5)
+
+
+def test_jitter_never_pushes_the_last_poll_past_the_deadline() -> None:
+    actions = run(poller(0.999, deadline=T0 + 10.5, poll_interval_max=10), [Pending(10)] * 2)
+    assert seconds(actions) == [10.5]
+    assert "(the deadline)" in actions[0].notes[-1].message  # type: ignore[union-attr]
 
 
 def test_progress_is_reported_once_per_change() -> None:
@@ -131,7 +163,7 @@ def test_the_last_poll_happens_at_the_deadline() -> None:
 
 
 def test_polling_is_bounded_without_a_deadline() -> None:
-    p = StatusPoller(URL, poll_interval_min=1, poll_interval_max=3600)
+    p = StatusPoller(URL, poll_interval_min=1, poll_interval_max=3600, random=lambda: 0.0)
     assert isinstance(p.start(T0), Poll)
     assert p.deadline == T0 + DEFAULT_MAX_WAIT
     # A server flapping 500/202 forever (never transient twice in a row) still ends.

@@ -55,7 +55,8 @@ class BulkExportClient:
     Args:
         http: the authenticated HTTP helper.
         base_url: the FHIR base URL.
-        poll_interval_min: shortest wait between polls (also floors ``Retry-After``).
+        poll_interval_min: first wait between status polls without a ``Retry-After`` (a
+            status ``Retry-After`` is honoured down to 1 s; a kick-off's is floored here).
         poll_interval_max: longest wait between polls (also caps ``Retry-After``).
         kickoff_busy_budget: seconds to keep retrying a kick-off answered 429 (the server
             runs another export of this client) before failing.

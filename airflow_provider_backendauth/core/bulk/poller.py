@@ -14,12 +14,21 @@ deadline, so the two paths cannot drift apart::
 
 Waiting rules (``docs/bulk-export.md``, "Waiting"):
 
-- ``202``: the server's ``Retry-After`` within [``poll_interval_min``, ``poll_interval_max``]
-  (a longer one is said in the log, not silently cut), else a delay growing by 1.5x.
-- ``429`` (polled too often): the server's ``Retry-After`` is honoured even beyond
-  ``poll_interval_max`` (polling earlier only earns another 429); without a usable value
-  the delay doubles on each 429 in a row.
+- ``202``: the server's ``Retry-After``, down to ``RETRY_AFTER_FLOOR`` (1 s; lower only
+  when ``poll_interval_min`` is set lower) and up to ``poll_interval_max`` (a longer one is
+  said in the log, not silently cut); without one, a delay starting at ``poll_interval_min``
+  and growing by 1.5x up to ``poll_interval_max``. ``poll_interval_min`` (2 s by default)
+  paces a server that says nothing; a server that says when to come back is followed (the
+  SMART reference server answers ``Retry-After: 1``), but not more often than the floor.
+- ``429`` (polled too often): the server's ``Retry-After`` (at least the floor) is honoured
+  even beyond ``poll_interval_max`` (polling earlier only earns another 429); without a
+  usable value the delay doubles on each 429 in a row.
 - 5xx / ``transient`` / no answer: up to ``max_transient_errors`` in a row, backing off.
+- Jitter: every wait is stretched by a random 0 to ``JITTER`` (10%) of itself (a wait at
+  ``poll_interval_max`` too), never shortened (a server's ``Retry-After`` means "not
+  before"). Hundreds of exports deferred together would otherwise poll in lockstep, every
+  one in the same instant, for their whole wait. Tests pass their own ``random`` source to
+  make the waits exact.
 - Every wait ends by the deadline (``max_wait`` after the kick-off, ``DEFAULT_MAX_WAIT``
   when unset): the last poll happens at the deadline, and a server asking to wait beyond
   it fails at once, saying so.
@@ -30,6 +39,8 @@ This module imports no Airflow and does no I/O.
 from __future__ import annotations
 
 import logging
+import random as _random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +57,10 @@ from airflow_provider_backendauth.core.bulk.protocol import (
 DEFAULT_MAX_WAIT = 7 * 86_400.0
 GROWTH = 1.5  # 202 without Retry-After
 THROTTLE_GROWTH = 2.0  # 429 or errors without a usable Retry-After
+# The shortest wait a server's Retry-After can ask for: a zero or sub-second value (seen from
+# servers that compute it) must not turn the poll into a busy loop.
+RETRY_AFTER_FLOOR = 1.0
+JITTER = 0.1  # each wait is stretched by up to this fraction of itself, at random
 
 
 @dataclass(frozen=True)
@@ -113,11 +128,15 @@ class StatusPoller:
 
     Args:
         status_url: the URL to poll (a status URL, or a manifest page's ``next`` link).
-        poll_interval_min, poll_interval_max: bounds of the wait between polls.
+        poll_interval_min: the first and shortest wait when the server sends no
+            ``Retry-After``. A ``Retry-After`` is honoured down to ``RETRY_AFTER_FLOOR``, or
+            down to this when it is lower (tests, a server known to answer fast).
+        poll_interval_max: the longest wait (also caps a 202's ``Retry-After``).
         max_transient_errors: consecutive transient failures tolerated.
         deadline: a ``time.time()`` to give up at; None: ``DEFAULT_MAX_WAIT`` after the
             first ``start``.
         what: how messages name the thing polled.
+        random: a source of floats in [0, 1) for the jitter (tests pass a fixed one).
     """
 
     def __init__(
@@ -130,14 +149,17 @@ class StatusPoller:
         deadline: float | None = None,
         shown_url: str | None = None,
         what: str = "the export",
+        random: Callable[[], float] = _random.random,
     ) -> None:
         self.status_url = status_url
         self.minimum = max(0.0, float(poll_interval_min))
         self.maximum = max(float(poll_interval_max), self.minimum)
+        self.floor = min(self.minimum, RETRY_AFTER_FLOOR)  # the least a Retry-After gets
         self.max_transient_errors = int(max_transient_errors)
         self.deadline = deadline
         self.shown = shown_url or status_url
         self.what = what
+        self._random = random
         self.polls = 0
         self.transient = 0
         self.throttled = 0
@@ -182,7 +204,7 @@ class StatusPoller:
             self.throttled += 1
             if result.retry_after is not None:
                 # The server said when; polling earlier only earns another 429.
-                delay = max(result.retry_after, self.minimum)
+                delay = max(result.retry_after, self.floor)
                 why = "Retry-After"
             else:
                 base = self._delay if self._delay is not None else self.minimum
@@ -197,7 +219,7 @@ class StatusPoller:
             )
         self.throttled = 0
         if result.retry_after is not None:
-            delay = min(max(result.retry_after, self.minimum), self.maximum)
+            delay = min(max(result.retry_after, self.floor), self.maximum)
             if result.retry_after > self.maximum:
                 # Said at INFO once per distinct request, then at DEBUG: not a line per poll.
                 first = result.retry_after != self._last_long_retry_after
@@ -239,7 +261,7 @@ class StatusPoller:
                 transient=True,
             )
         if result.retry_after is not None:
-            delay = min(max(result.retry_after, self.minimum), self.maximum)
+            delay = min(max(result.retry_after, self.floor), self.maximum)
         else:
             base = self._delay if self._delay is not None else self.minimum / THROTTLE_GROWTH
             delay = min(max(self.minimum, base * THROTTLE_GROWTH), self.maximum)
@@ -278,10 +300,11 @@ class StatusPoller:
                 timeout=True,
                 transient=True,
             )
-        self._delay = delay
-        seconds = min(delay, left)  # the last poll happens at the deadline
+        self._delay = delay  # the growth continues from the rule's delay, not the jitter's
+        stretched = delay * (1.0 + JITTER * self._random())
+        seconds = min(stretched, left)  # the last poll happens at the deadline
         suffix = f" ({why})" if why else ""
-        at_deadline = " (the deadline)" if seconds < delay else ""
+        at_deadline = " (the deadline)" if seconds < stretched else ""
         message = f"{what}; next poll in {describe_seconds(seconds)}{at_deadline}{suffix}"
         return Sleep(seconds, (*(notes or []), Note(level, message)), progress)
 
