@@ -196,3 +196,14 @@ class StorageError(BackendAuthError, OSError):
     @property
     def retry_cannot_help(self) -> bool:
         return not self.retryable
+
+
+class TableError(BackendAuthError):
+    """A table could not be written as asked: a value that does not fit its column, a
+    malformed resource or input line, an ``ansi/type`` tag not understood, or a table whose
+    log this provider cannot continue. Nothing was committed; a retry with the same input
+    fails the same way, so a person must fix the view or the data."""
+
+    @property
+    def retry_cannot_help(self) -> bool:
+        return True
