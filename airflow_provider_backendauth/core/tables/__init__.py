@@ -5,7 +5,12 @@ Needs the ``tables`` extra (pyarrow); imported lazily, so importing this package
 This package imports no Airflow.
 """
 
-from airflow_provider_backendauth.core.tables.delta import DataFile, Snapshot, read_snapshot
+from airflow_provider_backendauth.core.tables.delta import (
+    DataFile,
+    Snapshot,
+    read_snapshot,
+    table_files,
+)
 from airflow_provider_backendauth.core.tables.table import (
     KEY_COLUMN,
     TableResult,
@@ -22,4 +27,5 @@ __all__ = [
     "ViewTable",
     "column_type",
     "read_snapshot",
+    "table_files",
 ]

@@ -10,7 +10,7 @@ leaves a table that still reads as its previous version, never a half-written on
 duplicated rows.
 
 Why this provider writes the log itself rather than through delta-rs: the data files go
-through ``core/storage.py`` (written once under their final name, uploaded while written,
+through ``core/storage/`` (written once under their final name, uploaded while written,
 bounded memory, Airflow connections for every store), which delta-rs cannot use (it has its
 own object-store clients and credentials). The log part is small: JSON lines per version.
 
@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth.core.errors import TableError
-from airflow_provider_backendauth.core.storage import StoragePath, atomic_writer, is_local
+from airflow_provider_backendauth.core.storage.atomic import atomic_writer
+from airflow_provider_backendauth.core.storage.paths import StoragePath, is_local
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -319,3 +320,16 @@ def _put_if_absent(path: StoragePath, body: bytes, version: int) -> None:
         raise taken
     with atomic_writer(path, "wb") as handle:
         handle.write(body)
+
+
+def table_files(table: StoragePath) -> list[str]:
+    """The data files of the table's current version, as paths or URLs a reader opens (e.g.
+    DuckDB's ``read_parquet([...])`` where its ``delta`` extension is not installed).
+
+    Raises:
+        TableError: there is no table at ``table``, or its log cannot be read.
+    """
+    snapshot = read_snapshot(table)
+    if snapshot is None:
+        raise TableError(f"no Delta table at {table}")
+    return [str(table / name) for name in sorted(snapshot.files)]

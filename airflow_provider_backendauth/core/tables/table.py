@@ -2,7 +2,7 @@
 
 Guarantees:
 - **Nothing half-written is visible.** Each Parquet file is written once under its final name
-  through ``core/storage.py`` (a local temporary sibling renamed when complete; on object
+  through ``core/storage/`` (a local temporary sibling renamed when complete; on object
   stores an uncommitted upload, no copy), and the table shows the files only once one log
   version (``delta.py``) lists them all. A writer that fails removes the data files it had
   finished; one that is killed leaves unreferenced files no Delta reader sees.
@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_backendauth.core.errors import TableError
 from airflow_provider_backendauth.core.redact import get_logger
-from airflow_provider_backendauth.core.storage import AtomicFile, StoragePath, as_path
+from airflow_provider_backendauth.core.storage.atomic import AtomicFile
+from airflow_provider_backendauth.core.storage.paths import StoragePath, as_path
 from airflow_provider_backendauth.core.tables import delta
 from airflow_provider_backendauth.core.tables.types import (
     ColumnType,

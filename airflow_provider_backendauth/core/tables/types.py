@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_backendauth.core.errors import TableError
+from airflow_provider_backendauth.core.errors import TableError, ViewDefinitionError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -185,7 +185,7 @@ def column_type(
     """The stored type of one column (``ansi_type``: its ``ansi/type`` tag, if any).
 
     Raises:
-        TableError: an ``ansi/type`` this runner does not know.
+        ViewDefinitionError: an ``ansi/type`` this runner does not know.
     """
     precision, scale = DECIMAL_PRECISION, DECIMAL_SCALE
     if ansi_type is not None:
@@ -195,7 +195,7 @@ def column_type(
             precision = int(match.group(1))
             scale = int(match.group(2) or 0)
             if not 1 <= precision <= DECIMAL_PRECISION or scale > precision:
-                raise TableError(
+                raise ViewDefinitionError(
                     f"column {name!r}: ansi/type {ansi_type!r} needs 1 <= precision <= 38 "
                     "and scale <= precision"
                 )
@@ -203,7 +203,7 @@ def column_type(
         elif text in _ANSI_KINDS:
             kind = _ANSI_KINDS[text]
         else:
-            raise TableError(
+            raise ViewDefinitionError(
                 f"column {name!r}: ansi/type {ansi_type!r} is not one of "
                 f"{', '.join(sorted(_ANSI_KINDS))} or DECIMAL(p,s)"
             )

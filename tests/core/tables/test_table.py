@@ -16,7 +16,12 @@ import pyarrow as pa
 import pytest
 
 from airflow_provider_backendauth.core.errors import TableError
-from airflow_provider_backendauth.core.tables import KEY_COLUMN, ViewTable, read_snapshot
+from airflow_provider_backendauth.core.tables import (
+    KEY_COLUMN,
+    ViewTable,
+    read_snapshot,
+    table_files,
+)
 from airflow_provider_backendauth.core.tables.delta import DataFile, commit
 from tests.core.tables.support import COLUMNS, read_rows, row
 
@@ -206,3 +211,20 @@ def test_on_an_object_store_path(tmp_path: Path) -> None:
     snapshot = read_snapshot(table)
     assert snapshot is not None and snapshot.version == 1 and snapshot.rows == 2
     assert KEY_COLUMN in ViewTable(table, COLUMNS).schema.names
+
+
+def test_duckdb_reads_the_current_files(tmp_path: Path) -> None:
+    import duckdb
+
+    table = tmp_path / "t"
+    ViewTable(table, COLUMNS).write([row("a"), row("b")])
+    first = table_files(table)
+    ViewTable(table, COLUMNS).write([row("b", 2)], replace_keys={"b"})
+    files = table_files(table)
+    # a's row rewritten and b's new row share one new file; the first file is not current
+    # (but still there: a glob would read b twice).
+    assert len(files) == 1 and files != first and Path(first[0]).exists()
+    got = duckdb.execute("SELECT id FROM read_parquet(?) ORDER BY id", [files]).fetchall()
+    assert got == [("a-v1",), ("b-v2",)]
+    with pytest.raises(TableError, match="no Delta table"):
+        table_files(tmp_path / "none")

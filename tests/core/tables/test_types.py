@@ -9,7 +9,7 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from airflow_provider_backendauth.core.errors import TableError
+from airflow_provider_backendauth.core.errors import TableError, ViewDefinitionError
 from airflow_provider_backendauth.core.tables.types import TypeOptions, column_tags, column_type
 
 UTC = datetime.timezone.utc
@@ -154,9 +154,9 @@ def test_ansi_type_tags_override_the_default() -> None:
     assert column_type("v", "decimal", False, ansi_type=tags["v"]["ansi/type"]).arrow == (
         pa.decimal128(10, 2)
     )
-    with pytest.raises(TableError, match="ansi/type 'MONEY'"):
+    with pytest.raises(ViewDefinitionError, match="ansi/type 'MONEY'"):
         column_type("m", "decimal", False, ansi_type="MONEY")
-    with pytest.raises(TableError, match="precision"):
+    with pytest.raises(ViewDefinitionError, match="precision"):
         column_type("m", "decimal", False, ansi_type="DECIMAL(40,2)")
 
 
