@@ -17,9 +17,9 @@ from typing import Any
 from airflow_provider_backendauth.core.auth.tokens import AccessToken
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader
 from airflow_provider_backendauth.core.bulk.files import plan_files
-from airflow_provider_backendauth.core.bulk.http import BulkHttp
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
-from airflow_provider_backendauth.core.sessions import plain_session
+from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
+from airflow_provider_backendauth.core.http.sessions import plain_session
 
 
 class StaticToken:
@@ -40,7 +40,7 @@ def download(
 ) -> tuple[int, int]:
     """Download every output file; returns (decoded bytes, lines)."""
     # The sessions a connection makes (BackendAuthClient.new_plain_session), minus the key.
-    http = BulkHttp(plain_session, StaticToken(token), [origin], timeout=120)
+    http = AuthorizedSessions(plain_session, StaticToken(token), [origin], timeout=120)
     downloader = BulkDownloader(http, parallel=parallel)
     results = downloader.download(
         plan_files(manifest), destination, requires_access_token=manifest.requires_access_token

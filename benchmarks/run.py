@@ -50,14 +50,14 @@ from download_child import StaticToken, download
 from load import IDLE_FRACTION, Load, add_arguments, check, span
 from servers import MB, FileSet, Nginx, SandboxProcess, fhir_like_block, make_files, nginx, sandbox
 
-from airflow_provider_backendauth.core.auth.bearer import BackendAuth
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
-from airflow_provider_backendauth.core.bulk.http import BulkHttp
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.counting import byte_counter
 from airflow_provider_backendauth.core.fhir.search import FHIR_JSON, FhirClient
-from airflow_provider_backendauth.core.sessions import plain_session
+from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
+from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
+from airflow_provider_backendauth.core.http.sessions import plain_session
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "download_child.py"
@@ -365,7 +365,7 @@ def sandbox_case(sb: SandboxProcess, size_mb: float, files: int, patients: int) 
         },
     )
     token = sb.token()
-    http = BulkHttp(requests.Session, StaticToken(token), [sb.url], timeout=120)
+    http = AuthorizedSessions(requests.Session, StaticToken(token), [sb.url], timeout=120)
     client = BulkExportClient(http, sb.fhir_base, poll_interval_min=0.2, poll_interval_max=1)
     status_url = client.kickoff(BulkExportRequest.create("system"))
     manifest = client.wait(status_url)
@@ -396,7 +396,7 @@ def search_case(sb: SandboxProcess, resource_type: str, count: int) -> Case:
 
 
 def drop_sandbox_case(sb: SandboxProcess, case: Case) -> None:
-    http = BulkHttp(requests.Session, StaticToken(case.token), [sb.url], timeout=60)
+    http = AuthorizedSessions(requests.Session, StaticToken(case.token), [sb.url], timeout=60)
     BulkExportClient(http, sb.fhir_base).cancel(case.status_url)
 
 

@@ -56,8 +56,8 @@ from servers import MB, sandbox  # noqa: E402
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient  # noqa: E402
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader  # noqa: E402
 from airflow_provider_backendauth.core.bulk.files import plan_files  # noqa: E402
-from airflow_provider_backendauth.core.bulk.http import BulkHttp  # noqa: E402
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest  # noqa: E402
+from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions  # noqa: E402
 from airflow_provider_backendauth.core.storage import s3_parts, uploads  # noqa: E402
 
 MOTO_CHILD = """
@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                     "bulk_lines_per_file": max(1, int(resources / args.files)),
                 },
             )
-            http = BulkHttp(requests.Session, StaticToken(sb.token()), [sb.url], timeout=120)
+            http = AuthorizedSessions(
+                requests.Session, StaticToken(sb.token()), [sb.url], timeout=120
+            )
             client = BulkExportClient(
                 http, sb.fhir_base, poll_interval_min=0.2, poll_interval_max=1
             )

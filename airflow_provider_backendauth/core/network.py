@@ -37,7 +37,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 def describe_network_error(exc: BaseException) -> str:
     """A short plain reason for a failed request: what happened, never a pool dump."""
-    from airflow_provider_backendauth.core.deadline import DeadlineExceededError
+    from airflow_provider_backendauth.core.http.deadline import DeadlineExceededError
 
     if isinstance(exc, DeadlineExceededError):
         return exc.reason  # "did not answer within 30 s (total deadline: ...)"

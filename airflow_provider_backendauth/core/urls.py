@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 from airflow_provider_backendauth.core.errors import (
     BackendAuthError,
@@ -304,3 +305,11 @@ def resolve_endpoint(base_url: str | None, endpoint: str, *, owner: str = "the c
             f"Endpoint {endpoint!r} is relative but {owner} has no base URL (host)."
         )
     return join_url(base_url, endpoint)
+
+
+def with_query(url: str, params: Iterable[tuple[str, str]]) -> str:
+    """``url`` with ``params`` appended to its query string."""
+    query = urlencode(list(params))
+    if not query:
+        return url
+    return f"{url}{'&' if urlsplit(url).query else '?'}{query}"

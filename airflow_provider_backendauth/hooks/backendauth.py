@@ -10,8 +10,8 @@ from airflow_provider_backendauth._compat import BaseHook, mask_secret
 if TYPE_CHECKING:
     import requests
 
-    from airflow_provider_backendauth.core.auth.bearer import BackendAuth
     from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+    from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
 
 
 class BackendAuthHook(BaseHook):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import requests
 from requests.auth import AuthBase
 
-from airflow_provider_backendauth.core.auth.bearer import BackendAuth
+from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
 from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 
 

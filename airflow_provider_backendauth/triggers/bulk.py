@@ -47,7 +47,7 @@ def _load_modules() -> None:
     import anyio._backends._asyncio  # noqa: F401 - httpcore imports it on the first request
     import httpx  # noqa: F401
 
-    import airflow_provider_backendauth.core.auth.httpx_auth  # noqa: F401
+    import airflow_provider_backendauth.core.http.httpx_auth  # noqa: F401
 
 
 def _make_client(conn: Any, extra: dict[str, Any]) -> BackendAuthClient:
@@ -122,8 +122,8 @@ class BulkExportTrigger(BaseTrigger):
             await self._on_cancelled()
             raise
         except Exception as exc:  # report, don't crash the triggerer's loop
-            from airflow_provider_backendauth.core.bulk.http import display_url
             from airflow_provider_backendauth.core.redact import redact
+            from airflow_provider_backendauth.core.urls import display_url
 
             payload = {
                 "status": "error",
@@ -144,7 +144,6 @@ class BulkExportTrigger(BaseTrigger):
     async def _wait(self) -> dict[str, Any]:
         """The asyncio driver of the shared ``StatusPoller``: it only performs the requests
         and sleeps the poller asks for."""
-        from airflow_provider_backendauth.core.bulk.http import display_url
         from airflow_provider_backendauth.core.bulk.poller import (
             Action,
             Done,
@@ -153,6 +152,7 @@ class BulkExportTrigger(BaseTrigger):
             StatusPoller,
         )
         from airflow_provider_backendauth.core.redact import redact
+        from airflow_provider_backendauth.core.urls import display_url
 
         client = await self._auth_client()
         poller = StatusPoller(
@@ -215,7 +215,7 @@ class BulkExportTrigger(BaseTrigger):
         bundle into an SSL context is slow, blocking work)."""
         import httpx
 
-        from airflow_provider_backendauth.core.sessions import USER_AGENT
+        from airflow_provider_backendauth.core.http.sessions import USER_AGENT
 
         settings = client.settings
         return await asyncio.to_thread(
@@ -239,8 +239,8 @@ class BulkExportTrigger(BaseTrigger):
         """One request through the connection's token decision (the same ``BearerPolicy``
         the workers use, as an ``httpx.Auth``): token for allowed origins only, renewed once
         on 401, redirects followed hop by hop."""
-        from airflow_provider_backendauth.core.auth.httpx_auth import HttpxBearerAuth
         from airflow_provider_backendauth.core.errors import BulkExportError
+        from airflow_provider_backendauth.core.http.httpx_auth import HttpxBearerAuth
 
         auth = HttpxBearerAuth(client.bearer_policy(error=BulkExportError), on_token=self._mask)
         return await http.request(method, url, headers={"Accept": "application/json"}, auth=auth)
@@ -249,7 +249,7 @@ class BulkExportTrigger(BaseTrigger):
         import httpx
 
         from airflow_provider_backendauth.core.bulk.protocol import RetryLater, interpret_status
-        from airflow_provider_backendauth.core.deadline import (
+        from airflow_provider_backendauth.core.http.deadline import (
             Deadline,
             DeadlineExceededError,
             within,
@@ -336,7 +336,7 @@ class BulkExportTrigger(BaseTrigger):
         """``DELETE`` the export when a user kills the deferred task (``cancel_on_kill``)."""
         if not self.cancel_on_kill:
             return
-        from airflow_provider_backendauth.core.bulk.http import display_url
+        from airflow_provider_backendauth.core.urls import display_url
 
         await asyncio.to_thread(_load_modules)
         client = await self._auth_client()

@@ -101,7 +101,7 @@ def test_the_download_path_imports_no_key_machinery() -> None:
     code = (
         "import sys; "
         "import airflow_provider_backendauth.core.bulk.download, "
-        "airflow_provider_backendauth.core.bulk.http, "
+        "airflow_provider_backendauth.core.http.authorized, "
         "airflow_provider_backendauth.core.auth.tokens; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('cryptography', 'jwt') "
         "or m == 'airflow_provider_backendauth.core.auth.keys'))"

@@ -20,8 +20,8 @@ import requests
 
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader
 from airflow_provider_backendauth.core.bulk.files import ExportFile
-from airflow_provider_backendauth.core.bulk.http import BulkHttp
 from airflow_provider_backendauth.core.errors import BulkExportError
+from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
 from airflow_provider_backendauth.core.retry import RetryPolicy
 
 LINES = b"".join(b'{"resourceType":"Patient","id":"p%05d"}\n' % i for i in range(3000))
@@ -94,7 +94,7 @@ def fetch(server: FileServer, tmp_path: Path) -> Callable[..., object]:
     """Download ``path`` from the server as ``Patient.000.ndjson`` (no count)."""
 
     def run(path: str, *, attempts: int = 3, chunk_size: int = 65536, **options: object) -> object:
-        http = BulkHttp(requests.Session, None, [], timeout=10)
+        http = AuthorizedSessions(requests.Session, None, [], timeout=10)
         downloader = BulkDownloader(
             http,
             retry=RetryPolicy(attempts=attempts, initial_wait=0.01, max_wait=0.02),

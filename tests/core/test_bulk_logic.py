@@ -20,7 +20,6 @@ from airflow_provider_backendauth.core.bulk.files import (
     scan_error_files,
     summarize,
 )
-from airflow_provider_backendauth.core.bulk.http import display_url, with_query
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.protocol import (
     Complete,
@@ -46,7 +45,7 @@ from airflow_provider_backendauth.core.bulk.state import (
 )
 from airflow_provider_backendauth.core.errors import BulkExportError, ConfigurationError
 from airflow_provider_backendauth.core.names import safe_type_name
-from airflow_provider_backendauth.core.urls import redirect_target
+from airflow_provider_backendauth.core.urls import display_url, redirect_target, with_query
 
 
 def outcome(code: str = "processing", severity: str = "error", text: str = "boom") -> bytes:

@@ -397,7 +397,7 @@ def test_the_entry_limit_holds_on_both_parse_paths(
     """A page with few enough ``{`` skips the per-object hook; either way the answer is
     json.loads's, and the limit fails exactly the pages with more entries than it allows."""
     from airflow_provider_backendauth.core.fhir.search import _bundle_loader
-    from airflow_provider_backendauth.core.limits import ResponseTooLargeError
+    from airflow_provider_backendauth.core.http.bodies import ResponseTooLargeError
 
     text = "{{}}" if braces_in_strings else "x"
     resource: dict[str, Any] = {"resourceType": "Patient", "note": text}

@@ -156,7 +156,7 @@ def test_test_connection_refused_token_url_is_plain(sandbox, conn, closed_port):
 def test_test_connection_timed_out_token_url(sandbox, conn, silent_server):
     conn_id, _ = conn(vendor="redox", auth_url=f"{silent_server}/token", timeout=1)
     ok, message = BackendAuthHook(conn_id).test_connection()
-    # The connection's timeout is a total deadline (core/deadline.py).
+    # The connection's timeout is a total deadline (core/http/deadline.py).
     assert not ok and f"{silent_server}/token: did not answer within 1 s (total" in message
 
 

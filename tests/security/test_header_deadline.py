@@ -144,7 +144,7 @@ def test_bulk_file_download(conn: Callable[..., str], drip: DripServer, tmp_path
 
 
 def test_a_session_from_the_hook(conn: Callable[..., str], drip: DripServer) -> None:
-    from airflow_provider_backendauth.core.deadline import DeadlineExceededError
+    from airflow_provider_backendauth.core.http.deadline import DeadlineExceededError
     from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 
     session = BackendAuthHook(conn()).get_session()
@@ -180,8 +180,8 @@ def test_the_triggers_status_poll(conn: Callable[..., str], drip: DripServer) ->
 
 
 def test_over_tls(tmp_path: Path) -> None:
-    from airflow_provider_backendauth.core.deadline import DeadlineExceededError
-    from airflow_provider_backendauth.core.sessions import plain_session
+    from airflow_provider_backendauth.core.http.deadline import DeadlineExceededError
+    from airflow_provider_backendauth.core.http.sessions import plain_session
     from tests.support.servers import trusted_certificate
 
     cert, key = trusted_certificate(tmp_path)
@@ -200,8 +200,8 @@ def test_the_session_keeps_working_and_the_watchdog_is_one_thread(
 ) -> None:
     import threading
 
-    from airflow_provider_backendauth.core.deadline import DeadlineExceededError
-    from airflow_provider_backendauth.core.sessions import plain_session
+    from airflow_provider_backendauth.core.http.deadline import DeadlineExceededError
+    from airflow_provider_backendauth.core.http.sessions import plain_session
 
     session = plain_session()
     with pytest.raises(DeadlineExceededError):

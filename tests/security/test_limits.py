@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from airflow_provider_backendauth.core.errors import BackendAuthError, FhirError
-from airflow_provider_backendauth.core.limits import ResponseTooLargeError
+from airflow_provider_backendauth.core.http.bodies import ResponseTooLargeError
 from tests.security.hostile import Reply, bundle
 
 

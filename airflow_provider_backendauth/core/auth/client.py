@@ -15,7 +15,6 @@ from typing import Any
 import requests
 
 from airflow_provider_backendauth.core.auth.assertion import AssertionSpec, ClientAssertionSigner
-from airflow_provider_backendauth.core.auth.bearer import BackendAuth, BearerPolicy
 from airflow_provider_backendauth.core.auth.discovery import SmartConfiguration, discover
 from airflow_provider_backendauth.core.auth.keys import (
     SigningKey,
@@ -32,9 +31,11 @@ from airflow_provider_backendauth.core.errors import (
     InvalidScopeError,
     KeyLoadError,
 )
+from airflow_provider_backendauth.core.http.policy import BearerPolicy
+from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
+from airflow_provider_backendauth.core.http.sessions import plain_session
 from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.retry import RetryPolicy
-from airflow_provider_backendauth.core.sessions import plain_session
 from airflow_provider_backendauth.core.urls import check_url, origin_of
 
 log = get_logger(__name__)

@@ -9,8 +9,8 @@ import requests
 
 from airflow_provider_backendauth.core.auth.cache import CacheInfo, SingleFlightCache
 from airflow_provider_backendauth.core.errors import DiscoveryError
+from airflow_provider_backendauth.core.http.sessions import plain_session
 from airflow_provider_backendauth.core.network import describe_network_error
-from airflow_provider_backendauth.core.sessions import plain_session
 from airflow_provider_backendauth.core.urls import join_url
 
 

@@ -12,17 +12,18 @@ from typing import Any
 
 import requests
 
-from airflow_provider_backendauth.core.deadline import Deadline
 from airflow_provider_backendauth.core.errors import (
     InvalidClientError,
     InvalidScopeError,
     TokenRequestError,
 )
-from airflow_provider_backendauth.core.limits import (
+from airflow_provider_backendauth.core.http.bodies import (
     MAX_TOKEN_RESPONSE_BYTES,
     ResponseTooLargeError,
     read_body,
 )
+from airflow_provider_backendauth.core.http.deadline import Deadline
+from airflow_provider_backendauth.core.http.sessions import plain_session
 from airflow_provider_backendauth.core.network import describe_network_error
 from airflow_provider_backendauth.core.redact import (
     get_logger,
@@ -30,7 +31,6 @@ from airflow_provider_backendauth.core.redact import (
     remember_secret,
 )
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
-from airflow_provider_backendauth.core.sessions import plain_session
 
 log = get_logger(__name__)
 

@@ -1,3 +1,4 @@
-r"""FHIR Bulk Data \$export: the request and its sans-IO interpretation (``export``), per-hop
-HTTP rules (``http``), streaming downloads (``download``), durable state (``state``) and the
-lifecycle that ties them together (``job``)."""
+r"""FHIR Bulk Data \$export: the request and its sans-IO interpretation (``request``,
+``protocol``, ``poller``), the synchronous client (``client``), streaming downloads
+(``download``), durable state (``state``) and the lifecycle that ties them together
+(``job``). Every request goes through the transport (``core/http/``)."""

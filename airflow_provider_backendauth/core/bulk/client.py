@@ -1,5 +1,5 @@
 """A synchronous client for the Bulk Data ``$export`` flow: kick-off, status polling,
-manifest fetch and cancellation, over ``BulkHttp``.
+manifest fetch and cancellation, over ``AuthorizedSessions``.
 
 This module imports no Airflow.
 """
@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import requests
 
-from airflow_provider_backendauth.core.bulk.http import BulkHttp, display_url
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.poller import (
     Action,
@@ -44,13 +43,15 @@ from airflow_provider_backendauth.core.bulk.request import (
     BulkExportRequest,
 )
 from airflow_provider_backendauth.core.errors import BulkExportError
+from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
 from airflow_provider_backendauth.core.redact import get_logger
+from airflow_provider_backendauth.core.urls import display_url
 
 log = get_logger(__name__)
 
 
 class BulkExportClient:
-    """Kick-off, status polling and cancellation over ``BulkHttp`` (blocking).
+    """Kick-off, status polling and cancellation over ``AuthorizedSessions`` (blocking).
 
     Args:
         http: the authenticated HTTP helper.
@@ -68,7 +69,7 @@ class BulkExportClient:
 
     def __init__(
         self,
-        http: BulkHttp,
+        http: AuthorizedSessions,
         base_url: str,
         *,
         poll_interval_min: float = 2.0,

@@ -37,14 +37,15 @@ from airflow_provider_backendauth.core.bulk.decode import (
     gzip_inflater_factory,
 )
 from airflow_provider_backendauth.core.bulk.files import ExportFile, FileResult
-from airflow_provider_backendauth.core.bulk.http import BulkHttp, display_url
 from airflow_provider_backendauth.core.bulk.protocol import error_details
 from airflow_provider_backendauth.core.errors import BulkExportError
+from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
 from airflow_provider_backendauth.core.redact import get_logger, redact, short_error
 from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
 from airflow_provider_backendauth.core.storage.atomic import AtomicFile
 from airflow_provider_backendauth.core.storage.leftovers import Leftovers
 from airflow_provider_backendauth.core.storage.paths import StoragePath
+from airflow_provider_backendauth.core.urls import display_url
 
 log = get_logger(__name__)
 
@@ -292,7 +293,7 @@ class BulkDownloader:
 
     def __init__(
         self,
-        http: BulkHttp,
+        http: AuthorizedSessions,
         *,
         parallel: int = 4,
         retry: RetryPolicy | None = None,

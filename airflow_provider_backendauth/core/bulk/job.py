@@ -35,7 +35,6 @@ from airflow_provider_backendauth.core.bulk.files import (
     scan_error_files,
     summarize,
 )
-from airflow_provider_backendauth.core.bulk.http import BulkHttp, display_url
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.pages import plan_pages
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
@@ -50,11 +49,12 @@ from airflow_provider_backendauth.core.bulk.state import (
     JobRecord,
 )
 from airflow_provider_backendauth.core.errors import BulkExportError
+from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
 from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.storage.atomic import atomic_writer
 from airflow_provider_backendauth.core.storage.leftovers import remove_partials
 from airflow_provider_backendauth.core.storage.paths import StoragePath, as_path
-from airflow_provider_backendauth.core.urls import origin_of
+from airflow_provider_backendauth.core.urls import display_url, origin_of
 
 if TYPE_CHECKING:
     from airflow_provider_backendauth.core.auth.client import BackendAuthClient
@@ -437,10 +437,12 @@ class BulkExportJob:
             log.warning("Could not record the cancelled export in %s", self.store, exc_info=True)
 
 
-def bulk_http_for(auth_client: BackendAuthClient, *, timeout: float | None = None) -> BulkHttp:
-    """A ``BulkHttp`` for a ``BackendAuthClient``: its token cache, its allowed origins (the
-    base URL's and the connection's ``allowed_hosts``) and its TLS settings."""
-    return BulkHttp(
+def bulk_http_for(
+    auth_client: BackendAuthClient, *, timeout: float | None = None
+) -> AuthorizedSessions:
+    """``AuthorizedSessions`` for a ``BackendAuthClient``: its token cache, its allowed
+    origins (the base URL's and the connection's ``allowed_hosts``) and its TLS settings."""
+    return AuthorizedSessions(
         auth_client.new_plain_session,
         auth_client.lazy_tokens(),
         auth_client.allowed_origins,

@@ -12,9 +12,8 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from airflow_provider_backendauth.core.bulk.http import with_query
 from airflow_provider_backendauth.core.errors import ConfigurationError
-from airflow_provider_backendauth.core.urls import join_url
+from airflow_provider_backendauth.core.urls import join_url, with_query
 
 LEVELS = ("system", "patient", "group")
 FHIR_JSON = "application/fhir+json"

@@ -17,10 +17,10 @@ from typing import Any
 
 import requests
 
-from airflow_provider_backendauth.core.deadline import Deadline, total_seconds
 from airflow_provider_backendauth.core.errors import FhirError
 from airflow_provider_backendauth.core.fhir.outcome import check_response
-from airflow_provider_backendauth.core.limits import DEFAULT_MAX_RESPONSE_BYTES, read_body
+from airflow_provider_backendauth.core.http.bodies import DEFAULT_MAX_RESPONSE_BYTES, read_body
+from airflow_provider_backendauth.core.http.deadline import Deadline, total_seconds
 from airflow_provider_backendauth.core.redact import get_logger, short_error
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 from airflow_provider_backendauth.core.urls import display_url, resolve_endpoint
@@ -85,7 +85,7 @@ class RestClient:
             provider's ``retry_args``); ``stop``, ``wait`` or ``retry`` replace ours.
         retry_unsafe_methods: also retry POST/PATCH after 5xx and connection errors (only
             when the API is known to be idempotent for them, e.g. FHIR ``_search``).
-        max_response_bytes: the largest decoded answer body read (``core/limits.py``); the
+        max_response_bytes: the largest decoded answer body read (``core/http/bodies.py``); the
             connection's ``timeout`` bounds each call as a whole.
     """
 
@@ -212,7 +212,7 @@ class RestClient:
     def _attempt(self, call: _Call) -> tuple[Any, requests.Response]:
         kwargs = call.kwargs
         streamed_by_caller = bool(kwargs.get("stream"))
-        # 'timeout' bounds the whole answer (not each socket read: core/deadline.py; this
+        # 'timeout' bounds the whole answer (not each socket read: core/http/deadline.py; this
         # deadline serves a session without its adapter); the decoded body is bounded in
         # size (a gzip bomb ends in a clear error, not a MemoryError).
         seconds = total_seconds(kwargs.get("timeout"))

@@ -15,8 +15,8 @@ import certifi
 import pytest
 import requests
 
-from airflow_provider_backendauth.core import sessions
-from airflow_provider_backendauth.core.sessions import USER_AGENT, ClientSession, plain_session
+from airflow_provider_backendauth.core.http import sessions
+from airflow_provider_backendauth.core.http.sessions import USER_AGENT, ClientSession, plain_session
 from tests.support.servers import trusted_certificate
 
 PROXY_VARIABLES = [

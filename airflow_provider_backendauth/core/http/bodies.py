@@ -4,7 +4,7 @@ total deadline.
 ``response.content`` decodes a gzip body whole: a 1 MB bomb becomes gigabytes in memory.
 ``read_body`` reads the (decoded) body in small steps, each a single socket read (urllib3
 ``read1``, whose decoder output per call is bounded), and stops with a clear error when the
-body grows past ``max_bytes`` or the request's deadline passes (``core/deadline.py`` owns the
+body grows past ``max_bytes`` or the request's deadline passes (``core/http/deadline.py`` owns the
 deadline: it also bounds the status line and headers, which arrive before this reads).
 
 Token answers (``MAX_TOKEN_RESPONSE_BYTES``), REST/FHIR answers (``RestClient``'s
@@ -18,8 +18,8 @@ from typing import Any
 
 import requests
 
-from airflow_provider_backendauth.core.deadline import Deadline, deadline_of
 from airflow_provider_backendauth.core.errors import FhirError
+from airflow_provider_backendauth.core.http.deadline import Deadline, deadline_of
 from airflow_provider_backendauth.core.urls import display_url
 
 DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 
 import httpx
 
-from airflow_provider_backendauth.core.auth.bearer import (
+from airflow_provider_backendauth.core.http.policy import (
     Answer,
     BearerPolicy,
     DropToken,

@@ -1,4 +1,4 @@
-"""The one token-attachment decision, and its ``requests`` driver (``BackendAuth``).
+"""The one token-attachment decision (``BearerPolicy``), sans-IO.
 
 ``BearerPolicy.flow`` is a sans-IO generator: fed with what each response said, it decides,
 per hop, whether the request carries the bearer token and what to send next:
@@ -11,10 +11,12 @@ per hop, whether the request carries the bearer token and what to send next:
   (not when the body was a stream that cannot be replayed);
 - ``with_token=False`` (a manifest's ``requiresAccessToken: false``) never sends a token.
 
-The drivers only do I/O: ``BackendAuth`` here (a ``requests`` ``AuthBase``, for sessions, the
-HTTP provider's ``auth_type`` and the bulk downloads) and ``HttpxBearerAuth`` in
-``core/auth/httpx_auth.py`` (an ``httpx.Auth`` for the triggerer, sync and async). So the
-worker and the triggerer cannot drift apart.
+The drivers only do I/O: ``BackendAuth`` in ``core/http/requests_auth.py`` (a ``requests``
+``AuthBase``, for sessions, the HTTP provider's ``auth_type`` and the bulk downloads) and
+``HttpxBearerAuth`` in ``core/http/httpx_auth.py`` (an ``httpx.Auth`` for the triggerer, sync
+and async). So the worker and the triggerer cannot drift apart.
+
+This module imports no Airflow and no HTTP client.
 """
 
 from __future__ import annotations
@@ -23,10 +25,6 @@ from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import requests
-from requests.auth import AuthBase
-
-from airflow_provider_backendauth.core.auth.tokens import AccessToken
 from airflow_provider_backendauth.core.errors import BackendAuthError, UnsafeURLError
 from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.urls import display_url, parse_url, redirect_target
@@ -38,10 +36,17 @@ REDIRECTABLE_METHODS = frozenset({"GET", "HEAD", "DELETE"})
 MAX_REDIRECTS = 5
 
 
+class Token(Protocol):
+    """A token as the policy needs it (``AccessToken`` fits)."""
+
+    @property
+    def value(self) -> str: ...
+
+
 class TokenSource(Protocol):
     """Where tokens come from (``TokenCache`` fits)."""
 
-    def get(self) -> AccessToken: ...
+    def get(self) -> Token: ...
 
     def invalidate(self, value: str | None = None) -> None: ...
 
@@ -197,101 +202,6 @@ def drive_tokens(flow: Flow, value: Any, tokens: TokenSource | None) -> Send | N
             value = None
         else:
             return step
-
-
-_FLOW_MARK = "_backendauth_flow"
-_HOP_HEADERS_DROPPED_ON_303 = ("Content-Length", "Content-Type", "Transfer-Encoding")
-
-
-class BackendAuth(AuthBase):
-    """``requests`` driver of ``BearerPolicy``: adds ``Authorization: Bearer`` for the
-    allowed origins only, renews once on 401, follows redirects hop by hop.
-
-    Usable with a plain ``requests.Session`` (``session.auth = auth``) and with the HTTP
-    provider's ``auth_type``. Redirects are followed by this auth (requests' own redirect
-    handling judges origins with a different URL parser than the one it connects with), so
-    ``allow_redirects=False`` does not stop them; build it with ``follow_redirects=False`` to
-    get the 3xx itself (then requests may follow it, but never with the token).
-    """
-
-    def __init__(
-        self,
-        tokens: TokenSource | None,
-        allowed_origins: Iterable[str] = (),
-        *,
-        policy: BearerPolicy | None = None,
-        follow_redirects: bool = True,
-    ) -> None:
-        self.policy = policy or BearerPolicy(
-            tokens, allowed_origins, follow_redirects=follow_redirects
-        )
-
-    @property
-    def tokens(self) -> TokenSource | None:
-        return self.policy.tokens
-
-    @property
-    def allowed_origins(self) -> frozenset[str]:
-        return self.policy.allowed_origins
-
-    def __repr__(self) -> str:
-        return f"BackendAuth(origins={sorted(self.allowed_origins)})"
-
-    def allows(self, url: str) -> bool:
-        return self.policy.allows(url)
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        body = request.body
-        replayable = body is None or isinstance(body, (bytes, str))
-        flow = self.policy.flow(request.method or "GET", request.url or "", replayable=replayable)
-        step = drive_tokens(flow, None, self.policy.tokens)
-        assert step is not None  # a flow always starts with a Send
-        _apply(request, step)
-        setattr(request, _FLOW_MARK, flow)
-        request.register_hook("response", self._on_response)
-        return request
-
-    def _on_response(self, response: requests.Response, **kwargs: Any) -> requests.Response:
-        while True:
-            request = response.request
-            # Hops that requests itself makes (copies of our request) carry this hook but not
-            # our flow: leave them alone (they never carry the token: see below).
-            flow = getattr(request, _FLOW_MARK, None)
-            if flow is None:
-                return response
-            setattr(request, _FLOW_MARK, None)
-            answer = Answer(response.status_code, response.headers.get("Location"))
-            step = drive_tokens(flow, answer, self.policy.tokens)
-            if step is None:
-                if response.is_redirect:
-                    # Not ours to follow; requests may follow it with a copy of this request:
-                    # never with our token.
-                    request.headers.pop("Authorization", None)
-                return response
-            following = request.copy()
-            following.prepare_url(step.url, None)
-            if step.drop_body:
-                following.method = "GET"
-                following.body = None
-                for name in _HOP_HEADERS_DROPPED_ON_303:
-                    following.headers.pop(name, None)
-            else:
-                following.method = step.method
-            if not step.same_origin:
-                following.headers.pop("Cookie", None)
-            _apply(following, step)
-            setattr(following, _FLOW_MARK, flow)
-            response.close()  # never read a body we are about to discard (it may be huge)
-            new_response: requests.Response = response.connection.send(following, **kwargs)
-            new_response.history = [*response.history, response]
-            response = new_response
-
-
-def _apply(request: requests.PreparedRequest, step: Send) -> None:
-    if step.token is None:
-        request.headers.pop("Authorization", None)
-    else:
-        request.headers["Authorization"] = f"Bearer {step.token}"
 
 
 def policy_with(policy: BearerPolicy, **changes: Any) -> BearerPolicy:

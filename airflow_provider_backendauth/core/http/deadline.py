@@ -6,13 +6,13 @@ byte of its status line, headers or body every 0.9 s never trips ``timeout=1`` a
 worker (or the triggerer's poll) as long as it likes. One ``Deadline`` per request, started
 when it is sent, bounds the whole answer:
 
-- Workers (requests): every session the provider makes (``core/sessions.py``
+- Workers (requests): every session the provider makes (``core/http/sessions.py``
   ``plain_session``, behind ``BackendAuthClient.new_plain_session``) sends through
   ``DeadlineAdapter`` (``with_deadline``). It arms a
   watchdog that shuts the request's socket down at the deadline, so a status line or headers
   dripped byte by byte end with ``DeadlineExceededError``; an unstreamed body is read inside
   the same deadline. A streamed body (token answers, REST/FHIR pages) is finished by
-  ``core/limits.py`` ``read_body`` against the same ``Deadline`` (``deadline_of``); bulk file
+  ``core/http/bodies.py`` ``read_body`` against the same ``Deadline`` (``deadline_of``); bulk file
   bodies are long by nature and bounded per read and by size (``core/bulk/download.py``).
 - The triggerer (httpx): ``within(deadline, ...)`` bounds the whole awaited request.
 

@@ -1,8 +1,9 @@
-"""HTTP for Bulk Data: requests go through the one token-attachment decision.
+"""Per-thread authorized sessions: requests that go through the one token-attachment
+decision, one ``requests`` session per thread (parallel downloads share no session).
 
 Bulk export talks to more than the FHIR server: status URLs, file servers, signed storage
 URLs reached by redirects. Every request made here is driven by ``BearerPolicy`` (see
-``core/auth/bearer.py``): redirects are followed hop by hop, the token is attached only when
+``core/http/policy.py``): redirects are followed hop by hop, the token is attached only when
 the hop's origin is allowed (never "forwarded"), ambiguous URLs and HTTPS → HTTP are refused,
 and a 401 from an allowed origin renews the token and tries once more.
 
@@ -14,33 +15,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from airflow_provider_backendauth.core.auth.bearer import (
-    REDIRECT_STATUSES,
-    BackendAuth,
-    BearerPolicy,
-    TokenSource,
-    policy_with,
-)
 from airflow_provider_backendauth.core.errors import BulkExportError
-from airflow_provider_backendauth.core.urls import display_url, parse_url
-
-__all__ = ["REDIRECT_STATUSES", "BulkHttp", "TokenSource", "display_url", "with_query"]
-
-
-def with_query(url: str, params: Iterable[tuple[str, str]]) -> str:
-    """``url`` with ``params`` appended to its query string."""
-    query = urlencode(list(params))
-    if not query:
-        return url
-    return f"{url}{'&' if urlsplit(url).query else '?'}{query}"
+from airflow_provider_backendauth.core.http.policy import BearerPolicy, TokenSource, policy_with
+from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
+from airflow_provider_backendauth.core.urls import parse_url
 
 
-class BulkHttp:
-    """Sends Bulk Data requests with the token attached per hop, by origin.
+class AuthorizedSessions:
+    """Sends requests with the token attached per hop, by origin, one session per thread.
 
     Args:
         session_factory: makes a plain ``requests.Session`` (no ``auth``; TLS settings set).
@@ -75,7 +60,7 @@ class BulkHttp:
         self._sessions_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"BulkHttp(origins={sorted(self.token_origins)})"
+        return f"AuthorizedSessions(origins={sorted(self.token_origins)})"
 
     @property
     def session(self) -> requests.Session:

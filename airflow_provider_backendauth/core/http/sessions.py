@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from airflow_provider_backendauth.core.deadline import with_deadline
+from airflow_provider_backendauth.core.http.deadline import with_deadline
 
 # Sent on every request (token, FHIR, bulk; sync and async), so server logs can tell us apart.
 USER_AGENT = "airflow-provider-backendauth"
@@ -97,7 +97,7 @@ class ClientSession(requests.Session):
 def plain_session(verify: bool | str = True) -> ClientSession:
     """A session with the given TLS verification (a CA bundle path, or a bool) and our
     User-Agent, and no auth; its ``timeout`` is a total deadline per request
-    (``core/deadline.py``)."""
+    (``core/http/deadline.py``)."""
     session = with_deadline(ClientSession())
     session.verify = verify
     session.headers["User-Agent"] = USER_AGENT

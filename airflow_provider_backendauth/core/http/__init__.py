@@ -1,0 +1,13 @@
+"""The transport: every request the provider makes goes through here, for ``requests``
+(workers) and ``httpx`` (the triggerer) alike.
+
+- ``sessions``: the ``requests`` sessions (TLS, User-Agent, proxy environment once per origin);
+- ``deadline``: the connection's ``timeout`` as a total deadline per request;
+- ``bodies``: bounded, streamed reads of answers (decoded size included);
+- ``policy``: the sans-IO decision per hop (which origin gets the token, redirects, 401 ->
+  renew once), and its two drivers ``requests_auth`` (``BackendAuth``) and ``httpx_auth``
+  (``HttpxBearerAuth``);
+- ``authorized``: per-thread authorized sessions (``AuthorizedSessions``), for parallel work.
+
+This package imports no Airflow.
+"""
