@@ -101,8 +101,8 @@ class RetryPolicy:
     """How hard to try, expressed once and executed by tenacity everywhere.
 
     Built once per connection (``BackendAuthClient.retry``) and shared by the token exchange,
-    REST/FHIR calls, the hook's ``run()`` and bulk downloads; the same policy drives
-    ``tenacity.Retrying`` in workers and ``tenacity.AsyncRetrying`` in the triggerer.
+    REST/FHIR calls, the hook's ``run()`` and bulk downloads, all in workers through
+    ``tenacity.Retrying``.
 
     Attributes:
         attempts: total attempts including the first (1 = no retry).
@@ -132,24 +132,13 @@ class RetryPolicy:
             multiplier=half_initial, max=half_cap, min=0
         ) + tenacity.wait_random_exponential(multiplier=half_initial, max=half_cap)
 
-    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to sleep before attempt ``attempt + 1`` (``attempt`` starts at 1), by the
-        same tenacity wait strategy the retrying objects use."""
-        if retry_after is not None:
-            return min(max(0.0, retry_after), self.max_retry_after)
-        import tenacity
-
-        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-        state.attempt_number = max(1, attempt)
-        return float(self._exponential()(state))
-
     def tenacity_kwargs(
         self,
         is_retryable: Callable[[BaseException], bool],
         retry_after_of: Callable[[BaseException], float | None],
         before_sleep: Callable[[Any], Any] | None = None,
     ) -> dict[str, Any]:
-        """Arguments for ``tenacity.Retrying``/``AsyncRetrying`` implementing this policy.
+        """Arguments for ``tenacity.Retrying`` implementing this policy.
 
         A failure whose Retry-After exceeds ``max_retry_after`` stops the retries (the caller
         sees that failure) rather than sleeping at the cap and asking again.
@@ -192,21 +181,6 @@ class RetryPolicy:
         import tenacity
 
         return tenacity.Retrying(
-            **self._final_kwargs(is_retryable, retry_after_of, before_sleep, overrides)
-        )
-
-    def async_retrying(
-        self,
-        is_retryable: Callable[[BaseException], bool],
-        retry_after_of: Callable[[BaseException], float | None] = lambda exc: None,
-        *,
-        before_sleep: Callable[[Any], Any] | None = None,
-        overrides: Mapping[str, Any] | None = None,
-    ) -> Any:
-        """The same policy as ``retrying``, for asyncio code (the triggerer)."""
-        import tenacity
-
-        return tenacity.AsyncRetrying(
             **self._final_kwargs(is_retryable, retry_after_of, before_sleep, overrides)
         )
 

@@ -1,8 +1,6 @@
-"""One retry policy, run by tenacity in both worker (sync) and triggerer (async) code."""
+"""One retry policy, run by tenacity."""
 
 from __future__ import annotations
-
-import asyncio
 
 import pytest
 import tenacity
@@ -74,31 +72,23 @@ def test_overrides_follow_the_http_providers_retry_args() -> None:
     assert len(calls) == 2
 
 
+def wait_before(policy: RetryPolicy, attempt: int, retry_after: float | None = None) -> float:
+    """The wait the policy's tenacity strategy chooses after failed attempt ``attempt``."""
+    wait = policy.tenacity_kwargs(lambda e: True, retry_after_of)["wait"]
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = attempt
+    state.set_exception((Busy, Busy(retry_after), None))
+    return float(wait(state))
+
+
 def test_backoff_grows_within_bounds_and_honours_retry_after() -> None:
     policy = RetryPolicy(initial_wait=1.0, max_wait=8.0, max_retry_after=30.0)
     for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
-        waits = [policy.backoff(attempt) for _ in range(50)]
+        waits = [wait_before(policy, attempt) for _ in range(50)]
         assert all(ceiling / 2 <= w <= ceiling for w in waits), (attempt, min(waits), max(waits))
-    assert policy.backoff(1, retry_after=5.0) == 5.0
-    assert policy.backoff(1, retry_after=-3.0) == 0.0
-    assert policy.backoff(1, retry_after=1e9) == 30.0
-
-
-def test_async_retrying_is_the_same_policy() -> None:
-    calls: list[int] = []
-
-    async def call() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise Busy(0.001)
-        return "ok"
-
-    async def main() -> str:
-        retrying = FAST.async_retrying(lambda e: True, retry_after_of)
-        return str(await retrying(call))
-
-    assert asyncio.run(main()) == "ok"
-    assert len(calls) == 3
+    assert wait_before(policy, 1, retry_after=5.0) == 5.0
+    assert wait_before(policy, 1, retry_after=-3.0) == 0.0
+    assert wait_before(policy, 1, retry_after=1e9) == 30.0
 
 
 def test_from_retries() -> None:

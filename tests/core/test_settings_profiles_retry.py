@@ -8,7 +8,7 @@ import pytest
 from airflow_provider_backendauth.core.auth.profiles import PROFILES, get_profile
 from airflow_provider_backendauth.core.auth.settings import EXTRA_KEYS, ClientSettings
 from airflow_provider_backendauth.core.errors import ConfigurationError, InsecureURLError
-from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
+from airflow_provider_backendauth.core.retry import parse_retry_after
 from airflow_provider_backendauth.core.urls import check_url, join_url, origin_of
 
 REQUIRED_PROFILES = {
@@ -194,12 +194,3 @@ def test_retry_after_seconds_and_http_date():
     assert parse_retry_after(email.utils.formatdate(now - 50, usegmt=True), now=now) == 0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
-
-
-def test_backoff_grows_with_jitter_and_caps():
-    policy = RetryPolicy(initial_wait=1, max_wait=8, max_retry_after=60)
-    waits = [policy.backoff(n) for n in range(1, 8)]
-    assert 0.5 <= waits[0] <= 1
-    assert all(4 <= w <= 8 for w in waits[4:])
-    assert policy.backoff(1, retry_after=30) == 30
-    assert policy.backoff(1, retry_after=3600) == 60

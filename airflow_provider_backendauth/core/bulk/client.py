@@ -226,13 +226,7 @@ class BulkExportClient:
             shown_url=display_url(status_url),
         )
 
-    def wait_json(
-        self,
-        status_url: str,
-        *,
-        deadline: float | None = None,
-        on_progress: Callable[[str], None] | None = None,
-    ) -> Done:
+    def wait_json(self, status_url: str, *, deadline: float | None = None) -> Done:
         """Poll until the URL answers 200 with a manifest (the blocking driver of
         ``StatusPoller``); returns the poller's ``Done`` (manifest JSON, ``Expires``)."""
         poller = self.poller(status_url, deadline=deadline)
@@ -243,8 +237,6 @@ class BulkExportClient:
             elif isinstance(action, Sleep):
                 for note in action.notes:
                     log.log(note.level, "%s", note.message)
-                if action.progress and on_progress is not None:
-                    on_progress(action.progress)
                 self._sleep(action.seconds, "waiting for the export")
                 action = poller.start(time.time())
             elif isinstance(action, Done):
@@ -257,21 +249,14 @@ class BulkExportClient:
                     retryable=action.transient,
                 )
 
-    def wait(
-        self,
-        status_url: str,
-        *,
-        deadline: float | None = None,
-        on_progress: Callable[[str], None] | None = None,
-    ) -> BulkManifest:
+    def wait(self, status_url: str, *, deadline: float | None = None) -> BulkManifest:
         """Poll until the export completes; returns its manifest.
 
         Args:
             status_url: from the kick-off.
             deadline: a ``time.time()`` after which to give up (None: ``DEFAULT_MAX_WAIT``).
-            on_progress: called with each new ``X-Progress`` text.
         """
-        done = self.wait_json(status_url, deadline=deadline, on_progress=on_progress)
+        done = self.wait_json(status_url, deadline=deadline)
         return BulkManifest.from_json(done.manifest, expires=done.expires)
 
     def fetch_manifest(self, status_url: str) -> BulkManifest:
