@@ -77,6 +77,7 @@ BENCH_IDLE = $(if $(filter require,$(IDLE)),--require-idle)
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py $(BENCH_IDLE)
 	$(PY) benchmarks/s3.py $(BENCH_IDLE)
+	$(PY) benchmarks/views.py $(BENCH_IDLE)
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_MIDDLE) .demo .stack .mypy_cache .ruff_cache .pytest_cache

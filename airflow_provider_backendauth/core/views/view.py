@@ -24,9 +24,15 @@ from decimal import Decimal
 from typing import Any
 
 from airflow_provider_backendauth.core.errors import MalformedResourceError, ViewDefinitionError
+from airflow_provider_backendauth.core.views.columns import Getter, column_getter
 from airflow_provider_backendauth.core.views.fhirpath.compile import compile_path
 from airflow_provider_backendauth.core.views.fhirpath.lexer import FhirPathError
-from airflow_provider_backendauth.core.views.fhirpath.runtime import Env, FhirPathEvalError, Fn
+from airflow_provider_backendauth.core.views.fhirpath.runtime import (
+    Compiled,
+    Env,
+    FhirPathEvalError,
+    Fn,
+)
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _SELECT_KEYS = frozenset({"column", "select", "forEach", "forEachOrNull", "repeat", "unionAll"})
@@ -44,21 +50,13 @@ class Column:
     description: str | None = None
 
 
-@dataclass(frozen=True)
-class _ColumnPlan:
-    name: str
-    path: str
-    fn: Fn
-    collection: bool
-
-
 class _Select:
     """One compiled ``select`` element (the view itself is the outermost one)."""
 
     def __init__(
         self,
         where: str,
-        columns: list[_ColumnPlan],
+        getters: list[Getter],
         selects: list[_Select],
         union: list[_Select],
         iterate: list[Fn] | None,
@@ -66,12 +64,12 @@ class _Select:
         width: int,
     ) -> None:
         self.where = where
-        self.columns = columns
+        self.getters = getters
         self.selects = selects
         self.union = union
         self.iterate = iterate
         self.mode = mode  # None, forEach, forEachOrNull, repeat
-        self.padding: tuple[Any, ...] = (None,) * (width - len(columns))
+        self.padding: tuple[Any, ...] = (None,) * (width - len(getters))
         self.leaf = not selects and not union
 
     def rows(self, item: Any, env: Env) -> list[tuple[Any, ...]]:
@@ -126,24 +124,7 @@ class _Select:
         return rows
 
     def _values(self, focus: list[Any], env: Env) -> tuple[Any, ...]:
-        values: list[Any] = []
-        for column in self.columns:
-            try:
-                result = column.fn(focus, env)
-            except FhirPathEvalError as exc:
-                raise _located(f"{self.where} column {column.name!r}", column.path, exc) from exc
-            if column.collection:
-                values.append(result)
-            elif not result:
-                values.append(None)
-            elif len(result) == 1:
-                values.append(result[0])
-            else:
-                raise ViewDefinitionError(
-                    f"{self.where} column {column.name!r} (path {column.path!r}) gave "
-                    f"{len(result)} values; declare it 'collection': true or narrow the path"
-                )
-        return tuple(values)
+        return tuple([get(focus, env) for get in self.getters])
 
 
 def _product(left: list[tuple[Any, ...]], right: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -162,16 +143,16 @@ class _Builder:
         self.names: set[str] = set()
 
     def path(self, where: str, text: Any) -> Fn:
-        return self.compiled(where, text)[0]
+        return self.compiled(where, text).fn
 
-    def compiled(self, where: str, text: Any) -> tuple[Fn, str | None]:
+    def compiled(self, where: str, text: Any) -> Compiled:
         if not isinstance(text, str) or not text.strip():
             raise ViewDefinitionError(f"{where}: a path must be a non-empty FHIRPath string")
         try:
             result = compile_path(text, self.constant_types)
         except FhirPathError as exc:
             raise _located(where, text, exc) from exc
-        return result.fn, result.type
+        return result
 
     def select(
         self, where: str, spec: Any, union_branch: bool = False
@@ -195,10 +176,10 @@ class _Builder:
             iterate = [self.path(f"{where}.{mode}", spec[mode])]
 
         columns: list[Column] = []
-        plans: list[_ColumnPlan] = []
+        getters: list[Getter] = []
         for i, col in enumerate(self._list(spec, "column", where)):
-            plan, column = self.column(f"{where}.column[{i}]", col)
-            plans.append(plan)
+            getter, column = self.column(f"{where}.column[{i}]", col)
+            getters.append(getter)
             columns.append(column)
         selects = []
         for i, sub in enumerate(self._list(spec, "select", where)):
@@ -226,9 +207,9 @@ class _Builder:
             for column in union_columns:
                 self.claim(f"{where}.unionAll", column.name)
             columns.extend(union_columns)
-        return _Select(where, plans, selects, union, iterate, mode, len(columns)), columns
+        return _Select(where, getters, selects, union, iterate, mode, len(columns)), columns
 
-    def column(self, where: str, col: Any) -> tuple[_ColumnPlan, Column]:
+    def column(self, where: str, col: Any) -> tuple[Getter, Column]:
         if not isinstance(col, dict):
             raise ViewDefinitionError(f"{where}: must be an object")
         unknown = set(col) - _COLUMN_KEYS
@@ -248,9 +229,9 @@ class _Builder:
         if declared is not None and (not isinstance(declared, str) or not declared):
             raise ViewDefinitionError(f"{where}: 'type' must be a FHIR type name")
         description = col.get("description")
-        fn, inferred = self.compiled(where, col.get("path"))
-        column = Column(name, declared or inferred, collection, description)
-        return _ColumnPlan(name, col["path"], fn, collection), column
+        compiled = self.compiled(where, col.get("path"))
+        column = Column(name, declared or compiled.type, collection, description)
+        return column_getter(where, col["path"], compiled, collection), column
 
     def claim(self, where: str, name: str) -> None:
         if name in self.names:
@@ -367,7 +348,7 @@ class CompiledView:
             except ViewDefinitionError as exc:
                 raise ViewDefinitionError(f"{resource_type} input #{position}: {exc}") from exc
             for row in rows:
-                yield dict(zip(names, row, strict=True))
+                yield dict(zip(names, row, strict=False))
 
 
 def compile_view(view: Any) -> CompiledView:

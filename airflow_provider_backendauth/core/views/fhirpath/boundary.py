@@ -77,6 +77,8 @@ def boundary(value: Any, static_type: str | None, high: bool, digits: Any = None
         return _decimal(value, high, digits if isinstance(digits, int) else None)
     if not isinstance(value, str):
         return None
+    if static_type not in ("dateTime", "instant", "date", "time"):
+        static_type = None  # a plain string (or unknown): its form says which it is
     if static_type in ("dateTime", "instant") or (static_type is None and "T" in value):
         return _datetime(value, high)
     if static_type == "date" or (static_type is None and _DATE.match(value)):

@@ -52,17 +52,17 @@ def _identity(focus: list[Any], env: Env) -> list[Any]:
     return focus
 
 
-def _members(source: Fn, names: tuple[str, ...]) -> Fn:
+def _members(source: Fn | None, names: tuple[str, ...]) -> Fn:
+    """``a.b.c`` as one closure (``source`` None: from the expression's focus)."""
     if len(names) == 1:
         (name,) = names
-
-        def one(focus: list[Any], env: Env) -> list[Any]:
-            return member(source(focus, env), name)
-
-        return one
+        if source is None:
+            return lambda focus, env: member(focus, name)
+        inner = source
+        return lambda focus, env: member(inner(focus, env), name)
 
     def chain(focus: list[Any], env: Env) -> list[Any]:
-        items = source(focus, env)
+        items = focus if source is None else source(focus, env)
         for name in names:
             if not items:
                 break
@@ -130,7 +130,8 @@ class _Compiler:
         if name == "rowIndex":
             return Compiled(lambda focus, env: [env.row_index], "integer")
         if name not in self.constant_types:
-            known = ", ".join(sorted(self.constant_types)) or "none"
+            known = ", ".join(sorted(set(self.constant_types) - set(_BUILTIN_CONSTANTS)))
+            known = known or "none"
             raise FhirPathError(f"unknown constant %{name} (the view defines: {known})")
         return Compiled(lambda focus, env: env.constants[name], self.constant_types[name])
 
@@ -146,12 +147,13 @@ class _Compiler:
             names.append(target.name)
             target = target.target
         names.reverse()
-        source = self.compile(target).fn if target is not None else _identity
+        source = self.compile(target).fn if target is not None else None
         if target is None and names[0][:1].isupper():
-            source = _type_filter(source, names.pop(0))  # Patient.name...
+            source = _type_filter(_identity, names.pop(0))  # Patient.name...
             if not names:
                 return Compiled(source, None)
-        return Compiled(_members(source, tuple(names)), None)
+        chain = tuple(names)
+        return Compiled(_members(source, chain), None, chain if source is None else None)
 
     def _call(self, node: Call) -> Compiled:
         if node.name == "ofType" and isinstance(node.target, Member) and len(node.args) == 1:
@@ -181,7 +183,12 @@ class _Compiler:
         return Compiled(run, source.type)
 
     def _binary(self, node: Binary) -> Compiled:
-        return operators.binary(node.op, self.compile(node.left), self.compile(node.right))
+        literal = None
+        right = node.right
+        if isinstance(right, Literal) and len(right.value) == 1:
+            value = right.value[0]
+            literal = value if value.__class__ is not bool else None
+        return operators.binary(node.op, self.compile(node.left), self.compile(right), literal)
 
     def _unary(self, node: Unary) -> Compiled:
         operand = self.compile(node.operand)

@@ -55,7 +55,14 @@ def _where(inp: Compiled, args: tuple[Node, ...], compile_arg: CompileArg) -> Co
     source, criteria = _per_item(inp, args, compile_arg, "where")
 
     def run(focus: list[Any], env: Env) -> list[Any]:
-        return [i for i in source(focus, env) if truth(criteria([i], env), "where()") is True]
+        out: list[Any] = []
+        for item in source(focus, env):
+            result = criteria([item], env)
+            if result and (
+                (result[0] is True and len(result) == 1) or truth(result, "where()") is True
+            ):
+                out.append(item)
+        return out
 
     return Compiled(run, inp.type)
 
@@ -100,6 +107,12 @@ def _simple(
         return Compiled(lambda focus, env: transform(source(focus, env)), result_type or inp.type)
 
     return compile_function
+
+
+def _first(inp: Compiled, args: tuple[Node, ...], _: CompileArg) -> Compiled:
+    _arity("first", args, 0, 0)
+    source = inp.fn
+    return Compiled(lambda focus, env: source(focus, env)[:1], inp.type)
 
 
 def _not(items: list[Any]) -> list[Any]:
@@ -298,7 +311,7 @@ FUNCTIONS: dict[str, FunctionCompiler] = {
     "exists": _exists,
     "empty": _simple("empty", lambda items: [not items], "boolean"),
     "hasValue": _simple("hasValue", lambda items: [len(items) == 1], "boolean"),
-    "first": _simple("first", lambda items: items[:1]),
+    "first": _first,
     "last": _simple("last", lambda items: items[-1:]),
     "tail": _simple("tail", lambda items: items[1:]),
     "count": _simple("count", lambda items: [len(items)], "integer"),

@@ -220,10 +220,29 @@ def _arithmetic_type(op: str, left: str | None, right: str | None) -> str | None
     return None
 
 
-def binary(op: str, left: Compiled, right: Compiled) -> Compiled:
-    """The closure of ``left op right``."""
+def _equals_literal(op: str, left: Compiled, literal: Any) -> Compiled:
+    """``path = 'official'``: the commonest comparison in views, without the generic steps."""
+    lf, negated = left.fn, op == "!="
+
+    def run(focus: list[Any], env: Env) -> list[Any]:
+        items = lf(focus, env)
+        if not items:
+            return []
+        if len(items) != 1:
+            return [negated]
+        value = items[0]
+        return [(value == literal and value.__class__ is not bool) is not negated]
+
+    return Compiled(run, "boolean")
+
+
+def binary(op: str, left: Compiled, right: Compiled, right_literal: Any = None) -> Compiled:
+    """The closure of ``left op right``; ``right_literal``: right's value if it is a
+    one-item string or number literal."""
     if op in ("and", "or", "xor", "implies"):
         return _logic(op, left, right)
+    if op in ("=", "!=") and right_literal is not None:
+        return _equals_literal(op, left, right_literal)
     combine = _SIMPLE[op]
     lf, rf = left.fn, right.fn
 

@@ -36,6 +36,9 @@ Fn = Callable[[list[Any], Env], list[Any]]
 class Compiled(NamedTuple):
     fn: Fn
     type: str | None  # the FHIR type of the result when known at compile time
+    # For a plain member chain from the focus (``status``, ``code.text``): its names, so a
+    # column can read them without building collections.
+    names: tuple[str, ...] | None = None
 
 
 STRING_TYPES = frozenset(
@@ -88,6 +91,19 @@ def choice_value(item: dict[str, Any], name: str) -> Any:
 
 def member(items: list[Any], name: str) -> list[Any]:
     """``items.name``: every child called ``name`` (lists flattened, nulls dropped)."""
+    if len(items) == 1:  # the common case (a resource, a forEach item): no accumulator
+        item = items[0]
+        if item.__class__ is not dict:
+            return []
+        value = item.get(name)
+        if value is None:
+            value = choice_value(item, name)
+            if value is None:
+                return []
+        if value.__class__ is list:
+            # The resource's own list, not a copy: nothing downstream mutates a result.
+            return value if None not in value else [v for v in value if v is not None]
+        return [value]
     out: list[Any] = []
     for item in items:
         if item.__class__ is not dict:
@@ -98,7 +114,10 @@ def member(items: list[Any], name: str) -> list[Any]:
             if value is None:
                 continue
         if value.__class__ is list:
-            out.extend(v for v in value if v is not None)
+            if None in value:
+                out.extend(v for v in value if v is not None)
+            else:
+                out.extend(value)
         else:
             out.append(value)
     return out
