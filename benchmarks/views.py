@@ -12,8 +12,9 @@ Contenders, each timed per round in a rotating order:
 
 - ``core.views, run``: ``compile_view(view).run(parsed resources)`` (the FHIRPath closures
   and the row assembly alone);
-- ``core.views, parse + run``: the same from NDJSON bytes, each line parsed with
-  ``json.loads(line, parse_float=Decimal)`` (what a table writer pays per resource);
+- ``core.views, parse (P) + run``: the same from NDJSON bytes, each line parsed by
+  ``read_resources(lines, parser=P)`` for every installed parser P (msgspec, json), Decimal
+  for decimals (what a table writer pays per resource);
 - ``fhirpathpy, run`` (when installed): the same views' paths compiled once each with
   ``fhirpathpy.compile`` (FHIR R4 model, for choice types) and evaluated per resource / per
   ``forEach`` item by the same row loop. fhirpathpy has no ``getResourceKey()`` /
@@ -39,7 +40,8 @@ from typing import Any
 
 from load import Load, add_arguments, check
 
-from airflow_provider_backendauth.core.views import compile_view
+from airflow_provider_backendauth.core.views import compile_view, read_resources
+from airflow_provider_backendauth.core.views.reader import PARSERS
 
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
@@ -295,17 +297,18 @@ def main() -> int:
         with_fhirpathpy = False
     print(f"load average at start: {start_load} on {start_load.cores} cores")
     print(
-        f"{'view':34} {'contender':28} {'resources':>9} {'rows':>7} {'median/s':>10} {'best/s':>10}"
+        f"{'view':34} {'contender':34} {'resources':>9} {'rows':>7} {'median/s':>10} {'best/s':>10}"
     )
     for title, view, lines in cases:
         parsed = [json.loads(line, parse_float=Decimal) for line in lines]
         compiled = compile_view(view)
         contenders: dict[str, Callable[[], int]] = {
             "core.views, run": lambda c=compiled, p=parsed: sum(1 for _ in c.run(p)),
-            "core.views, parse + run": lambda c=compiled, ls=lines: sum(
-                1 for _ in c.run(json.loads(x, parse_float=Decimal) for x in ls)
-            ),
         }
+        for parser in PARSERS.names():
+            contenders[f"core.views, parse ({parser}) + run"] = (
+                lambda c=compiled, ls=lines, p=parser: sum(1 for _ in c.run(read_resources(ls, p)))
+            )
         if with_fhirpathpy:
             other = _fhirpathpy_runner(view)
             # fhirpathpy annotates the resources it reads: give it its own copy.
@@ -322,7 +325,7 @@ def main() -> int:
             median = len(lines) / statistics.median(times[name])
             best = len(lines) / min(times[name])
             print(
-                f"{title:34} {name:28} {len(lines):>9} {rows[name]:>7} "
+                f"{title:34} {name:34} {len(lines):>9} {rows[name]:>7} "
                 f"{median:>10,.0f} {best:>10,.0f}"
             )
     print(f"load average at end: {Load.now()}")

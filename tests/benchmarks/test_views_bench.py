@@ -45,6 +45,6 @@ def test_quick_run_prints_every_contender() -> None:
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for contender in ("core.views, run", "core.views, parse + run"):
+    for contender in ("core.views, run", "core.views, parse (json) + run"):
         assert result.stdout.count(contender) == 2
     assert "load average at start" in result.stdout and "load average at end" in result.stdout
