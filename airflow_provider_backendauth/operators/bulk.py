@@ -31,6 +31,7 @@ from airflow_provider_backendauth.core.errors import ConfigurationError
 from airflow_provider_backendauth.operators._common import (
     as_task_failure,
 )
+from airflow_provider_backendauth.operators._lineage import declare_outlet, emit_export_events
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -213,6 +214,8 @@ class FhirBulkExportOperator(_BulkBase):
         self.max_file_bytes = max_file_bytes
         self.max_compression_ratio = max_compression_ratio
         self.deferrable = deferrable
+        if download:  # with download=False, FhirBulkFinalizeOperator emits the Asset events
+            declare_outlet(self, backendauth_conn_id)
 
     # -- building blocks -------------------------------------------------------------
 
@@ -309,12 +312,12 @@ class FhirBulkExportOperator(_BulkBase):
                 },
             )
             if not job.needs_wait:
-                return self._after_manifest(job, job.local_manifest())
+                return self._after_manifest(context, job, job.local_manifest())
             if self.deferrable:
                 self._defer(job)
             manifest = job.wait(deadline=self._deadline(job))
             job.accept_manifest(manifest)
-            return self._after_manifest(job, manifest)
+            return self._after_manifest(context, job, manifest)
         except Exception as exc:
             failure = as_task_failure(exc)
             self._on_failure(context, job, failure)
@@ -360,14 +363,14 @@ class FhirBulkExportOperator(_BulkBase):
                     retryable=status == "timeout",
                 )
             if not job.needs_wait:  # a retry after the manifest was saved
-                return self._after_manifest(job, job.local_manifest())
+                return self._after_manifest(context, job, job.local_manifest())
             manifest = (
                 BulkManifest.from_json(event["manifest"], expires=event.get("expires"))
                 if event.get("manifest")
                 else job.client.fetch_manifest(job.status_url)
             )
             job.accept_manifest(manifest)
-            return self._after_manifest(job, manifest)
+            return self._after_manifest(context, job, manifest)
         except Exception as exc:
             failure = as_task_failure(exc)
             self._on_failure(context, job, failure)
@@ -375,7 +378,7 @@ class FhirBulkExportOperator(_BulkBase):
                 raise
             raise failure from exc
 
-    def _after_manifest(self, job: BulkExportJob, manifest: BulkManifest) -> Any:
+    def _after_manifest(self, context: Context, job: BulkExportJob, manifest: BulkManifest) -> Any:
         if not self.download:
             files = job.planned_files(job.collect_pages(deadline=self._deadline(job)))
             self.log.info("Handing %d files over to mapped download tasks", len(files))
@@ -402,9 +405,11 @@ class FhirBulkExportOperator(_BulkBase):
             total / 1e6,
             elapsed,
         )
-        return job.finish(
+        summary = job.finish(
             manifest, results, tolerate_errors=self.tolerate_errors, cleanup=self.cleanup
         )
+        emit_export_events(context, self.backendauth_conn_id, job, summary)
+        return summary
 
     def _on_failure(self, context: Context, job: BulkExportJob, exc: BaseException) -> None:
         if job.record is None or not job.record.active:

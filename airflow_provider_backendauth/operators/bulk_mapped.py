@@ -13,6 +13,7 @@ from airflow_provider_backendauth.core.errors import ConfigurationError
 from airflow_provider_backendauth.operators._common import (
     fails_fast,
 )
+from airflow_provider_backendauth.operators._lineage import declare_outlet, emit_export_events
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -159,6 +160,7 @@ class FhirBulkFinalizeOperator(_BulkBase):
         self.tolerate_errors = tolerate_errors
         self.cleanup = cleanup
         self.cancel_on_failure = cancel_on_failure
+        declare_outlet(self, backendauth_conn_id)
 
     @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
@@ -179,6 +181,8 @@ class FhirBulkFinalizeOperator(_BulkBase):
                 self.log.warning("Downloads incomplete: cancelling the export on the server")
                 job.abandon(cancel=True)
             raise
-        return job.finish(
+        summary = job.finish(
             manifest, results, tolerate_errors=self.tolerate_errors, cleanup=self.cleanup
         )
+        emit_export_events(context, self.backendauth_conn_id, job, summary)
+        return summary

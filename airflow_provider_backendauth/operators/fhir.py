@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_backendauth._compat import BaseOperator
 from airflow_provider_backendauth.core.errors import ConfigurationError
 from airflow_provider_backendauth.operators._common import fails_fast, storage_path
+from airflow_provider_backendauth.operators._lineage import declare_outlet, emit_search_event
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -144,6 +145,8 @@ class FhirSearchOperator(BaseOperator):
         self.retry_args = retry_args
         self.max_page_bytes = max_page_bytes
         self.max_page_entries = max_page_entries
+        if destination is not None:  # results returned to XCom are not an Asset
+            declare_outlet(self, backendauth_conn_id)
 
     # -- execution -----------------------------------------------------------------------
 
@@ -161,7 +164,9 @@ class FhirSearchOperator(BaseOperator):
             self.log.warning("%s", problem)
         if self.destination is None or self.destination == "":
             return self._to_xcom(search)
-        return self._to_files(search)
+        summary = self._to_files(search)
+        emit_search_event(context, self.backendauth_conn_id, search, summary, str(self.destination))
+        return summary
 
     def _start_search(self) -> FhirSearch:
         from airflow_provider_backendauth.core.fhir.search import FhirClient

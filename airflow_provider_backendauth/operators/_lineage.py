@@ -1,0 +1,88 @@
+"""Airflow Assets for what the operators wrote (not public API; see docs/lineage.md).
+
+Guarantee: a task that wrote FHIR data emits, when it succeeds, one Asset event per resource
+type (or table) it wrote, for the Asset named by ``core.lineage`` (``{base URL}/{Type}``;
+``{base URL}/Group/{id}/{Type}`` for a Group export), with the counts, ``transactionTime``,
+``_since`` and this run's storage path in the event's ``extra``. A DAG scheduled on
+``Asset(fhir_asset_uri(...))`` runs after every such export, whatever the run's destination.
+
+Why an ``AssetAlias``: the Asset's identity contains the server's base URL, which lives in the
+connection; reading a connection while a DAG file is parsed is not allowed (and the types an
+export returns are known only when it completes). So each operator declares the alias
+``backendauth:{connection id}`` as its outlet when the DAG is parsed, and adds the concrete
+Assets to it at run time; Airflow creates an Asset the first time an event names it and
+triggers the DAGs scheduled on it. Events are registered only when the task succeeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow.sdk import AssetAlias, BaseOperator
+
+ALIAS_PREFIX = "backendauth:"
+
+
+def lineage_alias(conn_id: str) -> AssetAlias:
+    """The ``AssetAlias`` every task writing through connection ``conn_id`` emits through."""
+    from airflow.sdk import AssetAlias
+
+    return AssetAlias(name=f"{ALIAS_PREFIX}{conn_id}", group="backendauth")
+
+
+def declare_outlet(operator: BaseOperator, conn_id: str) -> None:
+    """Add the connection's alias to ``operator.outlets`` (after any the DAG author set)."""
+    alias = lineage_alias(conn_id)
+    if alias not in operator.outlets:
+        operator.outlets.append(alias)
+
+
+def emit_asset_events(
+    context: Mapping[str, Any], conn_id: str, events: Mapping[str, Mapping[str, Any]]
+) -> int:
+    """Add one Asset event per ``{asset URI: extra}`` through the connection's alias; returns
+    how many. A context without ``outlet_events`` (``execute`` called outside a task run)
+    records nothing."""
+    from airflow.sdk import Asset
+
+    accessors = context.get("outlet_events")
+    if accessors is None or not events:
+        return 0
+    accessor = accessors[lineage_alias(conn_id)]
+    for uri, extra in events.items():
+        accessor.add(Asset(uri=uri), extra=dict(extra))
+    return len(events)
+
+
+def emit_export_events(context: Mapping[str, Any], conn_id: str, job: Any, summary: Any) -> int:
+    """The Asset events of a finished bulk export (``BulkExportJob.finish``'s summary): one
+    per output resource type, named by the job's server and (Group exports) group."""
+    from airflow_provider_backendauth.core.lineage import export_asset_extras, fhir_asset_uri
+
+    if not isinstance(summary, Mapping):
+        return 0
+    request = (job.record.request if job.record is not None else None) or {}
+    group_id = request.get("group_id") if request.get("level") == "group" else None
+    extras = export_asset_extras(
+        summary,
+        since=request.get("since"),
+        level=str(request.get("level") or "system"),
+        group_id=group_id,
+        types=[str(t) for t in request.get("types") or ()],
+    )
+    base_url = job.client.base_url
+    events = {fhir_asset_uri(base_url, k, group_id=group_id): e for k, e in extras.items()}
+    return emit_asset_events(context, conn_id, events)
+
+
+def emit_search_event(
+    context: Mapping[str, Any], conn_id: str, search: Any, summary: Mapping[str, Any], path: str
+) -> int:
+    """The Asset event of a search written to files: one, for the searched type (included
+    resources of other types are a few referred to, not that type's data)."""
+    from airflow_provider_backendauth.core.lineage import fhir_asset_uri, search_asset_extra
+
+    uri = fhir_asset_uri(search.base_url, search.resource_type)
+    return emit_asset_events(context, conn_id, {uri: search_asset_extra(summary, path=path)})
