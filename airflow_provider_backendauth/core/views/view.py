@@ -42,12 +42,14 @@ _CONSTANT_KEY = re.compile(r"^value([A-Z][A-Za-z0-9]*)$")
 
 @dataclass(frozen=True)
 class Column:
-    """One output column: its name, FHIR type (declared, else inferred, else None)."""
+    """One output column: its name, FHIR type (declared, else inferred, else None), whether
+    it is a list, its description, and its tags (``(("ansi/type", "DATE"),)``) in order."""
 
     name: str
     type: str | None
     collection: bool
     description: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 class _Select:
@@ -229,8 +231,17 @@ class _Builder:
         if declared is not None and (not isinstance(declared, str) or not declared):
             raise ViewDefinitionError(f"{where}: 'type' must be a FHIR type name")
         description = col.get("description")
+        tags = col.get("tag", [])
+        if not isinstance(tags, list) or not all(
+            isinstance(t, dict)
+            and isinstance(t.get("name"), str)
+            and isinstance(t.get("value"), str)
+            for t in tags
+        ):
+            raise ViewDefinitionError(f"{where}: 'tag' must be a list of {{name, value}} strings")
         compiled = self.compiled(where, col.get("path"))
-        column = Column(name, declared or compiled.type, collection, description)
+        pairs = tuple((t["name"], t["value"]) for t in tags)
+        column = Column(name, declared or compiled.type, collection, description, pairs)
         return column_getter(where, col["path"], compiled, collection), column
 
     def claim(self, where: str, name: str) -> None:

@@ -52,7 +52,7 @@ def test_schema_without_data() -> None:
                 "column": [
                     col("given", "given", collection=True, type="string", description="all"),
                     col("official", "use = 'official'"),
-                    col("row", "%rowIndex"),
+                    col("row", "%rowIndex", tag=[{"name": "ansi/type", "value": "INTEGER"}]),
                     col("family", "family"),
                 ],
             },
@@ -65,7 +65,7 @@ def test_schema_without_data() -> None:
         Column("n", "integer", False),
         Column("given", "string", True, "all"),
         Column("official", "boolean", False),
-        Column("row", "integer", False),
+        Column("row", "integer", False, None, (("ansi/type", "INTEGER"),)),
         Column("family", None, False),  # no FHIR model: an element's type is the view's to say
     ]
 
@@ -177,6 +177,10 @@ def test_paths_are_parsed_once_per_view_not_per_resource(monkeypatch: pytest.Mon
         ),
         (view({"column": [col("a", "id")]}, where=[{"path": ""}]), r"where\[0\]: a path must be"),
         (view({"repeat": [], "column": [col("a", "id")]}), "repeat: must be a non-empty list"),
+        (
+            view({"column": [col("a", "id", tag={"ansi/type": "DATE"})]}),
+            r"column\[0\] 'a': 'tag' must be a list of \{name, value\} strings",
+        ),
     ],
 )
 def test_invalid_views_are_refused_before_any_row(bad_view: Any, message: str) -> None:
