@@ -35,7 +35,9 @@ class Option:
 class Command:
     name: str
     help: str
-    handler: str  # a function name in ``commands.py``, imported only when the command runs
+    # A function name in ``commands.py``, or ``module:function`` for a command kept in its own
+    # module of this package (``flatten:flatten``); imported only when the command runs.
+    handler: str
     options: tuple[Option, ...]
     description: str = ""
 
@@ -130,6 +132,43 @@ COMMANDS: tuple[Command, ...] = (
         "The signature is never shown. Nothing is sent to the token endpoint (profiles without "
         "a fixed token URL fetch the server's discovery document to learn it).",
     ),
+    Command(
+        "flatten",
+        "run a SQL-on-FHIR ViewDefinition over NDJSON files into a table (Parquet, Delta Lake)",
+        "flatten:flatten",
+        (
+            Option(("view",), "the ViewDefinition (JSON file)", {"metavar": "VIEW.json"}),
+            Option(
+                ("inputs",),
+                "NDJSON files of resources (.ndjson or .ndjson.gz; paths or URLs)",
+                {"nargs": "+", "metavar": "INPUT.ndjson"},
+            ),
+            Option(("--out",), "the table's folder (path or URL)", {"required": True}),
+            Option(
+                ("--incremental",),
+                "merge into the table at --out (the inputs are an export with _since)",
+                {"action": "store_true"},
+            ),
+            Option(
+                ("--deleted",),
+                "a bulk export's deleted file (Bundle of DELETE requests; repeatable)",
+                {"action": "append", "metavar": "FILE", "default": None},
+            ),
+            Option(
+                ("--decimals",),
+                "decimal columns as the exact FHIR text (default) or decimal(38,18)",
+                {"choices": ("string", "decimal"), "default": "string"},
+            ),
+            Option(
+                ("--temporal",),
+                "date/dateTime columns as text (default, as the spec) or date/timestamp",
+                {"choices": ("string", "timestamp"), "default": "string"},
+            ),
+            Option(("--json",), "print a JSON summary instead of text", {"action": "store_true"}),
+        ),
+        "Nothing is visible at --out until the whole table version is committed; an invalid "
+        "view or a malformed line fails with nothing written. See docs/tables.md.",
+    ),
 )
 
 
@@ -161,9 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(handler: str, args: argparse.Namespace) -> int:
     """Run a command's handler; turn every expected failure into one line on stderr."""
-    from airflow_provider_backendauth.cli import commands
+    import importlib
 
-    function: Callable[[argparse.Namespace], int] = getattr(commands, handler)
+    module_name, _, name = handler.rpartition(":")
+    module = importlib.import_module(
+        f"airflow_provider_backendauth.cli.{module_name or 'commands'}"
+    )
+    function: Callable[[argparse.Namespace], int] = getattr(module, name)
     try:
         return function(args)
     except KeyboardInterrupt:

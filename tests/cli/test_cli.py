@@ -464,7 +464,7 @@ def test_airflow_cli_registration_builds_the_command_group():
 
     (group,) = get_cli_commands()
     assert group.name == "backendauth"
-    assert [c.name for c in group.subcommands] == ["keygen", "jwks", "check", "inspect"]
+    assert [c.name for c in group.subcommands] == ["keygen", "jwks", "check", "inspect", "flatten"]
     # Airflow 3.2+ builds its parser from these (3.1 has no provider CLI commands and ignores
     # the key): prove they parse like the standalone script.
     from airflow.providers_manager import ProvidersManager

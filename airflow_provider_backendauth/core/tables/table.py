@@ -172,11 +172,14 @@ class _ParquetFiles:
 
 
 def _batches(
-    rows: Iterable[Mapping[str, Any]], columns: Sequence[ColumnType], size: int
+    rows: Iterable[Mapping[str, Any]],
+    columns: Sequence[ColumnType],
+    row_keys: Sequence[str],
+    size: int,
 ) -> Iterator[pa.RecordBatch]:
     import pyarrow as pa
 
-    names = [c.name for c in columns]
+    names = list(row_keys)
     schema = schema_of(columns)
     getter = itemgetter(*names)
     single = len(names) == 1
@@ -210,6 +213,8 @@ class ViewTable:
         options: the type choices (``TypeOptions``).
         tags: each column's ``ansi/type`` tag, if any (``{name: "DATE"}``).
         name: the table's name in the Delta metadata (the view's name).
+        row_keys: the key of each column in the rows, where it differs from the column's
+            name (``{"_resource_key": "k"}``).
         row_group_rows: rows per Parquet row group (and per batch held in memory).
         target_file_bytes: a data file is closed past this size.
         compression: the Parquet codec (``snappy``, Delta's default; ``zstd``...).
@@ -223,6 +228,7 @@ class ViewTable:
         options: TypeOptions | None = None,
         tags: Mapping[str, str] | None = None,
         name: str | None = None,
+        row_keys: Mapping[str, str] | None = None,
         row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
         target_file_bytes: int = DEFAULT_TARGET_FILE_BYTES,
         compression: str = "snappy",
@@ -240,6 +246,7 @@ class ViewTable:
         if len(set(names)) != len(names):
             raise TableError(f"column names repeat: {names}")
         self.schema = schema_of(self.columns)
+        self.row_keys = [(row_keys or {}).get(n, n) for n in names]
         self.name = name
         self.row_group_rows = row_group_rows
         self.target_file_bytes = target_file_bytes
@@ -259,8 +266,9 @@ class ViewTable:
         """Write ``rows`` as the table's next version and return what was done.
 
         ``replace_keys`` None: the rows *are* the table (an overwrite; a first write creates
-        it). Otherwise a merge into the existing table: its rows whose ``KEY_COLUMN`` is in
-        ``replace_keys`` are dropped, then ``rows`` are added.
+        it). Otherwise a merge into the existing table: ``rows`` are added and the earlier
+        rows whose ``KEY_COLUMN`` is in ``replace_keys`` dropped. ``replace_keys`` is read
+        after ``rows`` is exhausted, so a generator of rows may fill it as it goes.
 
         Raises:
             TableError: a value that does not fit its column, a merge into a table that does
@@ -280,13 +288,14 @@ class ViewTable:
         removes: list[delta.DataFile] = []
         removed_rows = 0
         try:
-            if merge:
-                assert previous is not None and replace_keys is not None
-                removes, removed_rows = self._drop_keys(previous, replace_keys, files)
             new_rows = 0
-            for batch in _batches(rows, self.columns, self.row_group_rows):
+            for batch in _batches(rows, self.columns, self.row_keys, self.row_group_rows):
                 files.write(batch)
                 new_rows += batch.num_rows
+            if merge:
+                # After the rows: ``replace_keys`` may be filled while they are read.
+                assert previous is not None and replace_keys is not None
+                removes, removed_rows = self._drop_keys(previous, replace_keys, files)
             files.close_file()
             if not merge and previous is not None:
                 removes = list(previous.files.values())
