@@ -37,7 +37,10 @@ def column_getter(where: str, path: str, compiled: Compiled, collection: bool) -
         return lambda focus, env: list(evaluate(focus, env))  # a copy: rows never alias input
 
     def one(focus: list[Any], env: Env) -> Any:
-        result = evaluate(focus, env)
+        try:  # evaluate(), inlined: this runs for every column of every row
+            result = fn(focus, env)
+        except FhirPathEvalError as exc:
+            raise ViewDefinitionError(f"{where}: path {path!r}: {exc}") from exc
         if not result:
             return None
         if len(result) == 1:

@@ -111,13 +111,19 @@ class _Select:
         return row
 
     def _rows_for(self, item: Any, env: Env) -> list[tuple[Any, ...]]:
-        rows = [self._values([item], env)]
         if self.leaf:
-            return rows
-        for select in self.selects:
-            rows = _product(rows, select.rows(item, env))
+            return [self._values([item], env)]
+        selects = self.selects
+        if self.getters:
+            rows = [self._values([item], env)]
+        elif selects:  # the view itself, or a select only grouping others: no product with ()
+            rows, selects = selects[0].rows(item, env), selects[1:]
+        else:
+            rows = [()]
+        for select in selects:
             if not rows:
                 return rows
+            rows = _product(rows, select.rows(item, env))
         if self.union:
             branches: list[tuple[Any, ...]] = []
             for select in self.union:

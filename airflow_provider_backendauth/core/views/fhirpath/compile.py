@@ -35,6 +35,7 @@ from airflow_provider_backendauth.core.views.fhirpath.runtime import (
     Env,
     FhirPathEvalError,
     Fn,
+    identity,
     is_type,
     member,
     single,
@@ -46,10 +47,6 @@ from airflow_provider_backendauth.core.views.fhirpath.runtime import (
 _BUILTIN_CONSTANTS: dict[str, str | None] = dict.fromkeys(
     ("resource", "rootResource", "context", "rowIndex")
 )
-
-
-def _identity(focus: list[Any], env: Env) -> list[Any]:
-    return focus
 
 
 def _members(source: Fn | None, names: tuple[str, ...]) -> Fn:
@@ -138,7 +135,7 @@ class _Compiler:
     def _var(self, node: Var) -> Compiled:
         if node.name != "this":
             raise FhirPathError(f"${node.name} is not supported in view paths")
-        return Compiled(_identity, None)
+        return Compiled(identity, None)
 
     def _member(self, node: Member) -> Compiled:
         names: list[str] = []
@@ -149,7 +146,7 @@ class _Compiler:
         names.reverse()
         source = self.compile(target).fn if target is not None else None
         if target is None and names[0][:1].isupper():
-            source = _type_filter(_identity, names.pop(0))  # Patient.name...
+            source = _type_filter(identity, names.pop(0))  # Patient.name...
             if not names:
                 return Compiled(source, None)
         chain = tuple(names)
@@ -160,12 +157,12 @@ class _Compiler:
             type_name = type_argument(node.args[0], "ofType")
             target = node.target
             if not (target.target is None and target.name[:1].isupper()):
-                parent = self.compile(target.target).fn if target.target else _identity
+                parent = self.compile(target.target).fn if target.target else identity
                 return Compiled(_typed_member(parent, target.name, type_name), type_name)
         compiler = FUNCTIONS.get(node.name)
         if compiler is None:
             raise FhirPathError(f"unsupported FHIRPath function {node.name}()")
-        inp = self.compile(node.target) if node.target is not None else Compiled(_identity, None)
+        inp = self.compile(node.target) if node.target is not None else Compiled(identity, None)
         return compiler(inp, node.args, self.compile)
 
     def _index(self, node: Index) -> Compiled:

@@ -19,6 +19,7 @@ from airflow_provider_backendauth.core.views.fhirpath.runtime import (
     Compiled,
     Env,
     FhirPathEvalError,
+    identity,
     is_type,
     plain_type_name,
     single,
@@ -206,7 +207,7 @@ def _resource_key(inp: Compiled, args: tuple[Node, ...], _: CompileArg) -> Compi
     def run(focus: list[Any], env: Env) -> list[Any]:
         return [
             i["id"]
-            for i in source(focus, env)
+            for i in (focus if source is identity else source(focus, env))
             if i.__class__ is dict and "resourceType" in i and isinstance(i.get("id"), str)
         ]
 

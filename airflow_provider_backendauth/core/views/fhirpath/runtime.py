@@ -41,6 +41,11 @@ class Compiled(NamedTuple):
     names: tuple[str, ...] | None = None
 
 
+def identity(focus: list[Any], env: Env) -> list[Any]:
+    """The expression's focus itself: the input of a path's first step."""
+    return focus
+
+
 STRING_TYPES = frozenset(
     {
         "string", "code", "id", "uri", "url", "canonical", "uuid", "oid", "markdown",
