@@ -1,11 +1,25 @@
-"""The provider's exception hierarchy.
+"""The provider's exception hierarchy: every error a caller of this provider can see.
 
 One base class, specific subclasses, and messages that tell the user what to check. No
 message ever contains a private key, a signed assertion or an access token.
+
+Which class says what went wrong, not which module raised it: ``ApiError`` is any failed
+HTTP API call (the generic REST client raises it); ``FhirError`` only a server that answered
+in FHIR (an OperationOutcome) or broke a FHIR rule; ``BulkExportError`` anything in a Bulk
+Data export. Limits are named for what they bound: ``ResponseTooLargeError`` an HTTP
+answer, ``XComResultTooLargeError`` what a task would push to XCom, ``DecodeLimitError`` a
+downloaded file.
+
+Not here, on purpose: exceptions that never leave their module (a retry loop's "try again"
+signal, a FHIRPath error the view compiler turns into ``ViewDefinitionError``), the CLI's
+exit signal, and ``core.http.deadline.DeadlineExceededError``, which is a
+``requests.Timeout`` so requests' and tenacity's timeout handling treat it as one (this
+module imports no HTTP library, so importing it stays cheap).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from airflow_provider_backendauth.core.redact import redact
@@ -122,7 +136,8 @@ class InvalidScopeError(TokenRequestError):
 
 
 class ApiError(BackendAuthError):
-    """An HTTP API call failed (any REST API; ``FhirError`` when the server speaks FHIR).
+    """An HTTP API call failed: an error answer, no answer, or an unusable one (any REST API;
+    ``FhirError`` when the server answered in FHIR).
 
     Attributes:
         status_code: the HTTP status of the failing response, when there was one.
@@ -157,15 +172,26 @@ class ApiError(BackendAuthError):
 
 
 class FhirError(ApiError):
-    """A FHIR call failed; ``diagnostics`` carries the OperationOutcome's issues if any."""
+    """A FHIR server answered with an OperationOutcome error, or broke a FHIR rule (a search
+    page that is not a Bundle, a ``next`` link to another server); ``diagnostics`` carries
+    the OperationOutcome's issues if any."""
 
 
 class ResponseCheckError(ApiError):
     """A user-supplied ``response_check`` rejected an answer."""
 
 
-class ResultTooLargeError(BackendAuthError):
-    """More results than may be returned to XCom; write them to storage instead."""
+class ResponseTooLargeError(ApiError):
+    """An answer's decoded body exceeded its size limit (a decompression bomb, or a page far
+    larger than expected). Retrying gets the same answer: raise the named setting instead."""
+
+    @property
+    def retry_cannot_help(self) -> bool:
+        return True
+
+
+class XComResultTooLargeError(BackendAuthError):
+    """More results than a task may push to XCom; write them to storage instead."""
 
     @property
     def retry_cannot_help(self) -> bool:
@@ -176,7 +202,20 @@ class BulkExportError(FhirError):
     """A FHIR Bulk Data export failed (kick-off, status, manifest or download)."""
 
 
-class UnsafeURLError(FhirError):
+class DecodeLimitError(BulkExportError):
+    """A file decodes to more than a limit allows. Not retried: the next try would be the same."""
+
+
+class CorruptBodyError(BulkExportError):
+    """A downloaded body is not what it claims (cut short, corrupt gzip or deflate): worth
+    downloading again."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        details.setdefault("retryable", True)
+        super().__init__(message, **details)
+
+
+class UnsafeURLError(ApiError):
     """A server sent a URL the provider will not follow: ambiguous (parsers would disagree on
     its host), not http(s), a downgrade to plain HTTP, or outside the allowed origins."""
 
@@ -207,3 +246,15 @@ class TableError(BackendAuthError):
     @property
     def retry_cannot_help(self) -> bool:
         return True
+
+
+# Older names that public code may import; each still works, with a DeprecationWarning.
+_DEPRECATED_NAMES = {"ResultTooLargeError": "XComResultTooLargeError"}
+
+
+def __getattr__(name: str) -> Any:
+    new = _DEPRECATED_NAMES.get(name)
+    if new is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"{name} is deprecated; use {new} (same class)", DeprecationWarning, stacklevel=2)
+    return globals()[new]

@@ -89,7 +89,7 @@ class FhirSearchOperator(BaseOperator):
         destination: a directory (files are named ``{ResourceType}.ndjson``...) or a file path
             ending in ``.ndjson``; a local path, a URL (``file://``, ``s3://conn@bucket/...``)
             or an ``ObjectStoragePath``. Templated. None: return the resources to XCom.
-        max_xcom_resources: without a destination, fail with ``ResultTooLargeError`` once more
+        max_xcom_resources: without a destination, fail with ``XComResultTooLargeError`` once more
             than this many resources (matches plus returned includes) are found.
         backendauth_conn_id: the ``backendauth`` connection (its host is the FHIR base URL).
         retry_args: ``tenacity.Retrying`` arguments replacing the default retry behaviour.
@@ -259,7 +259,7 @@ class FhirSearchOperator(BaseOperator):
                 files.writer(f"{stem}.included.{kind}.ndjson").write(resource)
 
     def _to_xcom(self, search: FhirSearch) -> dict[str, Any]:
-        from airflow_provider_backendauth.core.errors import ResultTooLargeError
+        from airflow_provider_backendauth.core.errors import XComResultTooLargeError
 
         resources: list[dict[str, Any]] = []
         included: list[dict[str, Any]] = []
@@ -272,7 +272,7 @@ class FhirSearchOperator(BaseOperator):
                 included.extend(page.included)
             if len(resources) + len(included) > cap:
                 # Stop now: holding the rest in memory to report an exact count is pointless.
-                raise ResultTooLargeError(
+                raise XComResultTooLargeError(
                     f"The {search.resource_type} search returned more than "
                     f"max_xcom_resources={cap} resources (after {search.pages} pages). XCom is "
                     "for small results: set 'destination' to write NDJSON files instead, narrow "

@@ -87,7 +87,7 @@ class BackendAuthHttpOperator(BaseOperator):
         retry_args: ``tenacity.Retrying`` arguments replacing the default retry behaviour
             (whose attempts come from the connection's ``retries`` extra).
         max_pages: stop paginating after this many responses (a safety net).
-        max_xcom_bytes: fail with ``ResultTooLargeError`` when the JSON of the return value
+        max_xcom_bytes: fail with ``XComResultTooLargeError`` when the JSON of the return value
             is larger (None: no limit). Use ``response_filter`` to keep what matters.
     """
 
@@ -216,7 +216,7 @@ class BackendAuthHttpOperator(BaseOperator):
         return result
 
     def _check_size(self, result: Any) -> None:
-        from airflow_provider_backendauth.core.errors import ResultTooLargeError
+        from airflow_provider_backendauth.core.errors import XComResultTooLargeError
 
         if self.max_xcom_bytes is None:
             return
@@ -225,7 +225,7 @@ class BackendAuthHttpOperator(BaseOperator):
         except (TypeError, ValueError):
             return  # not JSON; Airflow's XCom serialisation decides
         if size > self.max_xcom_bytes:
-            raise ResultTooLargeError(
+            raise XComResultTooLargeError(
                 f"The result is {size} bytes of JSON, more than max_xcom_bytes="
                 f"{self.max_xcom_bytes}. XCom is for small values: use response_filter to keep "
                 "what downstream tasks need, or write the data to storage in a task of its own."

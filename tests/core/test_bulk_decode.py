@@ -15,13 +15,12 @@ from hypothesis import strategies as st
 
 from airflow_provider_backendauth.core.bulk.decode import (
     BodyDecoder,
-    DecodeError,
-    DecodeLimitError,
     DecodeLimits,
     LineTally,
     inflater_names,
 )
 from airflow_provider_backendauth.core.counting import byte_counter, counter_names
+from airflow_provider_backendauth.core.errors import CorruptBodyError, DecodeLimitError
 
 INFLATERS = inflater_names()
 COUNTERS = counter_names()
@@ -71,7 +70,7 @@ def test_gzip_file_and_content_encoding_decode(inflater: str, size: int) -> None
     data = packed if size > 1 else packed[:3000]
     expected = NDJSON if size > 1 else None
     if expected is None:  # byte by byte: a short prefix, which must be refused as cut
-        with pytest.raises(DecodeError, match="ended before the end of its gzip stream"):
+        with pytest.raises(CorruptBodyError, match="ended before the end of its gzip stream"):
             decode(pieces_of(data, size), inflater=inflater)
         return
     assert decode(pieces_of(data, size), inflater=inflater) == expected
@@ -89,7 +88,7 @@ def test_multi_member_gzip_and_zero_padding(inflater: str) -> None:
 
 @pytest.mark.parametrize("inflater", INFLATERS)
 def test_garbage_after_the_gzip_end_is_refused(inflater: str) -> None:
-    with pytest.raises(DecodeError):
+    with pytest.raises(CorruptBodyError):
         decode([gzip.compress(NDJSON) + b"\0\0junk"], inflater=inflater)
 
 
@@ -97,7 +96,7 @@ def test_garbage_after_the_gzip_end_is_refused(inflater: str) -> None:
 def test_corrupt_gzip_is_a_decode_error(inflater: str) -> None:
     packed = bytearray(gzip.compress(NDJSON))
     packed[-6] ^= 0xFF  # the CRC
-    with pytest.raises(DecodeError, match="not valid gzip"):
+    with pytest.raises(CorruptBodyError, match="not valid gzip"):
         decode([bytes(packed)], inflater=inflater)
 
 
@@ -112,7 +111,7 @@ def test_deflate_zlib_wrapped_or_raw(wrapped: bool) -> None:
     squeeze = zlib.compressobj(wbits=zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
     body = squeeze.compress(NDJSON) + squeeze.flush()
     assert decode(pieces_of(body, 1000), "deflate", sniff=False) == NDJSON
-    with pytest.raises(DecodeError, match="deflate"):
+    with pytest.raises(CorruptBodyError, match="deflate"):
         decode([body[:500]], "deflate", sniff=False)
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from airflow_provider_backendauth.core.auth.client import BackendAuthClient
 from airflow_provider_backendauth.core.auth.settings import ClientSettings
-from airflow_provider_backendauth.core.errors import ConfigurationError, FhirError
+from airflow_provider_backendauth.core.errors import ApiError, ConfigurationError, FhirError
 from airflow_provider_backendauth.core.fhir.rest import RestClient
 from airflow_provider_backendauth.core.fhir.search import FhirClient, normalise_params, resolve_link
 from airflow_provider_backendauth.core.urls import origin_of
@@ -318,8 +318,9 @@ def test_persistent_5xx_fails_quoting_diagnostics(fhir: FhirClient, sb: Any) -> 
 
 def test_persistent_drops_fail_clearly(fhir: FhirClient, sb: Any) -> None:
     sb.faults.add("/fhir/Patient", drop=True, times=None)
-    with pytest.raises(FhirError, match="could not reach .* even after retrying"):
+    with pytest.raises(ApiError, match="could not reach .* even after retrying") as info:
         list(fhir.search("Patient"))
+    assert not isinstance(info.value, FhirError)  # no answer is not a FHIR server's answer
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -396,8 +397,8 @@ def test_the_entry_limit_holds_on_both_parse_paths(
 ) -> None:
     """A page with few enough ``{`` skips the per-object hook; either way the answer is
     json.loads's, and the limit fails exactly the pages with more entries than it allows."""
+    from airflow_provider_backendauth.core.errors import ResponseTooLargeError
     from airflow_provider_backendauth.core.fhir.search import _bundle_loader
-    from airflow_provider_backendauth.core.http.bodies import ResponseTooLargeError
 
     text = "{{}}" if braces_in_strings else "x"
     resource: dict[str, Any] = {"resourceType": "Patient", "note": text}

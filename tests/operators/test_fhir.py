@@ -10,7 +10,7 @@ from typing import Any
 import pendulum
 import pytest
 
-from airflow_provider_backendauth.core.errors import FhirError, ResultTooLargeError
+from airflow_provider_backendauth.core.errors import FhirError, XComResultTooLargeError
 from airflow_provider_backendauth.operators.fhir import FhirSearchOperator
 from tests.support.failures import fails_for_good
 from tests.support.faults import after_requests
@@ -181,7 +181,7 @@ def test_xcom_includes(conn: str) -> None:
 
 def test_xcom_cap_is_a_clear_error(conn: str, sb: Any) -> None:
     before = sb.stats["fhir_searches"]
-    with fails_for_good(ResultTooLargeError, "max_xcom_resources=15.*destination"):
+    with fails_for_good(XComResultTooLargeError, "max_xcom_resources=15.*destination"):
         op(resource_type="Patient", count=10, max_xcom_resources=15).execute({})
     # It stopped as soon as the cap was passed, not after reading everything.
     assert sb.stats["fhir_searches"] - before == 2

@@ -15,7 +15,7 @@ from airflow_provider_backendauth.core.errors import (
     ApiError,
     FhirError,
     ResponseCheckError,
-    ResultTooLargeError,
+    XComResultTooLargeError,
 )
 from airflow_provider_backendauth.operators.http import BackendAuthHttpOperator, merge_request
 from tests.support.failures import fails_for_good
@@ -255,7 +255,7 @@ def test_expired_token_is_renewed(make_conn: Callable[..., str], sb: Any) -> Non
 
 
 def test_result_too_large_for_xcom(mdh_conn: str) -> None:
-    with fails_for_good(ResultTooLargeError, "max_xcom_bytes=500.*response_filter"):
+    with fails_for_good(XComResultTooLargeError, "max_xcom_bytes=500.*response_filter"):
         op(
             backendauth_conn_id=MDH,
             endpoint="participants",

@@ -10,8 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from airflow_provider_backendauth.core.errors import BackendAuthError, FhirError
-from airflow_provider_backendauth.core.http.bodies import ResponseTooLargeError
+from airflow_provider_backendauth.core.errors import (
+    ApiError,
+    BackendAuthError,
+    ResponseTooLargeError,
+)
 from tests.security.hostile import Reply, bundle
 
 
@@ -107,7 +110,7 @@ def test_a_dripping_api_answer_hits_the_total_deadline(good, connect, tmp_path) 
         200, {"Content-Type": "application/fhir+json"}, drip(page), delay=0.3
     )
     started = time.monotonic()
-    with pytest.raises(FhirError, match="deadline|DeadlineExceeded"):
+    with pytest.raises(ApiError, match="deadline|DeadlineExceeded"):
         search_op(connect(timeout=1), tmp_path).execute({})
     assert time.monotonic() - started < 8
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_backendauth.core.errors import BackendAuthError, FhirError
+from airflow_provider_backendauth.core.errors import BackendAuthError, UnsafeURLError
 from tests.security.hostile import HostileServer, Reply, bundle, ndjson, twisted_url
 
 PATIENTS = [{"resourceType": "Patient", "id": f"p{i}"} for i in range(3)]
@@ -137,7 +137,7 @@ def test_fhir_search_next_link_to_another_origin(good, other, connect, tmp_path)
         resource_type="Patient",
         destination=str(tmp_path / "out"),
     )
-    with pytest.raises(FhirError) as excinfo:
+    with pytest.raises(UnsafeURLError) as excinfo:
         op.execute({})
     assert other.authorization_headers() == []
     assert other.requests == []

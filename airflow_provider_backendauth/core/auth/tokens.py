@@ -15,11 +15,11 @@ import requests
 from airflow_provider_backendauth.core.errors import (
     InvalidClientError,
     InvalidScopeError,
+    ResponseTooLargeError,
     TokenRequestError,
 )
 from airflow_provider_backendauth.core.http.bodies import (
     MAX_TOKEN_RESPONSE_BYTES,
-    ResponseTooLargeError,
     read_body,
 )
 from airflow_provider_backendauth.core.http.deadline import Deadline

@@ -36,7 +36,11 @@ from typing import Any, Protocol
 
 from airflow_provider_backendauth.core.backends import FastestInstalled
 from airflow_provider_backendauth.core.counting import ByteCounter, byte_counter
-from airflow_provider_backendauth.core.errors import BulkExportError
+from airflow_provider_backendauth.core.errors import (
+    BulkExportError,
+    CorruptBodyError,
+    DecodeLimitError,
+)
 
 GZIP_MAGIC = b"\x1f\x8b"
 # Input handed to an inflater per call. Small enough that the standard library's
@@ -50,14 +54,6 @@ DEFAULT_MAX_COMPRESSION_RATIO = 200.0
 RATIO_FLOOR_BYTES = 16 * 1024 * 1024
 # The final line is parsed as JSON up to this size; a longer one is checked for its braces.
 LAST_LINE_PARSE_LIMIT = 4 * 1024 * 1024
-
-
-class DecodeError(Exception):
-    """The body is not what it claims (cut short, corrupt): worth downloading again."""
-
-
-class DecodeLimitError(BulkExportError):
-    """A file decodes to more than a limit allows. Not retried: the next try would be the same."""
 
 
 @dataclass(frozen=True)
@@ -204,7 +200,7 @@ class _GzipLayer:
                         return
                     if self._padding or not rest.strip(b"\0"):
                         if rest.strip(b"\0"):
-                            raise DecodeError(f"{self._what} has data after its gzip end")
+                            raise CorruptBodyError(f"{self._what} has data after its gzip end")
                         self._padding = True
                         return
                     self._d, self._drained = self._factory(), False  # the next member
@@ -216,16 +212,16 @@ class _GzipLayer:
                 if out:
                     yield out
         except (EOFError, zlib.error, ValueError, OSError) as exc:
-            raise DecodeError(f"{self._what} is not valid gzip ({exc})") from None
+            raise CorruptBodyError(f"{self._what} is not valid gzip ({exc})") from None
         except Exception as exc:  # isal.IsalError, zlib_ng.error: no common base
             if type(exc).__name__ in ("IsalError", "error"):
-                raise DecodeError(f"{self._what} is not valid gzip ({exc})") from None
+                raise CorruptBodyError(f"{self._what} is not valid gzip ({exc})") from None
             raise
 
     def finish(self) -> Iterator[bytes]:
         yield from self._inflate(b"")
         if not self._d.eof:
-            raise DecodeError(f"{self._what} ended before the end of its gzip stream")
+            raise CorruptBodyError(f"{self._what} ended before the end of its gzip stream")
 
 
 class _DeflateLayer:
@@ -261,16 +257,16 @@ class _DeflateLayer:
                 if out:
                     yield out
         except zlib.error as exc:
-            raise DecodeError(f"{self._what} is not valid deflate data ({exc})") from None
+            raise CorruptBodyError(f"{self._what} is not valid deflate data ({exc})") from None
 
     def finish(self) -> Iterator[bytes]:
         if self._d is None:
             if self._head:
-                raise DecodeError(f"{self._what} ended inside its deflate header")
+                raise CorruptBodyError(f"{self._what} ended inside its deflate header")
             return  # an empty body
         yield from self._inflate(b"")
         if not self._d.eof:
-            raise DecodeError(f"{self._what} ended before the end of its deflate stream")
+            raise CorruptBodyError(f"{self._what} ended before the end of its deflate stream")
 
 
 class _SniffGzip:
@@ -326,7 +322,7 @@ class BodyDecoder:
 
     Raises (from ``feed``/``finish``):
         DecodeLimitError: a limit was exceeded.
-        DecodeError: the body is corrupt or was cut short.
+        CorruptBodyError: the body is corrupt or was cut short.
     """
 
     def __init__(
@@ -392,7 +388,7 @@ class BodyDecoder:
         yield from self._checked(self._through(0, (data,)))
 
     def finish(self) -> Iterator[bytes]:
-        """The last decoded bytes; raises ``DecodeError`` if a stream did not end."""
+        """The last decoded bytes; raises ``CorruptBodyError`` if a stream did not end."""
         yield from self._checked(self._finish(0))
 
     def _through(self, index: int, pieces: Any) -> Iterator[bytes]:

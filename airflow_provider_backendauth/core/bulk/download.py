@@ -31,14 +31,13 @@ from airflow_provider_backendauth.core.bulk.decode import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_OUT_SIZE,
     BodyDecoder,
-    DecodeError,
     DecodeLimits,
     LineTally,
     gzip_inflater_factory,
 )
 from airflow_provider_backendauth.core.bulk.files import ExportFile, FileResult
 from airflow_provider_backendauth.core.bulk.protocol import error_details
-from airflow_provider_backendauth.core.errors import BulkExportError
+from airflow_provider_backendauth.core.errors import BulkExportError, CorruptBodyError
 from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
 from airflow_provider_backendauth.core.redact import get_logger, redact, short_error
 from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
@@ -446,7 +445,7 @@ class BulkDownloader:
                 if exc.throttled:
                     self.limit.throttled()
                 raise
-            except DecodeError as exc:
+            except CorruptBodyError as exc:
                 raise _Retryable(str(exc)) from None
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
                 raise _Retryable(f"{type(exc).__name__}: {short_error(exc)}") from None
@@ -629,7 +628,7 @@ def _error_body(response: requests.Response, limit: int = ERROR_BODY_LIMIT) -> b
         raw = response.raw.read(limit, decode_content=False) or b""
         for piece in decoder.feed(raw):
             out += piece
-    except (DecodeError, BulkExportError, OSError, http.client.HTTPException):
+    except (BulkExportError, OSError, http.client.HTTPException):  # CorruptBodyError too
         pass  # a broken error answer: what arrived is still worth quoting
     except (requests.RequestException, urllib3.exceptions.HTTPError):
         pass

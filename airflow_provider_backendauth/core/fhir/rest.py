@@ -6,7 +6,8 @@ in ``RETRYABLE_STATUS`` (429, 5xx...), with exponential backoff that honours the
 did not process the request (429, 503) unless told otherwise. A 401 is not retried here: the
 session's ``BackendAuth`` already renewed the token and resent the request once.
 
-Failures raise ``FhirError`` quoting the server's OperationOutcome diagnostics.
+Failures raise ``ApiError`` (``FhirError`` when the server answered with an OperationOutcome,
+quoting its diagnostics): this client serves any REST API, not only FHIR servers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import requests
 
-from airflow_provider_backendauth.core.errors import FhirError
+from airflow_provider_backendauth.core.errors import ApiError
 from airflow_provider_backendauth.core.fhir.outcome import check_response
 from airflow_provider_backendauth.core.http.bodies import DEFAULT_MAX_RESPONSE_BYTES, read_body
 from airflow_provider_backendauth.core.http.deadline import Deadline, total_seconds
@@ -41,7 +42,7 @@ _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 class TransientResponseError(Exception):
     """A response worth retrying (a retryable status, or a 2xx body that is not valid JSON).
 
-    Raised inside the retry loop only; callers see the final response or a ``FhirError``.
+    Raised inside the retry loop only; callers see the final response or an ``ApiError``.
     """
 
     def __init__(self, response: requests.Response, reason: str) -> None:
@@ -127,7 +128,7 @@ class RestClient:
         Args:
             method: HTTP method.
             endpoint: relative to the base URL, or absolute.
-            check: raise ``FhirError`` for a final 4xx/5xx answer (else return it).
+            check: raise ``ApiError``/``FhirError`` for a final 4xx/5xx answer (else return it).
             what: how to name the call in errors (default ``"GET <url>"``).
             kwargs: passed to ``requests`` (``params``, ``json``, ``data``, ``headers``...).
 
@@ -135,8 +136,8 @@ class RestClient:
             The final response.
 
         Raises:
-            FhirError: the call failed (with the OperationOutcome's diagnostics), or every
-                attempt hit a connection error.
+            ApiError: the call failed (``FhirError`` with an OperationOutcome's
+                diagnostics), or every attempt hit a connection error.
         """
         return self._send(method, endpoint, check=check, what=what, parse_json=False, **kwargs)[1]
 
@@ -262,7 +263,7 @@ class RestClient:
         except TransientResponseError as exc:
             response = exc.response
             if response.ok:  # valid status, unusable body
-                raise FhirError(
+                raise ApiError(
                     f"{target} returned {exc.reason} (HTTP {response.status_code}), even after "
                     "retrying; the server or a proxy cut the response short.",
                     status_code=response.status_code,
@@ -271,7 +272,7 @@ class RestClient:
                 check_response(response, target)
             return None, response
         except _TRANSIENT_ERRORS as exc:
-            raise FhirError(
+            raise ApiError(
                 f"{target} failed: {type(exc).__name__} ({short_error(exc)}); could not reach "
                 f"{display_url(url)} even after retrying. Check the network and the base URL.",
             ) from exc

@@ -23,10 +23,13 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from airflow_provider_backendauth.core.counting import byte_counter
-from airflow_provider_backendauth.core.errors import ConfigurationError, FhirError
+from airflow_provider_backendauth.core.errors import (
+    ConfigurationError,
+    FhirError,
+    ResponseTooLargeError,
+)
 from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
 from airflow_provider_backendauth.core.fhir.rest import RestClient
-from airflow_provider_backendauth.core.http.bodies import ResponseTooLargeError
 from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.retry import RetryPolicy
 from airflow_provider_backendauth.core.urls import display_url, join_url, origin_of

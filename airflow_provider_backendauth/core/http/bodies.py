@@ -18,22 +18,13 @@ from typing import Any
 
 import requests
 
-from airflow_provider_backendauth.core.errors import FhirError
+from airflow_provider_backendauth.core.errors import ResponseTooLargeError
 from airflow_provider_backendauth.core.http.deadline import Deadline, deadline_of
 from airflow_provider_backendauth.core.urls import display_url
 
 DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024
 _READ_SIZE = 64 * 1024
-
-
-class ResponseTooLargeError(FhirError):
-    """An answer's decoded body exceeded its size limit (a decompression bomb, or a page far
-    larger than expected). Retrying gets the same answer: raise the named setting instead."""
-
-    @property
-    def retry_cannot_help(self) -> bool:
-        return True
 
 
 def read_body(
