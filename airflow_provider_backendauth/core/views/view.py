@@ -151,7 +151,16 @@ class _Builder:
         self.names: set[str] = set()
 
     def path(self, where: str, text: Any) -> Fn:
-        return self.compiled(where, text).fn
+        """A forEach / repeat / where path whose evaluation errors say where they are."""
+        fn = self.compiled(where, text).fn
+
+        def located(focus: list[Any], env: Env) -> list[Any]:
+            try:
+                return fn(focus, env)
+            except FhirPathEvalError as exc:
+                raise _located(where, text, exc) from exc
+
+        return located
 
     def compiled(self, where: str, text: Any) -> Compiled:
         if not isinstance(text, str) or not text.strip():
@@ -162,9 +171,7 @@ class _Builder:
             raise _located(where, text, exc) from exc
         return result
 
-    def select(
-        self, where: str, spec: Any, union_branch: bool = False
-    ) -> tuple[_Select, list[Column]]:
+    def select(self, where: str, spec: Any) -> tuple[_Select, list[Column]]:
         if not isinstance(spec, dict):
             raise ViewDefinitionError(f"{where}: must be an object")
         unknown = set(spec) - _SELECT_KEYS
@@ -325,10 +332,7 @@ class CompiledView:
 
     def _kept(self, resource: dict[str, Any], env: Env) -> bool:
         for path, fn in self._where:
-            try:
-                result = fn([resource], env)
-            except FhirPathEvalError as exc:
-                raise _located("where", path, exc) from exc
+            result = fn([resource], env)
             if not result:
                 return False
             if len(result) > 1 or result[0].__class__ is not bool:
@@ -358,12 +362,20 @@ class CompiledView:
                     )
                 continue
             env = Env(resource, constants)
-            if self._where and not self._kept(resource, env):
-                continue
             try:
+                if self._where and not self._kept(resource, env):
+                    continue
                 rows = root.rows(resource, env)
             except ViewDefinitionError as exc:
                 raise ViewDefinitionError(f"{resource_type} input #{position}: {exc}") from exc
+            except (TypeError, ValueError, ArithmeticError, RecursionError, LookupError) as exc:
+                # A resource shaped against FHIR (or nested beyond reason) the evaluator did
+                # not foresee: say which input, never its content (the exception's text may
+                # quote values, so it is not chained either).
+                raise MalformedResourceError(
+                    f"{resource_type} input #{position}: the view cannot be evaluated on this "
+                    f"resource ({type(exc).__name__}); check that it is valid FHIR JSON"
+                ) from None
             for row in rows:
                 yield dict(zip(names, row, strict=False))
 

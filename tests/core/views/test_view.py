@@ -224,3 +224,43 @@ def test_malformed_resources_get_a_clear_error_without_their_content(
         next(rows)
     assert "SECRET" not in str(caught.value)
     assert caught.value.retry_cannot_help
+
+
+def test_errors_in_foreach_and_where_paths_name_the_path_and_input() -> None:
+    each = view({"forEach": "name.where(given < 'x')", "column": [col("f", "family")]})
+    with pytest.raises(
+        ViewDefinitionError,
+        match=r"Patient input #0: view.select\[0\].forEach: path \"name.where\(given < 'x'\)\": "
+        r"'<' needs a single value",
+    ):
+        list(run_view(each, PATIENTS))
+    where = view({"column": [col("id", "id")]}, where=[{"path": "name.given < 'x'"}])
+    with pytest.raises(ViewDefinitionError, match=r"Patient input #0: where\[0\]: path"):
+        list(run_view(where, PATIENTS))
+
+
+def test_a_resource_nested_beyond_reason_is_named_not_a_traceback() -> None:
+    # repeat walks items recursively; a resource nested deeper than Python's stack allows
+    # (hostile, or broken) is refused as malformed, not with a RecursionError.
+    deep: dict[str, Any] = {"linkId": "leaf"}
+    for _ in range(5000):
+        deep = {"linkId": "x", "item": [deep]}
+    resource = {"resourceType": "QuestionnaireResponse", "id": "q", **deep}
+    qr = {
+        "resource": "QuestionnaireResponse",
+        "select": [{"repeat": ["item"], "column": [col("l", "linkId")]}],
+    }
+    with pytest.raises(
+        MalformedResourceError,
+        match=r"QuestionnaireResponse input #0: the view cannot be evaluated on this resource "
+        r"\(RecursionError\)",
+    ):
+        list(run_view(qr, [resource]))
+
+
+def test_impossible_dates_have_no_boundary() -> None:
+    patient = {"resourceType": "Patient", "id": "p", "birthDate": "2020-13"}
+    bounds = view(
+        {"column": [col("low", "birthDate.lowBoundary()"), col("high", "birthDate.highBoundary()")]}
+    )
+    assert list(run_view(bounds, [patient])) == [{"low": None, "high": None}]

@@ -36,6 +36,10 @@ def _date(text: str, high: bool) -> str | None:
     if not m:
         return None
     year, month, day = m.group(1), m.group(2), m.group(3)
+    if (month is not None and not 1 <= int(month) <= 12) or (
+        day is not None and not 1 <= int(day) <= 31
+    ):
+        return None  # not a date: no boundary
     if month is None:
         month = "12" if high else "01"
     if day is None:

@@ -111,6 +111,8 @@ def _arithmetic(op: str) -> Callable[[list[Any], list[Any]], list[Any]]:
             return [int(result) if both_int else result]
         except (DivisionByZero, InvalidOperation, ZeroDivisionError):
             return []  # FHIRPath: division by zero is empty
+        except ArithmeticError as exc:  # Overflow: a result beyond Decimal's exponent range
+            raise FhirPathEvalError(f"'{op}' overflowed") from exc
 
     return run
 
