@@ -11,6 +11,7 @@ from collections.abc import Callable
 from decimal import DivisionByZero, InvalidOperation
 from typing import Any
 
+from airflow_provider_backendauth.core.views.fhirpath import temporal
 from airflow_provider_backendauth.core.views.fhirpath.runtime import (
     INTEGER_TYPES,
     Compiled,
@@ -21,6 +22,7 @@ from airflow_provider_backendauth.core.views.fhirpath.runtime import (
     single,
     truth,
 )
+from airflow_provider_backendauth.core.views.fhirpath.temporal import looks_temporal
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -48,6 +50,13 @@ def _equality(left: list[Any], right: list[Any]) -> list[Any]:
         return []
     if len(left) != len(right):
         return [False]
+    if len(left) == 1:
+        a, b = left[0], right[0]
+        if a.__class__ is str and b.__class__ is str and a != b and looks_temporal(a):
+            order = temporal.compare(a, b)  # the same instant in two offsets, or unknown
+            if order != temporal.NOT_TEMPORAL:
+                return [] if order is None else [order == 0]
+        return [_equal(a, b)]
     return [all(_equal(a, b) for a, b in zip(left, right, strict=True))]
 
 
@@ -76,6 +85,10 @@ def _ordering(op: str) -> Callable[[list[Any], list[Any]], list[Any]]:
         if is_number(a) and is_number(b):
             return [test(a, b)]
         if isinstance(a, str) and isinstance(b, str):
+            if looks_temporal(a) and looks_temporal(b):
+                order = temporal.compare(a, b)
+                if order != temporal.NOT_TEMPORAL:
+                    return [] if order is None else [test(order, 0)]
             return [test(a, b)]
         raise FhirPathEvalError(f"'{op}' cannot compare {type(a).__name__} and {type(b).__name__}")
 
@@ -243,7 +256,8 @@ def binary(op: str, left: Compiled, right: Compiled, right_literal: Any = None) 
     one-item string or number literal."""
     if op in ("and", "or", "xor", "implies"):
         return _logic(op, left, right)
-    if op in ("=", "!=") and right_literal is not None:
+    temporal_literal = isinstance(right_literal, str) and looks_temporal(right_literal)
+    if op in ("=", "!=") and right_literal is not None and not temporal_literal:
         return _equals_literal(op, left, right_literal)
     combine = _SIMPLE[op]
     lf, rf = left.fn, right.fn

@@ -200,3 +200,25 @@ def test_reference_keys(reference: str, wanted: str | None, key: str | None) -> 
 def test_boundaries(path: str, low: Any, high: Any) -> None:
     assert run(f"{path}.lowBoundary()") == ([] if low is None else [low])
     assert run(f"{path}.highBoundary()") == ([] if high is None else [high])
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("'2015-02-07T13:28:17.239+02:00' = '2015-02-07T11:28:17.239Z'", [True]),  # one instant
+        ("'2015-02-07T13:28:17+02:00' != '2015-02-07T11:28:17Z'", [False]),
+        ("@2015-02-07T13:28:17+02:00 > @2015-02-07T12:00:00Z", [False]),
+        ("'2020-01' = '2020-01-15'", []),  # precisions differ: unknown
+        ("'2020-01' < '2020-02-15'", [True]),  # decided before the precisions part
+        ("'2020-01' < '2020-01-15'", []),
+        ("effective.ofType(dateTime) >= @2020-01-01", [True]),
+        ("effective.ofType(dateTime) = @2020-01-02", [True]),
+        ("@T10:30 < @T10:31:00", [True]),
+        ("'10:30:00.5' = '10:30:00.500'", [True]),  # seconds compare as decimals
+        ("'2021-02-30' = '2021-02-30'", [True]),  # not a date: compared as strings
+        ("'2021-02-30' < '2021-03-01'", [True]),
+        ("'1234' = '1234'", [True]),
+    ],
+)
+def test_dates_and_times_compare_as_fhirpath_says(path: str, expected: list[Any]) -> None:
+    assert run(path) == expected
