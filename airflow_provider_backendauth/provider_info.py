@@ -42,7 +42,7 @@ def profile_token_url(profile: Profile) -> str:
     """What the profile uses as token URL, in words when it has no fixed one."""
     if profile.token_url:
         return profile.token_url
-    if profile.name == "custom" or profile.certificate_header:
+    if profile.name == "custom" or profile.discovery_path is None:
         return "none: set the Token URL"
     return f"discovered from {{Base URL}}/{profile.discovery_path}"
 

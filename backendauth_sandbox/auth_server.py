@@ -368,7 +368,17 @@ class AuthServer:
                 f"alg '{alg}' does not fit the registered key type "
                 f"({', '.join(sorted({str(k.get('kty')) for k in candidates}))})",
             )
-        return fitting
+        # A registered JWK that names its algorithm is used with that one only (RFC 7517
+        # section 4.4), as strict servers do ("no applicable key found").
+        pinned = [k for k in fitting if k.get("alg") in (None, alg)]
+        if not pinned:
+            named = ", ".join(sorted({str(k.get("alg")) for k in fitting}))
+            raise TokenRequestRejected(
+                "invalid_client",
+                f"no applicable key: the registered key(s) name alg {named}, the assertion "
+                f"is signed with '{alg}'",
+            )
+        return pinned
 
     def _verify_signature(
         self,

@@ -1,9 +1,9 @@
 """What each vendor's token endpoint insists on, as data.
 
-Derived from ``reference/profiles.md`` and the vendor pages in ``seeds/``. Strict exactly where
-the vendor is strict (MyDataHelps: RS256 only and scope ``api``; NHS England: RS512, ``typ`` and
-``kid`` required, 310 s cap; HelseID: ``client_id`` in the form, ``iat``/``nbf``, 60 s lifetime),
-lenient where the vendor documents nothing.
+Derived from the vendors' own documentation (each guide in docs/vendors/ names it). Strict
+exactly where the vendor is strict (MyDataHelps: RS256 only and scope ``api``; NHS England:
+RS512, ``typ`` and ``kid`` required, 310 s cap; HelseID: ``client_id`` in the form,
+``iat``/``nbf``, 60 s lifetime), lenient where the vendor documents nothing.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""One small DAG per seed vendor profile: its connection and one token-checked API call.
+"""One small DAG per vendor profile (MyDataHelps, Koppeltaal, HelseID, Redox, NHS England):
+its connection and one token-checked API call.
 
 Each DAG ``backendauth_vendor_<profile>`` makes one authenticated GET with
 ``BackendAuthHttpOperator`` and checks the answer's shape, which proves the whole chain:

@@ -1,9 +1,10 @@
 """The one-command demo (``make demo``).
 
-Starts the bundled sandbox, registers a client per vendor profile, shows the token exchange
-for each seed vendor through the hook, runs the example DAGs with real Airflow
-(``airflow dags test``) against the sandbox with connections from ``AIRFLOW_CONN_*``, and
-prints what was fetched. Everything lands under ``.demo/``; nothing is left running.
+Starts the bundled sandbox, registers a client per vendor profile, shows the token exchange for
+each of five vendors (MyDataHelps, Koppeltaal, HelseID, Redox, NHS England) through the hook,
+runs the example DAGs with real Airflow (``airflow dags test``) against the sandbox with
+connections from ``AIRFLOW_CONN_*``, and prints what was fetched. Everything lands under
+``.demo/``; nothing is left running.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ OUTPUT = WORK / "output"
 LOGS = WORK / "logs"
 LOGICAL_DATE = "2024-06-01T00:00:00+00:00"
 
-# The seed vendors whose token rules the sandbox enforces, and their connection ids.
+# The vendors whose token rules the sandbox enforces, and their connection ids.
 SEED_VENDORS = ("mydatahelps", "koppeltaal", "helseid", "redox", "nhs_england")
 
 # (dag_id, what it shows). The DAG files live in dags_examples/.

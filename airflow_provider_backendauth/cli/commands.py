@@ -20,11 +20,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_backendauth.cli.main import CommandError
+from airflow_provider_backendauth.cli.main import CommandError, UsageError
 
 _JWT = re.compile(r"^eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 # The connection id used for --conn-json/flags: a fresh id nobody configures by hand.
 _ADHOC_CONN_ID = "backendauth_cli_adhoc"
+
+_SECRETS_MASKER_LOGGERS = (
+    "airflow.sdk._shared.secrets_masker.secrets_masker",
+    "airflow.sdk.execution_time.secrets_masker",
+    "airflow._shared.secrets_masker.secrets_masker",
+)
 
 KEY_FILE = "private_key.pem"
 PUBLIC_FILE = "public_key.pem"
@@ -110,8 +116,11 @@ def keygen(args: argparse.Namespace) -> int:
     steps.append(f"check it: backendauth check backendauth_{profile.name}")
     for number, step in enumerate(steps, 1):
         _out(f"  {number}. {step}")
-    guide = f"docs/vendors/{profile.name}.md"
-    _out(f"More: {guide} in the provider's documentation.")
+    for note in profile.notes:
+        _out(f"  Note: {note}")
+    if profile.documentation:
+        vendor = profile.label.split(" (")[0]
+        _out(f"More: the {vendor} documentation, {profile.documentation}")
     return 0
 
 
@@ -129,6 +138,7 @@ def _suggested_connection(
         extra["key_id"] = "<the key id the vendor returns>"
     if passphrase:
         extra["private_key_passphrase"] = "<your passphrase>"
+    extra.update(profile.connection_extras)
     conn: dict[str, Any] = {"conn_type": "backendauth"}
     if profile.token_url is None:
         conn["host"] = "<the FHIR / API base URL>"
@@ -201,9 +211,11 @@ def jwks(args: argparse.Namespace) -> int:
             )
         alg = usable[0]
     if alg is None:
-        alg = key.jwk_alg or {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}.get(
-            key.curve or ""
-        )
+        alg = key.named_alg or {
+            "secp256r1": "ES256",
+            "secp384r1": "ES384",
+            "secp521r1": "ES512",
+        }.get(key.curve or "")
     if alg is not None:
         alg = check_algorithm(alg, key)
     document = key.public_jwks(kid=args.kid, alg=alg)
@@ -252,6 +264,12 @@ def _hook(conn_id: str) -> Any:
 
     # The token exchange logs at INFO; keep stdout for the answer (and the token, if asked).
     logging.getLogger("airflow_provider_backendauth").setLevel(logging.WARNING)
+    # Airflow masks every extra of a connection it reads and warns, once, about a value too
+    # short to mask ("epic", a misspelt profile): noise before the answer, about nothing the
+    # user can act on here. Its logger's module moved between Airflow versions.
+    for name in [*logging.root.manager.loggerDict, *_SECRETS_MASKER_LOGGERS]:
+        if name.endswith("secrets_masker"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     hook = BackendAuthHook(conn_id)
     try:
         hook.get_connection(conn_id)
@@ -273,10 +291,10 @@ def _connection_id(args: argparse.Namespace) -> str:
     given = getattr(args, "conn_id", None) or getattr(args, "target", None)
     if conn is None:
         if not given:
-            raise CommandError("Give a connection id, --conn-json, or --host/--client-id/....")
+            raise UsageError("give a connection id, --conn-json, or --host/--client-id/...")
         return str(given)
     if given:
-        raise CommandError("Give either a connection id or --conn-json/flags, not both.")
+        raise UsageError("give either a connection id or --conn-json/flags, not both")
     os.environ[f"AIRFLOW_CONN_{_ADHOC_CONN_ID.upper()}"] = json.dumps(conn)
     return _ADHOC_CONN_ID
 
@@ -312,7 +330,7 @@ def _connection_from_options(args: argparse.Namespace) -> dict[str, Any] | None:
     for item in args.extra or ():
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise CommandError(f"--extra wants NAME=VALUE, not {item!r}.")
+            raise UsageError(f"--extra wants NAME=VALUE, not {item!r}")
         extra[name.strip()] = value
     if not conn and not extra:
         return None
@@ -339,14 +357,24 @@ def _conn_json(text: str) -> dict[str, Any]:
 
 
 def inspect(args: argparse.Namespace) -> int:
-    target = args.target
-    if target and _JWT.match(target.strip()) and _connection_from_options(args) is None:
-        decoded = decode_jwt(target.strip())
+    target = (args.target or "").strip()
+    if target and _JWT.match(target) and _connection_from_options(args) is None:
+        decoded = decode_jwt(target)
         _out(json.dumps(decoded, indent=2))
         for line in _time_notes(decoded["claims"]):
             _out(line)
         return 0
-    client = _hook(_connection_id(args)).client
+    try:
+        hook = _hook(_connection_id(args))
+    except Exception as exc:
+        if type(exc).__name__ != "AirflowNotFoundException" or target.count(".") != 2:
+            raise
+        # Three dot-separated parts: the user most likely meant a JWT.
+        raise CommandError(
+            f"{target!r} is neither a JWT (three base64url parts with JSON, the first "
+            "starting 'eyJ') nor a defined connection id."
+        ) from None
+    client = hook.client
     # The exact form the token request would post (a fresh assertion: new jti and exp).
     form = client.endpoint.form()
     decoded = decode_jwt(form["client_assertion"])

@@ -176,6 +176,11 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
+class UsageError(CommandError):
+    """The command was called wrongly (what argparse cannot see): exit status 2, like
+    argparse's own usage errors."""
+
+
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -211,6 +216,9 @@ def run(handler: str, args: argparse.Namespace) -> int:
         return function(args)
     except KeyboardInterrupt:
         return 130
+    except UsageError as exc:
+        print(f"{PROG} {handler}: error: {describe_error(exc)}", file=sys.stderr)
+        return 2
     except Exception as exc:
         if os.environ.get("BACKENDAUTH_DEBUG"):
             raise
@@ -226,8 +234,10 @@ def describe_error(exc: BaseException) -> str:
     elif isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
         text = f"{where}{exc.strerror}"
+    elif type(exc).__name__ == "AirflowNotFoundException" and str(exc):
+        text = str(exc)  # "The conn_id `x` isn't defined": the class name adds nothing
     else:
-        # Airflow's "connection isn't defined" and other foreign errors: their own message.
+        # Other foreign errors: their own message, with what kind of error it is.
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return " ".join(text.split())  # one line, whatever the message held
 

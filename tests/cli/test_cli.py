@@ -156,7 +156,7 @@ def test_keygen_next_steps_name_the_vendor_and_a_ready_connection(tmp_path, caps
         "profile": "helseid_cppa",
         "key_file": str((tmp_path / "private_key.pem").resolve()),
     }
-    assert "docs/vendors/helseid_cppa.md" in out
+    assert "https://utviklerportal.nhn.no" in out
 
 
 def test_keygen_custom_kid_goes_into_jwks_and_connection(tmp_path, capsys):

@@ -85,7 +85,7 @@ def test_rsa_jwk_with_kid_and_alg():
     data = private_jwk(rsa_key(), kid="k1", alg="RS512")
     key = load_signing_key(json.dumps(data))
     assert same_key(key, rsa_key())
-    assert (key.kid, key.jwk_alg) == ("k1", "RS512")
+    assert (key.kid, key.named_alg) == ("k1", "RS512")
 
 
 def test_ec_jwk():

@@ -12,7 +12,8 @@ README's "How this README is tested"):
 - ``# readme: dry-run``: run with ``make -n`` in the checkout.
 
 The one rewrite: port 8765 becomes a free port, and the script waits for the background
-sandbox to listen where a person would wait for its JSON line.
+sandbox to listen where a person would wait for its JSON line (and to have stopped after a
+``kill``, where a person would see the shell report it).
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ def build_script(blocks: list[Snippet], port: int) -> str:
         parts.append(code)
         if re.search(r"^python -m backendauth_sandbox .*&\s*$", code, re.MULTILINE):
             parts.append(_WAIT_FOR_PORT.format(port=port))
+        if re.search(r"^kill %\d", code, re.MULTILINE):
+            parts.append("wait || true")  # the stopped sandbox has let go of its port
         if block.marker == "offline":
             names = re.findall(r"^export (AIRFLOW_CONN_\w+)=", code, re.MULTILINE)
             assert names, f"offline block at line {block.line} defines no connection"
@@ -146,6 +149,21 @@ def test_readme_markers_are_known_and_every_block_is_covered():
             compile(block.code, f"README.md:{block.line}", "exec")
         else:
             subprocess.run(["bash", "-n"], input=block.code, text=True, check=True)
+
+
+def test_every_sandbox_the_readme_starts_is_stopped_in_the_same_section():
+    """A reader who follows one section (the tutorial, say) leaves no server running."""
+    text = README.read_text(encoding="utf-8")
+    for section in re.split(r"^## ", text, flags=re.MULTILINE):
+        started = stopped = 0
+        for block in snippets(section):
+            for line in block.code.splitlines():
+                if re.match(r"^python -m backendauth_sandbox .*&\s*$", line):
+                    started += 1
+                elif re.match(r"^kill %\d", line):
+                    assert stopped < started, f"a kill before any start in: {section[:60]!r}"
+                    stopped += 1
+        assert started == stopped, f"{started} started, {stopped} stopped in {section[:60]!r}"
 
 
 def test_readme_connection_ids_are_consistent():
@@ -208,6 +226,8 @@ def test_wheel_builds_checks_and_installs(tmp_path):
     the console script and both packages."""
     (install,) = [b for b in snippets(README.read_text(encoding="utf-8")) if b.marker == "install"]
     assert 'pip install -e ".[sandbox]"' in install.code
+    # `python -m build` needs the `build` package, which nothing else installs.
+    assert install.code.index("pip install build\n") < install.code.index("python -m build")
     wheel_line = re.search(r'pip install "dist/([^"\[]+)\[sandbox\]"', install.code)
     assert wheel_line is not None
     dist = tmp_path / "dist"

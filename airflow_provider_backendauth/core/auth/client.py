@@ -75,6 +75,11 @@ class BackendAuthClient:
             if configured_token_url
             else None
         )
+        if self._token_url is None and self.profile.discovery_path is None:
+            raise ConfigurationError(
+                f"Profile {self.profile.name!r} has no fixed token URL and no discovery "
+                "document: set the 'auth_url' extra to the token URL."
+            )
         if self._token_url is None and self.base_url is None:
             raise ConfigurationError(
                 f"Profile {self.profile.name!r} has no fixed token URL: set the connection's "
@@ -83,9 +88,7 @@ class BackendAuthClient:
         if not settings.client_id:
             raise ConfigurationError("No client id: set the connection's Client ID (login) field.")
         self.key = self._load_key()
-        self._explicit_algorithm = (
-            check_algorithm(settings.algorithm, self.key) if settings.algorithm else None
-        )
+        self._explicit_algorithm = self._chosen_algorithm()
         self.algorithm = self._explicit_algorithm or self._default_algorithm()
         self.kid = self._key_id()
         self.lifetime = self._lifetime()
@@ -118,12 +121,39 @@ class BackendAuthClient:
             )
         return load_signing_key(s.private_key, passphrase=s.private_key_passphrase, kid=s.key_id)
 
-    def _default_algorithm(self) -> str:
-        if self.key.jwk_alg:
+    def _chosen_algorithm(self) -> str | None:
+        """The algorithm the connection or the key names, checked: the 'algorithm' extra,
+        else the key's own (a JWK ``alg``, keygen's note). A server that registered the key's
+        JWKS accepts only the algorithm pinned there, so a key naming an algorithm the
+        profile does not sign with, or an extra contradicting the key, is refused now rather
+        than by the server ("no applicable key")."""
+        named = self.key.named_alg
+        if named:
             try:
-                return check_algorithm(self.key.jwk_alg, self.key)
-            except ConfigurationError:
-                pass
+                named = check_algorithm(named, self.key)
+            except ConfigurationError as exc:
+                raise KeyLoadError(f"The key names algorithm {named!r} but: {exc}") from None
+        explicit = self.settings.algorithm
+        if explicit:
+            explicit = check_algorithm(explicit, self.key)
+            if named and explicit != named:
+                raise ConfigurationError(
+                    f"The 'algorithm' extra is {explicit} but the key names {named} (its JWK "
+                    "'alg', or the note keygen wrote above its PEM): a server that registered "
+                    "the key's JWKS accepts only that. Remove 'algorithm' or make them agree."
+                )
+            return explicit
+        if named and named not in self.profile.algorithms:
+            raise ConfigurationError(
+                f"The key names algorithm {named} (its JWK 'alg', or the note keygen wrote "
+                f"above its PEM), which profile {self.profile.name!r} does not sign with "
+                f"(allowed: {', '.join(self.profile.algorithms)}). Use a key made for this "
+                "profile ('backendauth keygen --profile "
+                f"{self.profile.name}'), or another profile."
+            )
+        return named
+
+    def _default_algorithm(self) -> str:
         usable = compatible_algorithms(self.key, self.profile.algorithms)
         if not usable:
             raise KeyLoadError(
@@ -200,7 +230,7 @@ class BackendAuthClient:
         return self._token_url
 
     def discover(self) -> SmartConfiguration:
-        assert self.base_url is not None
+        assert self.base_url is not None and self.profile.discovery_path is not None
         return discover(
             self.base_url,
             path=self.profile.discovery_path,

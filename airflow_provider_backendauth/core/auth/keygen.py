@@ -21,6 +21,7 @@ from airflow_provider_backendauth.core.auth.keys import (
     RSA_ALGORITHMS,
     SigningKey,
     check_algorithm,
+    pem_note,
 )
 from airflow_provider_backendauth.core.auth.profiles import Profile
 from airflow_provider_backendauth.core.errors import ConfigurationError, KeyLoadError
@@ -48,13 +49,15 @@ class GeneratedKey:
     kid: str
 
     def private_pem(self, passphrase: bytes | None = None) -> bytes:
-        """PKCS#8 PEM, encrypted with the best available scheme when a passphrase is given."""
+        """PKCS#8 PEM, encrypted with the best available scheme when a passphrase is given,
+        after a note naming the algorithm and kid (``keys.pem_note``): the connection then
+        signs with the algorithm the published JWKS pins, without an 'algorithm' extra."""
         encryption: serialization.KeySerializationEncryption = (
             serialization.BestAvailableEncryption(passphrase)
             if passphrase
             else serialization.NoEncryption()
         )
-        return self.signing_key.key.private_bytes(
+        return pem_note(self.algorithm, self.kid) + self.signing_key.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
         )
 
@@ -134,7 +137,7 @@ def generate_key(
         private, common_name or f"backendauth {key_id[:16]}", valid_days, now
     )
     return GeneratedKey(
-        signing_key=SigningKey(key=private, kid=key_id, jwk_alg=alg, certificate=certificate),
+        signing_key=SigningKey(key=private, kid=key_id, named_alg=alg, certificate=certificate),
         algorithm=alg,
         kid=key_id,
     )

@@ -49,14 +49,16 @@ class SigningKey:
 
     Attributes:
         key: the cryptography private key object.
-        kid: the key id from the JWK/JWKS, when the key came with one.
-        jwk_alg: the ``alg`` member of the JWK, when present (HelseID keys carry one).
+        kid: the key id from the JWK/JWKS (or keygen's note above a PEM), when given.
+        named_alg: the algorithm the key names: a JWK's ``alg`` member (HelseID keys carry
+            one) or the ``alg:`` note ``backendauth keygen`` writes above its PEM. A server
+            that registered the key's JWKS accepts only that algorithm for it.
         certificate: the X.509 certificate bundled with the key, used for ``x5t`` headers.
     """
 
     key: PrivateKey = field(repr=False)
     kid: str | None = None
-    jwk_alg: str | None = None
+    named_alg: str | None = None
     certificate: x509.Certificate | None = field(default=None, repr=False)
 
     @property
@@ -337,7 +339,34 @@ def _load_pem(text: str, passphrase: str | bytes | None) -> SigningKey:
             certificate = x509.load_pem_x509_certificate(_rewrap(*cert_blocks[0]).encode())
         except ValueError:
             raise KeyLoadError("The CERTIFICATE block next to the key is not valid.") from None
-    return SigningKey(key=_require_supported(key), certificate=certificate)
+    notes = pem_notes(text)
+    # The note's kid is for people matching files to jwks.json: the kid sent stays the
+    # connection's choice (vendors such as CMS DPC assign their own).
+    return SigningKey(
+        key=_require_supported(key), certificate=certificate, named_alg=notes.get("alg")
+    )
+
+
+# RFC 7468 section 2 lets explanatory text precede a PEM block ("parsers MUST NOT
+# malfunction" on it); ``backendauth keygen`` writes the key's algorithm and kid there so a
+# PEM, which has no field for either, still says what its published JWKS pins.
+# Matched anywhere in that text: a PEM flattened into one line keeps its notes.
+_PEM_NOTE = re.compile(r"(?:^|\s)(alg|kid): *([A-Za-z0-9._~+/=-]{1,200})(?=\s|$)")
+
+
+def pem_notes(text: str) -> dict[str, str]:
+    """The ``alg:``/``kid:`` notes written above the first PEM block (see ``pem_note``)."""
+    # Only the text before the first block: a note cannot be smuggled in after the key.
+    head = _unflatten(text).split("-----BEGIN", 1)[0]
+    return {name: value for name, value in _PEM_NOTE.findall(head)}
+
+
+def pem_note(alg: str, kid: str) -> bytes:
+    """The explanatory text ``backendauth keygen`` puts above a private key PEM."""
+    return (
+        "backendauth keygen: sign with this algorithm; the kid is the one in jwks.json\n"
+        f"alg: {alg}\nkid: {kid}\n"
+    ).encode()
 
 
 def _unflatten(text: str) -> str:
@@ -424,11 +453,11 @@ def _load_jwk(jwk: dict[str, Any]) -> SigningKey:
         raise
     except Exception:
         raise KeyLoadError(f"The {kty} JWK is incomplete or damaged (check its members).") from None
-    jwk_alg = jwk.get("alg")
+    named_alg = jwk.get("alg")
     return SigningKey(
         key=_require_supported(key),
         kid=jwk.get("kid"),
-        jwk_alg=str(jwk_alg) if jwk_alg else None,
+        named_alg=str(named_alg) if named_alg else None,
     )
 
 

@@ -1,7 +1,7 @@
 """Provider profiles: what each vendor's token endpoint expects, as data.
 
 A profile is a preset, never a subclass: every value can be overridden from the connection.
-Values come from ``shared/reference/profiles.md`` and the vendor pages it cites; where a
+Values come from the vendors' documentation (``Profile.documentation``); where a
 vendor's behaviour is unconfirmed the preset is the SMART default and says so.
 """
 
@@ -37,12 +37,16 @@ class Profile:
         include_iat / include_nbf: send those claims.
         token_reuse: ``cache`` until expiry, or ``per_request`` (a new token per API call).
         certificate_header: send ``x5t#S256``/``x5t`` from the key's certificate.
-        discovery_path: where to discover the token endpoint relative to the base URL.
+        discovery_path: where to discover the token endpoint relative to the base URL; None
+            when the vendor publishes no discovery document (the token URL must be set).
         probe_path: what a connection test GETs (relative to the base URL) to see the API
             accept the token; None when the API has nothing cheap and harmless to read.
         notes: troubleshooting lines shown when the vendor rejects a token request.
         register_key: what to do with a new public key for this vendor (``backendauth
             keygen`` prints these; the guides in docs/vendors/ expand on them).
+        connection_extras: extras a new connection needs besides the key, as (name,
+            placeholder) pairs (``backendauth keygen`` prints them in its connection).
+        documentation: the vendor's own developer documentation, where a user reads on.
     """
 
     name: str
@@ -62,12 +66,15 @@ class Profile:
     include_nbf: bool = False
     token_reuse: TokenReuse = "cache"
     certificate_header: CertificateHeader | None = None
-    discovery_path: str = ".well-known/smart-configuration"
+    discovery_path: str | None = ".well-known/smart-configuration"
     probe_path: str | None = "metadata"  # FHIR's CapabilityStatement
     notes: tuple[str, ...] = field(default_factory=tuple)
     register_key: tuple[str, ...] = field(default_factory=tuple)
+    connection_extras: tuple[tuple[str, str], ...] = ()
+    documentation: str | None = None
 
 
+_SMART_DOCUMENTATION = "https://hl7.org/fhir/smart-app-launch/backend-services.html"
 _SMART_REGISTER = (
     "register jwks.json with the server as the client's public key set (or host it at an "
     "HTTPS URL and register that URL; then set the 'jku' extra to it)",
@@ -102,6 +109,7 @@ _PROFILES: tuple[Profile, ...] = (
         label="SMART Backend Services v2 (discovers the token URL)",
         scope="system/*.rs",
         register_key=_SMART_REGISTER,
+        documentation=_SMART_DOCUMENTATION,
     ),
     Profile(
         name="mydatahelps",
@@ -123,6 +131,7 @@ _PROFILES: tuple[Profile, ...] = (
             "contents of public_key.pem",
             "use the full service account name (e.g. MyDataHelps.1234.test) as the Client ID",
         ),
+        documentation="https://developer.mydatahelps.org",
     ),
     Profile(
         name="koppeltaal",
@@ -140,6 +149,7 @@ _PROFILES: tuple[Profile, ...] = (
             "jwks.json",
             "use the client_id you receive when joining the domain as the Client ID",
         ),
+        documentation="https://devguide.koppeltaal.nl",
     ),
     Profile(
         name="helseid",
@@ -159,6 +169,7 @@ _PROFILES: tuple[Profile, ...] = (
             "'helseid_cppa' or 'reuse_policy' set to 'per_request'",
         ),
         register_key=_HELSEID_REGISTER,
+        documentation="https://utviklerportal.nhn.no",
     ),
     # HelseID's CPPA v1 API accepts each access token for one request only ("a new token
     # must be obtained for each API call"): caching would cost a 401 and a second token
@@ -185,6 +196,7 @@ _PROFILES: tuple[Profile, ...] = (
             *_HELSEID_REGISTER,
             "add 'CPPA REST API Public' to the client system's supported services",
         ),
+        documentation="https://utviklerportal.nhn.no",
     ),
     Profile(
         name="redox",
@@ -200,6 +212,7 @@ _PROFILES: tuple[Profile, ...] = (
             "the kid in jwks.json is what Redox matches; use the dashboard's client id as the "
             "Client ID",
         ),
+        documentation="https://docs.redoxengine.com",
     ),
     Profile(
         name="nhs_england",
@@ -216,6 +229,7 @@ _PROFILES: tuple[Profile, ...] = (
             "the application's public key set",
             "use the application's API key as the Client ID and the kid from jwks.json as 'key_id'",
         ),
+        documentation="https://digital.nhs.uk/developer",
     ),
     Profile(
         name="epic",
@@ -229,6 +243,8 @@ _PROFILES: tuple[Profile, ...] = (
             "(Backend Systems); set the 'jku' extra to the same URL",
             "use the app's client id as the Client ID",
         ),
+        connection_extras=(("jku", "<the HTTPS URL where you host jwks.json>"),),
+        documentation="https://fhir.epic.com/Documentation?docId=oauth2&section=BackendOAuth2Guide",
     ),
     Profile(
         name="oracle_health",
@@ -236,6 +252,7 @@ _PROFILES: tuple[Profile, ...] = (
         algorithms=("RS384", "ES384"),
         scope="system/*.read",
         register_key=_SMART_REGISTER,
+        documentation=_SMART_DOCUMENTATION,
     ),
     Profile(
         name="entra_id",
@@ -260,6 +277,12 @@ _PROFILES: tuple[Profile, ...] = (
             "as the key; the x5t#S256 printed above must match the thumbprint Entra derives",
             "use the application (client) id as the Client ID",
         ),
+        discovery_path=None,
+        connection_extras=(
+            ("auth_url", "https://login.microsoftonline.com/<tenant id>/oauth2/v2.0/token"),
+            ("scope", "<the FHIR service URL>/.default"),
+        ),
+        documentation="https://learn.microsoft.com/entra/identity-platform/certificate-credentials",
     ),
     Profile(
         name="medplum",
@@ -272,6 +295,7 @@ _PROFILES: tuple[Profile, ...] = (
             "jwks.json",
             "use the client application's id as the Client ID",
         ),
+        documentation="https://www.medplum.com/docs/auth/client-assertion",
     ),
     Profile(
         name="athenahealth",
@@ -284,6 +308,7 @@ _PROFILES: tuple[Profile, ...] = (
             "register the public key with your athenahealth app (details unconfirmed: check "
             "athenahealth's developer portal for JWKS vs PEM)",
         ),
+        documentation="https://docs.athenahealth.com",
     ),
     Profile(
         name="cms_dpc",
@@ -297,6 +322,7 @@ _PROFILES: tuple[Profile, ...] = (
             "upload public_key.pem to DPC and note the public key id it returns",
             "set 'key_id' to that id; use DPC's client token id as the Client ID",
         ),
+        documentation="https://dpc.cms.gov",
     ),
     Profile(
         name="custom",
@@ -317,6 +343,7 @@ _PROFILES: tuple[Profile, ...] = (
         register_key=(
             "register jwks.json (or public_key.pem) with the server, in the form it accepts",
         ),
+        documentation="https://www.rfc-editor.org/rfc/rfc7523",
     ),
 )
 
