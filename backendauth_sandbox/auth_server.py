@@ -19,6 +19,7 @@ from typing import Any
 from jwcrypto import jwk, jws
 
 from .clients import ClientRegistration, ClientRegistry, certificate_thumbprints
+from .dpop import DpopRejected, DpopVerifier
 from .httpd import Request, Response
 from .responses import dumps, format_seconds, oauth_error, text_response
 from .settings import SandboxSettings
@@ -102,7 +103,9 @@ class AuthServer:
         stats: Stats,
         token_url: Callable[[], str],
         issuer: Callable[[], str],
+        dpop: DpopVerifier,
     ) -> None:
+        self.dpop = dpop
         self.clients = clients
         self.tokens = tokens
         self.jtis = JtiCache()
@@ -266,17 +269,22 @@ class AuthServer:
             raise TokenRequestRejected(
                 "invalid_client", f"jti '{jti}' was already used (replayed assertion)"
             )
+        # After the assertion's jti is spent, as strict servers do: a use_dpop_nonce answer
+        # must be followed by a freshly signed assertion, not a replay of this one.
+        jkt = self._dpop_binding(request, registration)
         try:
             scope = grant_scope(rules, form.get("scope"), registration.scopes)
         except ScopeError as exc:
             raise TokenRequestRejected("invalid_scope", str(exc), 400) from None
 
         lifetime = self.settings.token_lifetime
-        token = self.tokens.issue(registration.client_id, scope, lifetime)
+        token = self.tokens.issue(registration.client_id, scope, lifetime, jkt=jkt)
         self.stats.incr("tokens_issued")
+        if jkt is not None:
+            self.stats.incr("dpop_tokens_issued")
         body: dict[str, Any] = {
             "access_token": token.value,
-            "token_type": rules.token_type,
+            "token_type": "DPoP" if jkt is not None else rules.token_type,
             "expires_in": str(lifetime) if rules.expires_in_as_string else lifetime,
         }
         if scope:
@@ -284,6 +292,22 @@ class AuthServer:
         response = Response(200, dumps(body), "application/json")
         response.header("Cache-Control", "no-store").header("Pragma", "no-cache")
         return response
+
+    def _dpop_binding(self, request: Request, registration: ClientRegistration) -> str | None:
+        """The thumbprint the token will be bound to (cnf.jkt), or None for a Bearer token."""
+        if request.header("DPoP") is None:
+            if registration.dpop == "require":
+                raise TokenRequestRejected(
+                    "invalid_dpop_proof",
+                    f"DPoP proof JWT not provided: client '{registration.client_id}' must "
+                    "request DPoP-bound tokens (RFC 9449)",
+                    400,
+                )
+            return None
+        try:
+            return self.dpop.verify(request)
+        except DpopRejected as rejected:
+            raise TokenRequestRejected(rejected.error, rejected.description, 400) from None
 
     def _check_header(
         self, header: dict[str, Any], registration: ClientRegistration

@@ -30,6 +30,7 @@ from .bulk_files import (
     gzip_chunks,
     write_export,
 )
+from .dpop import DpopVerifier
 from .fhir_api import authenticate
 from .fhir_search import SearchError, parse_date_range, parse_type_filter
 from .fhir_store import PATIENT_COMPARTMENT, RESOURCE_TYPES, FhirStore
@@ -153,7 +154,9 @@ class BulkExports:
         stats: Stats,
         fhir_base: Callable[[], str],
         foreign_url: Callable[[], str],
+        dpop: DpopVerifier,
     ) -> None:
+        self.dpop = dpop
         self.store = store
         self.tokens = tokens
         self.settings = settings
@@ -195,7 +198,7 @@ class BulkExports:
     # --- kick-off ------------------------------------------------------------------------
 
     def kickoff(self, request: Request) -> Response:
-        auth = authenticate(self.tokens, request)
+        auth = authenticate(self.tokens, request, self.dpop)
         if isinstance(auth, Response):
             return auth
         try:
@@ -390,7 +393,7 @@ class BulkExports:
     # --- status, manifest, cancel --------------------------------------------------------
 
     def status(self, request: Request) -> Response:
-        auth = authenticate(self.tokens, request)
+        auth = authenticate(self.tokens, request, self.dpop)
         if isinstance(auth, Response):
             return auth
         job_id = request.path[len(JOBS_PATH) :]
@@ -532,7 +535,7 @@ class BulkExports:
             return outcome_response(404, f"no export file '{job_id}/{name}'", code="not-found")
         job, export_file = found
         if job.requires_access_token:
-            auth = authenticate(self.tokens, request)
+            auth = authenticate(self.tokens, request, self.dpop)
             if isinstance(auth, Response):
                 return auth
         if request.method not in ("GET", "HEAD"):

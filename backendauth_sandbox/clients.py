@@ -14,6 +14,7 @@ from jwcrypto import jwk
 
 from .vendor_rules import ASYMMETRIC_ALGS, VENDORS, VendorRules
 
+DPOP_MODES = ("allow", "require")
 KeyMaterial = Any  # JWKS/JWK dict, list of JWK dicts, PEM or JSON text/bytes, jwcrypto objects
 
 
@@ -82,6 +83,9 @@ class ClientRegistration:
     scopes: tuple[str, ...] | None = None
     jku: str | None = None
     token_requests_per_minute: int | None = None
+    # DPoP (RFC 9449): "allow" binds the token when the request carries a proof, "require"
+    # refuses a token request without one.
+    dpop: str = "allow"
     _token_times: list[float] = field(default_factory=list, repr=False)
 
     def describe(self) -> dict[str, Any]:
@@ -93,6 +97,7 @@ class ClientRegistration:
             "kids": [k.get("kid") for k in self.keys],
             "jku": self.jku,
             "token_requests_per_minute": self.token_requests_per_minute,
+            "dpop": self.dpop,
         }
 
 
@@ -104,10 +109,13 @@ def make_registration(
     scopes: Iterable[str] | str | None = None,
     jku: str | None = None,
     token_requests_per_minute: int | None = -1,
+    dpop: str = "allow",
 ) -> ClientRegistration:
     """Validate the arguments of ``Sandbox.register_client`` and build the registration."""
     if not client_id:
         raise ValueError("client_id must not be empty")
+    if dpop not in DPOP_MODES:
+        raise ValueError(f"dpop must be one of {', '.join(DPOP_MODES)}, not {dpop!r}")
     try:
         rules = VENDORS[vendor]
     except KeyError:
@@ -139,6 +147,7 @@ def make_registration(
         scopes=scope_tuple,
         jku=jku,
         token_requests_per_minute=limit,
+        dpop=dpop,
     )
 
 

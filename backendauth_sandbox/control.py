@@ -63,6 +63,9 @@ def _route(sandbox: Sandbox, request: Request) -> Response:
             raise _BadControlRequest('send {"seconds": <non-negative integer>}')
         sandbox.token_lifetime = seconds
         return json_response(200, {"token_lifetime": seconds})
+    if path == "/dpop-nonce/rotate" and method == "POST":
+        sandbox.rotate_dpop_nonce()
+        return json_response(200, {"rotated": True})
     if path == "/expire-tokens" and method == "POST":
         return json_response(200, {"expired": sandbox.expire_tokens()})
     if path == "/tokens" and method == "POST":
@@ -88,6 +91,7 @@ def _route(sandbox: Sandbox, request: Request) -> Response:
                 algorithms=body.get("algorithms"),
                 scopes=body.get("scopes"),
                 jku=body.get("jku"),
+                dpop=str(body.get("dpop", "allow")),
                 **(
                     {"token_requests_per_minute": body["token_requests_per_minute"]}
                     if "token_requests_per_minute" in body

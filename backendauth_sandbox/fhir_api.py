@@ -11,6 +11,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl, urlencode
 
 from .discovery import capability_statement
+from .dpop import DpopRejected, DpopVerifier
 from .fhir_search import (
     INCLUDES,
     TYPE_PARAMS,
@@ -23,6 +24,7 @@ from .fhir_store import FhirStore, StoredResource, format_instant
 from .httpd import Request, Response
 from .responses import (
     FHIR_JSON,
+    dpop_challenge,
     dumps,
     fhir_response,
     invalid_token,
@@ -38,13 +40,39 @@ PARTICIPANTS_PATH = "/api/v1/administration/participants"
 
 
 def authenticate(
-    tokens: TokenStore, request: Request, *, consume: bool = False
+    tokens: TokenStore, request: Request, dpop: DpopVerifier, *, consume: bool = False
 ) -> AccessToken | Response:
-    """The bearer token of ``request`` if valid, else the 401 to answer."""
-    token, reason = tokens.check(request.bearer_token(), consume=consume)
+    """The access token of ``request`` if valid, else the 401 to answer.
+
+    A DPoP-bound token must come with ``Authorization: DPoP`` and a proof signed by the key
+    it is bound to (with ``ath``); sent as ``Bearer`` it is refused (RFC 9449 section 7.2,
+    no downgrade). A Bearer token sent with the DPoP scheme is refused too.
+    """
+    scheme, value = request.authorization()
+    if scheme == "dpop" and value:
+        try:
+            jkt = dpop.verify(request, access_token=value)
+        except DpopRejected as rejected:
+            return dpop_challenge(rejected.error, rejected.description)
+        token, reason = tokens.check(value, consume=consume)
+        if reason:
+            return dpop_challenge("invalid_token", reason)
+        assert token is not None
+        if token.jkt is None:
+            return dpop_challenge("invalid_token", "a Bearer token was sent with the DPoP scheme")
+        if token.jkt != jkt:
+            return dpop_challenge(
+                "invalid_dpop_proof", "the proof key is not the key the token is bound to"
+            )
+        return token
+    token, reason = tokens.check(value if scheme == "bearer" else None, consume=consume)
     if reason:
         return invalid_token(reason)
     assert token is not None
+    if token.jkt is not None:
+        return dpop_challenge(
+            "invalid_token", "a DPoP-bound token was sent as Bearer; send it with the DPoP scheme"
+        )
     return token
 
 
@@ -59,7 +87,9 @@ class FhirApi:
         stats: Stats,
         fhir_base: Callable[[], str],
         token_url: Callable[[], str],
+        dpop: DpopVerifier,
     ) -> None:
+        self.dpop = dpop
         self.store = store
         self.tokens = tokens
         self.settings = settings
@@ -75,7 +105,9 @@ class FhirApi:
                 200,
                 capability_statement(self._fhir_base(), self._token_url(), TYPE_PARAMS, INCLUDES),
             )
-        auth = authenticate(self.tokens, request, consume=self.settings.single_use_tokens)
+        auth = authenticate(
+            self.tokens, request, self.dpop, consume=self.settings.single_use_tokens
+        )
         if isinstance(auth, Response):
             return auth
         parts = request.path[len("/fhir/") :].split("/")
@@ -211,18 +243,16 @@ class FhirApi:
     # --- MyDataHelps-like REST -----------------------------------------------------------
 
     def handle_rest(self, request: Request) -> Response:
-        token, reason = self.tokens.check(
-            request.bearer_token(), consume=self.settings.single_use_tokens
+        auth = authenticate(
+            self.tokens, request, self.dpop, consume=self.settings.single_use_tokens
         )
-        if reason:
+        if isinstance(auth, Response):
+            # This API answers its own JSON body; the challenge headers stay the same.
             response = json_response(
                 401, {"message": "Authorization has been denied for this request."}
             )
-            response.header(
-                "WWW-Authenticate", f'Bearer error="invalid_token", error_description="{reason}"'
-            )
+            response.headers.extend(auth.headers)
             return response
-        assert token is not None
         if request.path.rstrip("/") != PARTICIPANTS_PATH:
             return json_response(404, {"message": f"no such endpoint: {request.path}"})
         if request.method not in ("GET", "HEAD"):

@@ -61,14 +61,13 @@ class Request:
         values = self.query.get(name)
         return values[0] if values else None
 
-    def bearer_token(self) -> str | None:
+    def authorization(self) -> tuple[str | None, str | None]:
+        """(scheme in lower case, credentials) of the Authorization header, or (None, None)."""
         auth = self.header("Authorization")
         if not auth:
-            return None
+            return None, None
         scheme, _, value = auth.strip().partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            return None
-        return value.strip()
+        return scheme.lower(), value.strip() or None
 
     def form(self) -> dict[str, list[str]]:
         return parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)

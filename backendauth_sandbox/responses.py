@@ -11,6 +11,7 @@ from .httpd import Response
 
 FHIR_JSON = "application/fhir+json"
 NDJSON = "application/fhir+ndjson"
+DPOP_ALGS = "ES256 ES384 ES512 RS256 RS384 RS512 PS256 PS384 PS512"
 
 
 def dumps(data: Any) -> bytes:
@@ -56,6 +57,18 @@ def invalid_token(diagnostics: str) -> Response:
     response.header(
         "WWW-Authenticate",
         f'Bearer error="invalid_token", error_description="{diagnostics}"',
+    )
+    return response
+
+
+def dpop_challenge(error: str, diagnostics: str) -> Response:
+    """The 401 for a DPoP request that failed (RFC 9449 section 7.1): the ``DPoP`` scheme in
+    ``WWW-Authenticate``, with the algorithms proofs may use. (The current nonce goes out in
+    ``DPoP-Nonce`` on every answer to a request with a proof, see ``Sandbox._handle``.)"""
+    response = outcome_response(401, diagnostics, code="login")
+    response.header(
+        "WWW-Authenticate",
+        f'DPoP error="{error}", error_description="{diagnostics}", algs="{DPOP_ALGS}"',
     )
     return response
 

@@ -14,6 +14,7 @@ from .auth_server import AuthServer
 from .bulk import STORAGE_PATH, BulkExports
 from .clients import ClientRegistration, ClientRegistry, KeyMaterial, make_registration
 from .discovery import openid_configuration, smart_configuration
+from .dpop import DpopVerifier
 from .faults import FaultRule, Faults
 from .fhir_api import FhirApi
 from .fhir_store import FhirStore
@@ -89,6 +90,7 @@ class Sandbox:
         self._foreign: HttpServer | None = None
         self._lock = threading.Lock()
         self.store = FhirStore(patients, seed)
+        self.dpop = DpopVerifier(self.settings, self._stats)
         self.fhir = FhirApi(
             self.store,
             self.tokens,
@@ -96,6 +98,7 @@ class Sandbox:
             self._stats,
             fhir_base=lambda: self.fhir_base,
             token_url=lambda: self.token_url,
+            dpop=self.dpop,
         )
         self.bulk = BulkExports(
             self.store,
@@ -104,6 +107,7 @@ class Sandbox:
             self._stats,
             fhir_base=lambda: self.fhir_base,
             foreign_url=lambda: self.foreign_url,
+            dpop=self.dpop,
         )
         self.auth = AuthServer(
             self.clients,
@@ -112,6 +116,7 @@ class Sandbox:
             self._stats,
             token_url=lambda: self.token_url,
             issuer=lambda: self.issuer,
+            dpop=self.dpop,
         )
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -218,6 +223,7 @@ class Sandbox:
         *,
         jku: str | None = None,
         token_requests_per_minute: int | None = -1,
+        dpop: str = "allow",
     ) -> ClientRegistration:
         """Register (or replace) a client and its public key(s).
 
@@ -225,10 +231,19 @@ class Sandbox:
         objects (private parts are ignored). ``algorithms`` overrides the vendor's allowed
         list; ``scopes`` limits what the client may be granted. ``jku``: the JWKS URL the
         client registered (a ``jku`` header must equal it). ``token_requests_per_minute``:
-        quota answered with 429 (default: the vendor's, e.g. 50 for athenahealth).
+        quota answered with 429 (default: the vendor's, e.g. 50 for athenahealth). ``dpop``:
+        "allow" binds a token to the DPoP key of a request with a proof (RFC 9449), "require"
+        refuses token requests without one.
         """
         registration = make_registration(
-            client_id, public_jwks, vendor, algorithms, scopes, jku, token_requests_per_minute
+            client_id,
+            public_jwks,
+            vendor,
+            algorithms,
+            scopes,
+            jku,
+            token_requests_per_minute,
+            dpop,
         )
         self.clients.add(registration)
         return registration
@@ -242,6 +257,10 @@ class Sandbox:
         """Mint an access token without the token endpoint (for tests of the FHIR side only)."""
         value = self.settings.token_lifetime if lifetime is None else lifetime
         return self.tokens.issue(client_id, scope, value).value
+
+    def rotate_dpop_nonce(self) -> str:
+        """Retire the current DPoP nonce now (as a restart would); returns the next one."""
+        return self.dpop.rotate_nonce()
 
     def expire_tokens(self) -> int:
         """Make every issued access token invalid now; returns how many were still valid."""
@@ -276,6 +295,10 @@ class Sandbox:
         response = self._route(request, kind) if rule is None else self._faulty(rule, request, kind)
         if not response.drop:
             self._stats.response(response.status)
+            if self.settings.dpop_nonce and request.header("DPoP") is not None:
+                # RFC 9449 sections 8 and 9: the nonce to use next, on every answer to a
+                # request with a proof (after a rotation, the new one).
+                response.header("DPoP-Nonce", self.dpop.nonce)
         return response
 
     def _handle_foreign(self, request: Request) -> Response:

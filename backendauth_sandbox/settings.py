@@ -25,6 +25,12 @@ class SandboxSettings:
     smart_config_relative_token_endpoint: bool = False
     # Each access token is good for one FHIR/REST request (HelseID's CPPA API rule).
     single_use_tokens: bool = False
+    # DPoP (RFC 9449; which clients must or may use it is per client, at registration):
+    # every proof must carry the server's current nonce; a nonce is retired after this many
+    # proofs (None: never); a proof is accepted for this many seconds after its iat.
+    dpop_nonce: bool = False
+    dpop_nonce_rotate_after: int | None = None
+    dpop_proof_max_age: int = 60
 
     search_default_count: int = 50
     search_max_count: int = 1000
@@ -69,6 +75,10 @@ class SandboxSettings:
             raise ValueError("bulk_manifest_page_size must be None or >= 1")
         if self.bulk_complete_after_polls < 0:
             raise ValueError("bulk_complete_after_polls must be >= 0")
+        if self.dpop_nonce_rotate_after is not None and self.dpop_nonce_rotate_after < 1:
+            raise ValueError("dpop_nonce_rotate_after must be None or >= 1")
+        if self.dpop_proof_max_age < 1:
+            raise ValueError("dpop_proof_max_age must be >= 1")
         if self.bulk_job_seconds < 0:
             raise ValueError("bulk_job_seconds must be >= 0")
         if not 1 <= self.search_default_count <= self.search_max_count:

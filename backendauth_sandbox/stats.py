@@ -30,6 +30,7 @@ class Stats:
             self._token_by_client: Counter[str] = Counter()
             self._token_fail_by_error: Counter[str] = Counter()
             self._token_fail_reasons: deque[str] = deque(maxlen=_MAX_REMEMBERED)
+            self._dpop_fail_reasons: deque[str] = deque(maxlen=_MAX_REMEMBERED)
             self._foreign_auth_headers: list[str] = []
             self._foreign_by_path: Counter[str] = Counter()
 
@@ -60,6 +61,13 @@ class Stats:
             self._token_fail_by_error[error] += 1
             self._token_fail_reasons.append(reason)
 
+    def dpop_failure(self, error: str, reason: str, counter: str | None = None) -> None:
+        with self._lock:
+            self._counters["dpop_failures"] += 1
+            if counter:
+                self._counters[counter] += 1
+            self._dpop_fail_reasons.append(f"{error}: {reason}")
+
     def foreign_request(self, path: str, authorization: str | None) -> None:
         with self._lock:
             self._counters["foreign_requests"] += 1
@@ -85,6 +93,14 @@ class Stats:
                 "faults_applied": c["faults_applied"],
                 "responses_held": c["responses_held"],
                 "responses_released": c["responses_released"],
+                "dpop": {
+                    "proofs_accepted": c["dpop_proofs_accepted"],
+                    "failures": c["dpop_failures"],
+                    "nonce_challenges": c["dpop_nonce_challenges"],
+                    "nonces_rotated": c["dpop_nonces_rotated"],
+                    "tokens_issued": c["dpop_tokens_issued"],
+                    "failure_reasons": list(self._dpop_fail_reasons),
+                },
                 "fhir_searches": c["fhir_searches"],
                 "fhir_reads": c["fhir_reads"],
                 "bulk_kickoffs": c["bulk_kickoffs"],

@@ -187,3 +187,41 @@ def token_request_form(assertion: str, scope: str | None = None, **extra: str) -
         form["scope"] = scope
     form.update(extra)
     return form
+
+
+def dpop_proof(
+    key: ClientKey,
+    method: str,
+    url: str,
+    *,
+    access_token: str | None = None,
+    nonce: str | None = None,
+    iat: float | None = None,
+    jti: str | None = None,
+    typ: str = "dpop+jwt",
+    alg: str | None = None,
+    claims: dict[str, Any] | None = None,
+) -> str:
+    """A DPoP proof (RFC 9449) for one request, signed with jwcrypto: ``typ``, ``alg`` and
+    the public ``jwk`` in the header; ``jti``, ``htm``, ``htu`` (``url`` as given), ``iat``,
+    and ``ath`` (with ``access_token``) and ``nonce`` when given. ``claims`` adds or
+    overrides claims (``None`` values drop them)."""
+    body: dict[str, Any] = {
+        "jti": jti or uuid.uuid4().hex,
+        "htm": method,
+        "htu": url,
+        "iat": int(time.time() if iat is None else iat),
+    }
+    if access_token is not None:
+        body["ath"] = _b64url(hashlib.sha256(access_token.encode("ascii")).digest())
+    if nonce is not None:
+        body["nonce"] = nonce
+    body.update(claims or {})
+    body = {k: v for k, v in body.items() if v is not None}
+    public = json.loads(key.jwcrypto_key.export_public())
+    public.pop("kid", None)
+    header = {"typ": typ, "alg": alg or key.algorithm, "jwk": public}
+    token = jws.JWS(json.dumps(body).encode("utf-8"))
+    token.allowed_algs = [header["alg"]]
+    token.add_signature(key.jwcrypto_key, alg=None, protected=json.dumps(header))
+    return str(token.serialize(compact=True))

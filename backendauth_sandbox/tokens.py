@@ -1,4 +1,5 @@
-"""Issued access tokens and the ``jti`` replay cache."""
+"""Issued access tokens (Bearer, or DPoP-bound to a key thumbprint) and the ``jti`` replay
+cache."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ class AccessToken:
     issued_at: float
     expires_at: float
     used: bool = False
+    # The RFC 7638 thumbprint of the DPoP key the token is bound to (its cnf.jkt), or None
+    # for a Bearer token.
+    jkt: str | None = None
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.expires_at
@@ -31,9 +35,13 @@ class TokenStore:
         self._tokens: dict[str, AccessToken] = {}
         self._issued = 0
 
-    def issue(self, client_id: str, scope: str, lifetime: float) -> AccessToken:
+    def issue(
+        self, client_id: str, scope: str, lifetime: float, jkt: str | None = None
+    ) -> AccessToken:
         now = time.time()
-        token = AccessToken(secrets.token_urlsafe(32), client_id, scope, now, now + lifetime)
+        token = AccessToken(
+            secrets.token_urlsafe(32), client_id, scope, now, now + lifetime, jkt=jkt
+        )
         with self._lock:
             self._tokens[token.value] = token
             self._issued += 1

@@ -151,19 +151,23 @@ def test_readme_markers_are_known_and_every_block_is_covered():
             subprocess.run(["bash", "-n"], input=block.code, text=True, check=True)
 
 
-def test_every_sandbox_the_readme_starts_is_stopped_in_the_same_section():
-    """A reader who follows one section (the tutorial, say) leaves no server running."""
+def test_every_sandbox_the_readme_starts_is_stopped_and_its_section_says_how():
+    """A reader who follows only the section that starts a sandbox (the tutorial, say) is told
+    how to stop it; the README as a whole stops every one it starts."""
     text = README.read_text(encoding="utf-8")
+    started = stopped = 0
     for section in re.split(r"^## ", text, flags=re.MULTILINE):
-        started = stopped = 0
-        for block in snippets(section):
-            for line in block.code.splitlines():
-                if re.match(r"^python -m backendauth_sandbox .*&\s*$", line):
-                    started += 1
-                elif re.match(r"^kill %\d", line):
-                    assert stopped < started, f"a kill before any start in: {section[:60]!r}"
-                    stopped += 1
-        assert started == stopped, f"{started} started, {stopped} stopped in {section[:60]!r}"
+        starts = sum(
+            len(re.findall(r"^python -m backendauth_sandbox .*&\s*$", b.code, re.MULTILINE))
+            for b in snippets(section)
+        )
+        if starts:
+            assert "`kill %1`" in section or "kill %1\n" in section, section[:60]
+        started += starts
+        stopped += sum(
+            len(re.findall(r"^kill %\d", b.code, re.MULTILINE)) for b in snippets(section)
+        )
+    assert started and started == stopped
 
 
 def test_readme_connection_ids_are_consistent():
