@@ -224,6 +224,7 @@ PROVIDER_INFO: dict[str, Any] = {
                 f"{_MODULE}.operators.http",
                 f"{_MODULE}.operators.fhir",
                 f"{_MODULE}.operators.bulk",
+                f"{_MODULE}.operators.views",
             ],
         }
     ],

@@ -61,7 +61,10 @@ class FhirBulkExportOperator(_BulkBase):
         {"transactionTime": ..., "destination": ..., "manifest": "manifest.json",
          "output": {"Patient": {"files": ["Patient.000.ndjson"], "count": 20, "bytes": ...}},
          "error": {"files": 1, "count": 2, "errors": 0, "warnings": 2},
-         "deleted": {"files": 0, "count": 0}, "files": 5, "bytes": ..., "resumed_files": 0}
+         "deleted": {"files": 0, "count": 0}, "files": 5, "bytes": ..., "resumed_files": 0,
+         "since": None}
+
+    (``since``: the ``_since`` the export used, None for a full export.)
 
     A retried task (or one whose worker died) continues the same export: the status URL is
     saved durably right after the kick-off, and files already complete are not downloaded

@@ -415,13 +415,17 @@ class BulkExportJob:
             )
         self.store.update_job(self.key, record, state=DONE)
         self.store.clear_markers(self.key, [r.name for r in results])
-        return summarize(
+        summary = summarize(
             manifest,
             results,
             errors,
             destination=str(self.destination),
             manifest_name=MANIFEST_NAME,
         )
+        # The _since this export used (None: a full export): what tells a table writer to
+        # merge rather than replace (operators/views.py).
+        summary["since"] = record.request.get("since")
+        return summary
 
     def abandon(self, *, cancel: bool = True) -> None:
         """Give up on this export: DELETE it on the server (``cancel``) and forget it, so the
