@@ -7,7 +7,8 @@ error must get ``ViewDefinitionError`` (whether the view is refused by ``compile
 the data breaks what it declares while rows are produced).
 
 The run also writes ``.pytest-reports/sql-on-fhir/test_report.json`` in the upstream
-``test_report/test-report.schema.json`` format, for publishing the implementation's results.
+``test_report/test-report.schema.json`` format (vendored in ``upstream/schema/`` and checked
+against before writing), for publishing the implementation's results.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from airflow_provider_backendauth.core.views import ViewDefinitionError, compile_view
@@ -99,6 +101,9 @@ def report() -> Iterator[dict[str, Any]]:
     results: dict[str, Any] = {}
     yield results
     ordered = {name: results[name] for name in SUITES if name in results}
+    # The upstream report schema (vendored beside the tests) decides the format, not we.
+    schema = json.loads((UPSTREAM / "schema" / "test-report.schema.json").read_text())
+    jsonschema.validate(ordered, schema)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps(ordered, indent=2) + "\n", encoding="utf-8")
 
