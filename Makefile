@@ -78,6 +78,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py $(BENCH_IDLE)
 	$(PY) benchmarks/s3.py $(BENCH_IDLE)
 	$(PY) benchmarks/views.py $(BENCH_IDLE)
+	$(PY) benchmarks/triggerer.py $(BENCH_IDLE)
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_MIDDLE) .demo .stack .mypy_cache .ruff_cache .pytest_cache
