@@ -3,9 +3,11 @@
 A multi-day export costs no worker slot: the trigger polls the status URL with
 ``httpx.AsyncClient``, sleeps with ``asyncio.sleep`` (honouring ``Retry-After`` within the
 poller's rules, jittered), reads the connection with the async API, and runs the (synchronous)
-token exchange in a thread with ``asyncio.to_thread``, so the triggerer's event loop is
-never blocked. A 401 renews the token and retries. The meaning of each status answer comes
-from the same sans-IO ``interpret_status`` the non-deferrable path uses.
+token exchange on the connection's own renewal thread (``core/http/renewal.py``: never the
+loop's default executor, which every deferred task shares), so the triggerer's event loop is
+never blocked and one connection's slow token endpoint never delays another's polls. A 401
+renews the token and retries. The meaning of each status answer comes from the same sans-IO
+``interpret_status`` the non-deferrable path uses.
 
 Event payloads (the operator's ``execute_complete`` receives them)::
 

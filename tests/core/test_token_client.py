@@ -403,3 +403,26 @@ def test_smart_v1_scope_mapping(v2, v1):
     from airflow_provider_backendauth.core.auth.client import smart_v1_scope
 
     assert smart_v1_scope(v2) == v1
+
+
+def test_fresh_reads_the_cached_token_without_waiting_for_a_renewal() -> None:
+    # An event loop asks fresh() first and goes to a thread only without one: it must never
+    # block, even while another thread renews under the cache's lock.
+    from airflow_provider_backendauth.core.auth.tokens import AccessToken, TokenCache
+
+    issued = iter(["first", "second"])
+    cache = TokenCache(lambda: AccessToken(next(issued), time.time() + 300))
+    assert cache.fresh() is None  # nothing cached yet
+    assert cache.get().value == "first"
+    with cache._lock:  # a renewal in progress
+        fresh = cache.fresh()
+        assert fresh is not None and fresh.value == "first"
+    cache.invalidate("first")
+    assert cache.fresh() is None
+    per_request = TokenCache(lambda: AccessToken("x", time.time() + 300), reuse="per_request")
+    per_request.get()
+    assert per_request.fresh() is None  # every request needs its own token
+    now = time.time()  # 100 s tokens with 10 s left: within the leeway (30 s, a quarter: 25)
+    stale = TokenCache(lambda: AccessToken("y", now + 10, obtained_at=now - 90), leeway=30)
+    stale.get()
+    assert stale.fresh() is None  # within the leeway: renew, don't use

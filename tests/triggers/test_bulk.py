@@ -10,17 +10,24 @@ import json
 import logging
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
+from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+from airflow_provider_backendauth.core.auth.settings import ClientSettings
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
 from airflow_provider_backendauth.core.bulk.job import bulk_http_for
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.triggers.bulk import TRIGGERER_CALLS_ON_KILL, BulkExportTrigger
+from backendauth_sandbox import Sandbox
 from tests.bulkkit import CONN_ID, FAST_POLL, BulkEnv, assert_no_token_in
 
 pytest_plugins = ("tests.bulk_fixtures",)
+
+
+DEFAULT_EXECUTOR_THREADS = 4  # the loop's shared executor in the isolation test
 
 
 def kickoff(bulk_env: BulkEnv, **request: Any) -> str:
@@ -269,6 +276,73 @@ def test_the_event_loop_is_never_blocked(bulk_env: BulkEnv) -> None:
         gc.enable()
     assert payload["status"] == "complete"
     assert worst < 1.5, f"the event loop stalled for {worst:.2f} s"
+
+
+def test_a_held_token_endpoint_never_delays_another_connections_exports(
+    bulk_env: BulkEnv,
+) -> None:
+    # Connection A (bulk_env's sandbox): exports that stay pending, tokens expired, token
+    # endpoint held. Its triggers all need a new token and cannot get one. The loop's default
+    # executor (what a triggerer shares with every provider's triggers) is given fewer
+    # threads than A has triggers, so if renewal ran there A would hold every one of them.
+    # Connection B (a second sandbox) must still run to completion meanwhile. Progress is
+    # judged by the sandbox's counters, never by elapsed time.
+    a = bulk_env.sb
+    a.settings.update(bulk_job_seconds=3600)
+    a_urls = [kickoff(bulk_env) for _ in range(DEFAULT_EXECUTOR_THREADS + 2)]
+    with Sandbox(patients=5, seed=3, bulk_job_seconds=0.2) as b:
+        b.register_client("conn-b", bulk_env.key.public_jwks, vendor="smart")
+        bulk_env.monkeypatch.setenv(
+            "AIRFLOW_CONN_FHIR_BULK_B",
+            json.dumps(
+                {
+                    "conn_type": "backendauth",
+                    "host": b.fhir_base,
+                    "login": "conn-b",
+                    "password": bulk_env.key.private_pem,
+                    "extra": {"scope": "system/*.rs"},
+                }
+            ),
+        )
+        b_client = BulkExportClient(
+            bulk_http_for(
+                BackendAuthClient(
+                    ClientSettings.from_connection_fields(
+                        host=b.fhir_base,
+                        login="conn-b",
+                        password=bulk_env.key.private_pem,
+                        extra={"scope": "system/*.rs"},
+                    )
+                )
+            ),
+            b.fhir_base,
+        )
+        b_url = b_client.kickoff(BulkExportRequest.create("system"))
+        held = a.faults.add("/auth/token", hold_after_bytes=0, times=None)
+        a.expire_tokens()
+        a.reset_stats()
+
+        async def scenario() -> dict[str, Any]:
+            loop = asyncio.get_running_loop()
+            loop.set_default_executor(ThreadPoolExecutor(DEFAULT_EXECUTOR_THREADS))
+            a_tasks = [loop.create_task(first_event(trigger(url), timeout=600)) for url in a_urls]
+            try:
+                # A's token request is being held: from here on every A trigger that polls
+                # needs a token and waits for it (without the fix, in a thread of the
+                # default executor: the first on the fetch, the others on the cache's lock).
+                while a.stats["responses_held"] < 1:
+                    await asyncio.sleep(0.01)
+                b_trigger = BulkExportTrigger("fhir_bulk_b", b_url, **FAST_POLL)
+                return await first_event(b_trigger, timeout=60)
+            finally:
+                a.faults.release(held)
+                for task in a_tasks:
+                    task.cancel()
+                await asyncio.gather(*a_tasks, return_exceptions=True)
+
+        payload = asyncio.run(scenario())
+        assert payload["status"] == "complete"
+        assert a.stats["token_requests"] == 1  # A's triggers renewed once, together
 
 
 def test_on_kill_deletes_the_export(bulk_env: BulkEnv) -> None:

@@ -347,6 +347,14 @@ class TokenCache:
         self._token: AccessToken | None = None
         self._lock = threading.Lock()
 
+    def fresh(self) -> AccessToken | None:
+        """The cached token if it is still fresh, read without waiting for the lock (a
+        renewal in progress holds it); None otherwise, and always with ``per_request``."""
+        token = self._token
+        if self.reuse == "per_request" or token is None or not token.is_fresh(self.leeway):
+            return None
+        return token
+
     def get(self) -> AccessToken:
         if self.reuse == "per_request":
             return self._fetch()

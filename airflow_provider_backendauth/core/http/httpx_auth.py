@@ -2,7 +2,8 @@
 
 ``HttpxBearerAuth`` is an ``httpx.Auth``: ``sync_auth_flow`` and ``async_auth_flow`` drive the
 same ``BearerPolicy.flow`` generator the ``requests`` driver uses. The async flow never blocks
-the event loop: the (synchronous, requests-based) token exchange runs in a thread.
+the event loop: the (synchronous, requests-based) token exchange runs on the connection's own
+renewal thread (``renewal``), never the loop's shared default executor.
 
 Use it with ``follow_redirects=False`` on the client: the flow follows redirects itself, one
 hop at a time, judging each hop's origin (httpx's own redirect handling would keep the token
@@ -11,7 +12,6 @@ on an http → https upgrade of the same host, which the policy does not allow b
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 
 import httpx
@@ -25,6 +25,7 @@ from airflow_provider_backendauth.core.http.policy import (
     Send,
     drive_tokens,
 )
+from airflow_provider_backendauth.core.http.renewal import get_token, invalidate_token
 
 # Headers that belong to one hop: httpx sets Host from the URL when a Request is built.
 _HOP_HEADERS = ("host", "authorization", "content-length", "transfer-encoding")
@@ -78,14 +79,14 @@ class HttpxBearerAuth(httpx.Auth):
             if isinstance(step, GetToken):
                 tokens = self.policy.tokens
                 assert tokens is not None
-                token = await asyncio.to_thread(tokens.get)
+                token = await get_token(tokens)
                 if self._on_token is not None:
                     await self._on_token(token.value)
                 value = token.value
             elif isinstance(step, DropToken):
                 tokens = self.policy.tokens
                 assert tokens is not None
-                await asyncio.to_thread(tokens.invalidate, step.value)
+                await invalidate_token(tokens, step.value)
                 value = None
             else:
                 response = yield _request_for(request, step)

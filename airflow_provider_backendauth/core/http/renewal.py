@@ -1,0 +1,57 @@
+"""Token renewal for event loops: on an executor of the connection's own, never the loop's.
+
+The token exchange is synchronous (requests, a signed assertion) and must not run on the
+event loop. ``asyncio.to_thread`` would put it on the loop's default executor, which in a
+triggerer every deferred task of every provider shares (``min(32, cores + 4)`` threads). A
+slow token endpoint then held them all: one trigger fetching, every other trigger of that
+connection waiting on the token cache's lock in a thread of its own, and every other
+connection's polls queued behind them (issue 21: at K=100 a healthy server's exports fell
+from 30 to 19 polls a minute; at K=10 to 0.14 of their schedule).
+
+Here each token source (one per connection configuration and process: ``TokenCache`` is
+shared) gets one thread of its own, made on first need. One is enough and bounds it: the
+cache fetches one token at a time anyway (single flight), and whoever queues behind the fetch
+finds the new token at once. A fresh cached token, the common case, is read on the loop
+without any thread. A connection whose token endpoint hangs therefore stalls only its own
+exports, for as long as its token request's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+from airflow_provider_backendauth.core.auth.tokens import AccessToken, TokenCache
+from airflow_provider_backendauth.core.http.policy import TokenSource
+
+_executors: weakref.WeakKeyDictionary[TokenSource, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
+_executors_lock = threading.Lock()
+
+
+def executor_for(tokens: TokenSource) -> ThreadPoolExecutor:
+    """The one-thread executor of this token source (made on first use, kept while the
+    source lives)."""
+    with _executors_lock:
+        executor = _executors.get(tokens)
+        if executor is None:
+            executor = ThreadPoolExecutor(1, thread_name_prefix="backendauth-token-renewal")
+            _executors[tokens] = executor
+        return executor
+
+
+async def get_token(tokens: TokenSource) -> AccessToken:
+    """A valid token: the cached one if fresh (no thread), else from the source's own
+    thread."""
+    if isinstance(tokens, TokenCache):
+        fresh = tokens.fresh()
+        if fresh is not None:
+            return fresh
+    return await asyncio.get_running_loop().run_in_executor(executor_for(tokens), tokens.get)
+
+
+async def invalidate_token(tokens: TokenSource, value: str | None) -> None:
+    """``tokens.invalidate(value)`` on the source's own thread: it takes the cache's lock,
+    which a renewal in progress holds."""
+    await asyncio.get_running_loop().run_in_executor(executor_for(tokens), tokens.invalidate, value)
