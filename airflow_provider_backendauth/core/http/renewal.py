@@ -23,8 +23,7 @@ import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
-from airflow_provider_backendauth.core.auth.tokens import AccessToken, TokenCache
-from airflow_provider_backendauth.core.http.policy import TokenSource
+from airflow_provider_backendauth.core.http.policy import Token, TokenSource
 
 _executors: weakref.WeakKeyDictionary[TokenSource, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
 _executors_lock = threading.Lock()
@@ -41,13 +40,14 @@ def executor_for(tokens: TokenSource) -> ThreadPoolExecutor:
         return executor
 
 
-async def get_token(tokens: TokenSource) -> AccessToken:
-    """A valid token: the cached one if fresh (no thread), else from the source's own
-    thread."""
-    if isinstance(tokens, TokenCache):
-        fresh = tokens.fresh()
-        if fresh is not None:
-            return fresh
+async def get_token(tokens: TokenSource) -> Token:
+    """A valid token: the cached one if the source can say it is fresh without waiting
+    (``TokenCache.fresh``), else one from the source's own thread."""
+    fresh = getattr(tokens, "fresh", None)
+    if fresh is not None:
+        token: Token | None = fresh()
+        if token is not None:
+            return token
     return await asyncio.get_running_loop().run_in_executor(executor_for(tokens), tokens.get)
 
 
