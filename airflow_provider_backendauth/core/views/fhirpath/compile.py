@@ -38,6 +38,7 @@ from airflow_provider_backendauth.core.views.fhirpath.runtime import (
     Env,
     FhirPathEvalError,
     Fn,
+    choice_value,
     identity,
     is_type,
     member,
@@ -70,6 +71,59 @@ def _members(source: Fn | None, names: tuple[str, ...]) -> Fn:
         return items
 
     return chain
+
+
+def _first_found(items: list[Any] | tuple[Any, ...], names: tuple[str, ...], depth: int) -> Any:
+    """The first item of ``items.names...`` in document order (depth first), or None."""
+    name, last = names[depth], depth == len(names) - 1
+    for item in items:
+        if item.__class__ is not dict:
+            continue
+        value = item.get(name)
+        if value is None:
+            value = choice_value(item, name)
+            if value is None:
+                continue
+        children = value if value.__class__ is list else (value,)
+        if last:
+            for child in children:
+                if child is not None:
+                    return child
+        else:
+            found = _first_found(children, names, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _first_member(source: Fn | None, names: tuple[str, ...]) -> Fn:
+    """``a.b.c.first()`` without building ``a.b.c``: stops at the first value found."""
+
+    def run(focus: list[Any], env: Env) -> list[Any]:
+        found = _first_found(focus if source is None else source(focus, env), names, 0)
+        return [] if found is None else [found]
+
+    return run
+
+
+def _coalesce(operands: list[Fn]) -> Fn:
+    """``(a | b | c).first()``: a union keeps its left operand's items first, so its first
+    item is the first of the first operand that has one; the others are not evaluated."""
+
+    def run(focus: list[Any], env: Env) -> list[Any]:
+        for operand in operands:
+            found = operand(focus, env)
+            if found:
+                return found
+        return []
+
+    return run
+
+
+def _union_operands(node: Node) -> list[Node]:
+    if isinstance(node, Binary) and node.op == "|":
+        return _union_operands(node.left) + _union_operands(node.right)
+    return [node]
 
 
 def _typed_member(source: Fn, name: str, type_name: str) -> Fn:
@@ -155,7 +209,32 @@ class _Compiler:
         chain = tuple(names)
         return Compiled(_members(source, chain), None, chain if source is None else None)
 
+    def _first(self, node: Call) -> Compiled | None:
+        """``first()`` over a member chain or a union, without building the collection."""
+        target = node.target
+        if isinstance(target, Binary) and target.op == "|":
+            operands = [self.compile(Call(o, "first", ())) for o in _union_operands(target)]
+            types = {o.type for o in operands}
+            return Compiled(
+                _coalesce([o.fn for o in operands]), types.pop() if len(types) == 1 else None
+            )
+        if not isinstance(target, Member):
+            return None
+        names: list[str] = []
+        root: Node | None = target
+        while isinstance(root, Member):
+            names.append(root.name)
+            root = root.target
+        if root is None and names[-1][:1].isupper():
+            return None  # Patient.name.first(): keep the type test
+        source = self.compile(root).fn if root is not None else None
+        return Compiled(_first_member(source, tuple(reversed(names))), None)
+
     def _call(self, node: Call) -> Compiled:
+        if node.name == "first" and not node.args:
+            fast = self._first(node)
+            if fast is not None:
+                return fast
         if node.name == "ofType" and isinstance(node.target, Member) and len(node.args) == 1:
             type_name = type_argument(node.args[0], "ofType")
             target = node.target

@@ -222,3 +222,26 @@ def test_boundaries(path: str, low: Any, high: Any) -> None:
 )
 def test_dates_and_times_compare_as_fhirpath_says(path: str, expected: list[Any]) -> None:
     assert run(path) == expected
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "code.coding.code",
+        "code.coding.display",  # nowhere: empty
+        "component.value",  # choice elements, mixed types
+        "component.value.ofType(integer)",
+        "(code.coding.display | code.coding.code)",  # a union falls through to its next operand
+        "(code.text | code.coding.code | status)",
+        "(status | code.coding.code)",
+        "value.ofType(Quantity).unit",
+        "extension.value",
+        "Observation.code.coding.code",
+        "%resource.code.coding.system",
+    ],
+)
+def test_first_takes_the_short_way_to_the_same_answer(path: str) -> None:
+    # first() over member chains and unions stops at the first value; take(1) builds the
+    # whole collection: they must agree.
+    assert run(f"{path}.first()") == run(f"{path}.take(1)")
+    assert run(f"{path}.first()") == run(path)[:1]
