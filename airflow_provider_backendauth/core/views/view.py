@@ -382,7 +382,12 @@ class CompiledView:
 
 def compile_view(view: Any) -> CompiledView:
     """Validate ``view`` and compile its paths once; raises ``ViewDefinitionError``."""
-    return CompiledView(view)
+    try:
+        return CompiledView(view)
+    except RecursionError:  # the parser and the select tree recurse: refuse, don't crash
+        raise ViewDefinitionError(
+            "the view is nested too deeply (its selects or a path's parentheses)"
+        ) from None
 
 
 def run_view(view: Any, resources: Iterable[Any]) -> Iterator[dict[str, Any]]:

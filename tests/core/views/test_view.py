@@ -264,3 +264,14 @@ def test_impossible_dates_have_no_boundary() -> None:
         {"column": [col("low", "birthDate.lowBoundary()"), col("high", "birthDate.highBoundary()")]}
     )
     assert list(run_view(bounds, [patient])) == [{"low": None, "high": None}]
+
+
+def test_a_view_nested_beyond_reason_is_refused_not_a_traceback() -> None:
+    deep_path = "(" * 5000 + "id" + ")" * 5000
+    with pytest.raises(ViewDefinitionError, match="nested too deeply"):
+        compile_view(view({"column": [col("id", deep_path)]}))
+    deep_select: dict[str, Any] = {"column": [col("id", "id")]}
+    for _ in range(5000):
+        deep_select = {"select": [deep_select]}
+    with pytest.raises(ViewDefinitionError, match="nested too deeply"):
+        compile_view(view(deep_select))
