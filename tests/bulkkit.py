@@ -20,6 +20,7 @@ from airflow_provider_backendauth.core.auth.settings import ClientSettings
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader
 from airflow_provider_backendauth.core.bulk.job import BulkExportJob, bulk_http_for
+from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.bulk.state import BulkStateStore
 from airflow_provider_backendauth.core.retry import RetryPolicy
 from backendauth_sandbox import Sandbox, SandboxSettings
@@ -28,6 +29,13 @@ from backendauth_sandbox.testing import ClientKey
 CONN_ID = "fhir_bulk"
 JOB_SECONDS = 0.3
 FAST_POLL = {"poll_interval_min": 0.05, "poll_interval_max": 0.2}
+
+
+def fast_poll(**overrides: Any) -> PollSettings:
+    """``PollSettings`` that poll the sandbox quickly (``FAST_POLL``), with ``overrides``."""
+    return PollSettings(**{**FAST_POLL, **overrides})
+
+
 SANDBOX_DEFAULTS = {**SandboxSettings().as_dict(), "bulk_job_seconds": JOB_SECONDS}
 
 
@@ -84,7 +92,7 @@ class BulkEnv:
         destination = destination or self.tmp / "out"
         http = bulk_http_for(self.auth_client(**(auth_extra or {})))
         client = BulkExportClient(
-            http, self.sb.fhir_base, **{**FAST_POLL, **(client_options or {})}
+            http, self.sb.fhir_base, poll_settings=fast_poll(**(client_options or {}))
         )
         downloader = BulkDownloader(
             http,

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth._compat import conf
+from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.errors import ConfigurationError
 from airflow_provider_backendauth.operators._common import (
     as_task_failure,
@@ -48,6 +49,8 @@ from airflow_provider_backendauth.operators._bulk_base import (
     _fails_for_good,
     _seconds,
 )
+
+_POLL = PollSettings()  # the defaults, shown in the signature
 
 
 class FhirBulkExportOperator(_BulkBase):
@@ -109,7 +112,9 @@ class FhirBulkExportOperator(_BulkBase):
             the server sends no ``Retry-After``, and the longest wait. A ``Retry-After``
             (seconds or HTTP-date) is honoured down to 1 s and up to ``poll_interval_max``.
         max_wait: give up when the export has not completed this long after the kick-off
-            (default: 7 days, ``DEFAULT_MAX_WAIT``; polling is always bounded).
+            (default: 7 days; polling is always bounded).
+            These five are validated together as ``PollSettings`` (bounds in
+            ``core/bulk/poll_settings.py``); absurd values fail when the DAG is parsed.
         kickoff_busy_budget: seconds to keep retrying a kick-off answered 429 (another
             export running) before failing.
         max_transient_errors: consecutive 5xx/transient errors tolerated while polling.
@@ -164,11 +169,11 @@ class FhirBulkExportOperator(_BulkBase):
         tolerate_errors: bool = False,
         cleanup: bool = True,
         cancel_on_failure: bool = True,
-        poll_interval_min: float = 2.0,
-        poll_interval_max: float = 3600.0,
+        poll_interval_min: float = _POLL.poll_interval_min,
+        poll_interval_max: float = _POLL.poll_interval_max,
         max_wait: timedelta | float | None = None,
-        kickoff_busy_budget: float = 300.0,
-        max_transient_errors: int = 10,
+        kickoff_busy_budget: float = _POLL.kickoff_busy_budget,
+        max_transient_errors: int = _POLL.max_transient_errors,
         chunk_size: int = 1 << 20,
         max_file_bytes: int = 64 * 1024**3,
         max_compression_ratio: float = 200.0,
@@ -185,8 +190,13 @@ class FhirBulkExportOperator(_BulkBase):
             raise ConfigurationError(f"level must be 'system', 'patient' or 'group', not {level!r}")
         if parallel_downloads < 1:
             raise ConfigurationError("parallel_downloads must be >= 1")
-        if poll_interval_min <= 0 or poll_interval_max < poll_interval_min:
-            raise ConfigurationError("need 0 < poll_interval_min <= poll_interval_max")
+        self.poll_settings = PollSettings(
+            poll_interval_min=poll_interval_min,
+            poll_interval_max=poll_interval_max,
+            max_wait=_seconds(max_wait),
+            kickoff_busy_budget=kickoff_busy_budget,
+            max_transient_errors=max_transient_errors,
+        )
         self.level = level
         self.group_id = group_id
         self.types = types
@@ -208,11 +218,6 @@ class FhirBulkExportOperator(_BulkBase):
         self.tolerate_errors = tolerate_errors
         self.cleanup = cleanup
         self.cancel_on_failure = cancel_on_failure
-        self.poll_interval_min = poll_interval_min
-        self.poll_interval_max = poll_interval_max
-        self.max_wait = _seconds(max_wait)
-        self.kickoff_busy_budget = kickoff_busy_budget
-        self.max_transient_errors = max_transient_errors
         self.chunk_size = chunk_size
         self.max_file_bytes = max_file_bytes
         self.max_compression_ratio = max_compression_ratio
@@ -227,12 +232,7 @@ class FhirBulkExportOperator(_BulkBase):
 
         return self._build_job(
             self._job_key(context, self.task_id),
-            client_options={
-                "poll_interval_min": self.poll_interval_min,
-                "poll_interval_max": self.poll_interval_max,
-                "kickoff_busy_budget": self.kickoff_busy_budget,
-                "max_transient_errors": self.max_transient_errors,
-            },
+            client_options={"poll_settings": self.poll_settings},
             downloader_options={
                 "parallel": self.parallel_downloads,
                 "retry": RetryPolicy(
@@ -288,14 +288,12 @@ class FhirBulkExportOperator(_BulkBase):
         )
 
     def _deadline(self, job: BulkExportJob) -> float | None:
-        """``max_wait`` after the kick-off (``DEFAULT_MAX_WAIT`` when unset): every try and
-        the trigger count from the same moment, so retries never extend the wait."""
-        from airflow_provider_backendauth.core.bulk.poller import DEFAULT_MAX_WAIT
-
+        """``max_wait`` after the kick-off (7 days when unset): every try and the trigger
+        count from the same moment, so retries never extend the wait."""
         if job.record is None:
             return None
         started = datetime.fromisoformat(job.record.kicked_off_at).timestamp()
-        return started + (DEFAULT_MAX_WAIT if self.max_wait is None else self.max_wait)
+        return self.poll_settings.deadline_after(started)
 
     # -- execution -------------------------------------------------------------------
 
@@ -336,10 +334,8 @@ class FhirBulkExportOperator(_BulkBase):
             trigger=BulkExportTrigger(
                 self.backendauth_conn_id,
                 job.status_url,
-                poll_interval_min=self.poll_interval_min,
-                poll_interval_max=self.poll_interval_max,
+                poll_settings=self.poll_settings,
                 deadline=self._deadline(job),
-                max_transient_errors=self.max_transient_errors,
                 cancel_on_kill=self.cancel_on_failure,
             ),
             method_name="execute_complete",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import httpx
 
     from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+    from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
     from airflow_provider_backendauth.core.bulk.protocol import StatusResult
 
 # Airflow 3.3 added BaseTrigger.on_kill and calls it when a user acts on the deferred task;
@@ -66,11 +67,9 @@ class BulkExportTrigger(BaseTrigger):
     Args:
         backendauth_conn_id: the ``backendauth`` connection (tokens, TLS settings, origins).
         status_url: from the kick-off's ``Content-Location``.
-        poll_interval_min: first wait between polls without a ``Retry-After`` (a
-            ``Retry-After`` is honoured down to 1 s: ``poller.RETRY_AFTER_FLOOR``).
-        poll_interval_max: longest wait between polls (caps ``Retry-After``).
+        poll_settings: the operator's ``PollSettings`` (or their ``as_dict()``, as
+            serialised); their defaults when None.
         deadline: a ``time.time()`` after which to stop waiting (event ``timeout``).
-        max_transient_errors: consecutive 5xx/``transient``/network errors tolerated.
         cancel_on_kill: ``DELETE`` the status URL when a user kills the deferred task.
         inline_manifest_bytes: largest manifest (JSON bytes) sent in the event.
     """
@@ -80,20 +79,26 @@ class BulkExportTrigger(BaseTrigger):
         backendauth_conn_id: str,
         status_url: str,
         *,
-        poll_interval_min: float = 2.0,
-        poll_interval_max: float = 3600.0,
+        poll_settings: PollSettings | Mapping[str, Any] | None = None,
         deadline: float | None = None,
-        max_transient_errors: int = 10,
         cancel_on_kill: bool = True,
         inline_manifest_bytes: int = 64 * 1024,
+        **older: Any,
     ) -> None:
+        from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
+
         super().__init__()
         self.backendauth_conn_id = backendauth_conn_id
         self.status_url = status_url
-        self.poll_interval_min = float(poll_interval_min)
-        self.poll_interval_max = float(poll_interval_max)
+        poll = poll_settings
+        if poll is None or isinstance(poll, Mapping):
+            # ``older``: the separate poll_interval_min/max and max_transient_errors a
+            # trigger serialised by an earlier version of this provider still carries.
+            poll = PollSettings.from_dict({**(poll or {}), **older})
+        elif older:
+            raise TypeError(f"unexpected arguments: {', '.join(sorted(older))}")
+        self.poll_settings = poll
         self.deadline = deadline
-        self.max_transient_errors = int(max_transient_errors)
         self.cancel_on_kill = cancel_on_kill
         self.inline_manifest_bytes = int(inline_manifest_bytes)
         self._client: BackendAuthClient | None = None
@@ -105,10 +110,8 @@ class BulkExportTrigger(BaseTrigger):
             {
                 "backendauth_conn_id": self.backendauth_conn_id,
                 "status_url": self.status_url,
-                "poll_interval_min": self.poll_interval_min,
-                "poll_interval_max": self.poll_interval_max,
+                "poll_settings": self.poll_settings.as_dict(),
                 "deadline": self.deadline,
-                "max_transient_errors": self.max_transient_errors,
                 "cancel_on_kill": self.cancel_on_kill,
                 "inline_manifest_bytes": self.inline_manifest_bytes,
             },
@@ -159,9 +162,7 @@ class BulkExportTrigger(BaseTrigger):
         client = await self._auth_client()
         poller = StatusPoller(
             self.status_url,
-            poll_interval_min=self.poll_interval_min,
-            poll_interval_max=self.poll_interval_max,
-            max_transient_errors=self.max_transient_errors,
+            self.poll_settings,
             deadline=self.deadline,
             shown_url=display_url(self.status_url),
         )

@@ -15,7 +15,7 @@ from airflow_provider_backendauth.core.bulk.poller import JITTER
 from airflow_provider_backendauth.core.bulk.protocol import Failed
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.errors import BulkExportError
-from tests.bulkkit import FAST_POLL, BulkEnv
+from tests.bulkkit import BulkEnv, fast_poll
 
 pytest_plugins = ("tests.bulk_fixtures",)
 
@@ -24,7 +24,9 @@ ALL_TYPES = {"Patient", "Observation", "Condition", "Encounter"}
 
 def client(bulk_env: BulkEnv, **options: Any) -> BulkExportClient:
     return BulkExportClient(
-        bulk_http_for(bulk_env.auth_client()), bulk_env.sb.fhir_base, **{**FAST_POLL, **options}
+        bulk_http_for(bulk_env.auth_client()),
+        bulk_env.sb.fhir_base,
+        poll_settings=fast_poll(**options),
     )
 
 

@@ -4,11 +4,12 @@ No network and no real time: each rule is checked exactly."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
+from airflow_provider_backendauth.core.bulk.poll_settings import DEFAULT_MAX_WAIT, PollSettings
 from airflow_provider_backendauth.core.bulk.poller import (
-    DEFAULT_MAX_WAIT,
     JITTER,
     RETRY_AFTER_FLOOR,
     Done,
@@ -31,11 +32,11 @@ URL = "https://fhir.example/status/1"
 T0 = 1_800_000_000.0
 
 
-def poller(random: float = 0.0, **options: float) -> StatusPoller:
-    """A poller whose jitter draws ``random`` every time (0: no jitter, exact waits)."""
-    settings = {"poll_interval_min": 1.0, "poll_interval_max": 60.0, "deadline": T0 + 10_000}
-    settings.update(options)
-    return StatusPoller(URL, **settings, random=lambda: random)  # type: ignore[arg-type]
+def poller(random: float = 0.0, deadline: float = T0 + 10_000, **options: Any) -> StatusPoller:
+    """A poller whose jitter draws ``random`` every time (0: no jitter, exact waits);
+    ``options`` are ``PollSettings`` fields."""
+    settings = PollSettings(**{"poll_interval_min": 1.0, "poll_interval_max": 60.0, **options})
+    return StatusPoller(URL, settings, deadline=deadline, random=lambda: random)
 
 
 def run(p: StatusPoller, answers: list[StatusResult]) -> list[Sleep | Done | Fail]:
@@ -163,7 +164,7 @@ def test_the_last_poll_happens_at_the_deadline() -> None:
 
 
 def test_polling_is_bounded_without_a_deadline() -> None:
-    p = StatusPoller(URL, poll_interval_min=1, poll_interval_max=3600, random=lambda: 0.0)
+    p = StatusPoller(URL, PollSettings(poll_interval_min=1), random=lambda: 0.0)
     assert isinstance(p.start(T0), Poll)
     assert p.deadline == T0 + DEFAULT_MAX_WAIT
     # A server flapping 500/202 forever (never transient twice in a row) still ends.

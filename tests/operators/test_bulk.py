@@ -141,7 +141,7 @@ def test_deferrable_run(bulk_env: BulkEnv) -> None:
     assert kwargs["status_url"] == record.status_url  # persisted before deferring
     assert kwargs["backendauth_conn_id"] == CONN_ID
     assert kwargs["deadline"] == pytest.approx(time.time() + 600, abs=30)
-    assert kwargs["poll_interval_min"] == FAST_POLL["poll_interval_min"]
+    assert kwargs["poll_settings"]["poll_interval_min"] == FAST_POLL["poll_interval_min"]
 
     event = drive(deferred)
     # A fresh operator object resumes, as in a new worker process.
@@ -473,3 +473,14 @@ def test_download_operator_rejects_foreign_input(bulk_env: BulkEnv) -> None:
     mapped_run(bulk_env, out)
     with fails_for_good(ConfigurationError, "is not a file of the export"):
         download_op(out, file={"job": "j", "name": "Nope.000.ndjson"}).execute(task_context())
+
+
+@pytest.mark.parametrize(
+    "absurd",
+    [{"poll_interval_max": 1e9}, {"max_wait": 1e12}, {"max_transient_errors": 10**9}],
+)
+def test_absurd_poll_settings_fail_when_the_dag_is_parsed(tmp_path: Path, absurd: Any) -> None:
+    from airflow_provider_backendauth.core.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        export_op(tmp_path, **absurd)

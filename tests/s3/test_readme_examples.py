@@ -15,7 +15,7 @@ import pendulum
 import pytest
 
 from airflow_provider_backendauth._compat import TaskDeferred
-from tests.bulkkit import BulkEnv, task_context
+from tests.bulkkit import BulkEnv, fast_poll, task_context
 from tests.conftest import REPO
 from tests.support.s3 import S3Server
 
@@ -87,7 +87,7 @@ def test_readme_bulk_export_example(readme_world: tuple[BulkEnv, S3Server]) -> N
     ctx = context("2024-06-01")
     op = dag.get_task("export")
     op.render_template_fields(ctx)
-    op.poll_interval_min, op.poll_interval_max = 0.05, 0.2  # the sandbox is fast
+    op.poll_settings = fast_poll()  # the sandbox is fast
     with pytest.raises(TaskDeferred) as info:
         op.execute(ctx)
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 
+from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.errors import BackendAuthError
 from backendauth_sandbox.testing import ClientKey
 from tests.security.drip import DripServer
@@ -160,9 +161,9 @@ def test_the_triggers_status_poll(conn: Callable[..., str], drip: DripServer) ->
     trigger = BulkExportTrigger(
         conn(),
         f"{drip.url}/fhir/status/1",
-        poll_interval_min=0.1,
-        poll_interval_max=0.1,
-        max_transient_errors=0,
+        poll_settings=PollSettings(
+            poll_interval_min=0.1, poll_interval_max=0.1, max_transient_errors=0
+        ),
         cancel_on_kill=False,
     )
 

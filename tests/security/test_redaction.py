@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.errors import BackendAuthError, FhirError
 from airflow_provider_backendauth.core.redact import redact, remember_secret
 from tests.security.hostile import HostileServer, Reply, Seen
@@ -64,7 +65,9 @@ def test_trigger_failure_event(good, connect, capfd) -> None:
     from airflow_provider_backendauth.triggers.bulk import BulkExportTrigger
 
     good.routes["/status"] = quoting_outcome(400)
-    trigger = BulkExportTrigger(connect(), f"{good.url}/status", poll_interval_min=0.05)
+    trigger = BulkExportTrigger(
+        connect(), f"{good.url}/status", poll_settings=PollSettings(poll_interval_min=0.05)
+    )
 
     async def first() -> dict[str, Any]:
         async for event in trigger.run():

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.errors import BackendAuthError, UnsafeURLError
 from tests.security.hostile import HostileServer, Reply, bundle, ndjson, twisted_url
 
@@ -107,7 +108,9 @@ def test_status_redirect_in_the_triggerer(good, other, connect) -> None:
     from airflow_provider_backendauth.triggers.bulk import BulkExportTrigger
 
     good.routes["/status"] = Reply(302, {"Location": twisted_url(other, good, "/status")})
-    trigger = BulkExportTrigger(connect(), f"{good.url}/status", poll_interval_min=0.05)
+    trigger = BulkExportTrigger(
+        connect(), f"{good.url}/status", poll_settings=PollSettings(poll_interval_min=0.05)
+    )
 
     async def first() -> dict[str, Any]:
         async for event in trigger.run():

@@ -4,6 +4,7 @@ against the sandbox (faults, token expiry, timeouts, on_kill, a never-blocked lo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import importlib
 import json
@@ -19,10 +20,11 @@ from airflow_provider_backendauth.core.auth.client import BackendAuthClient
 from airflow_provider_backendauth.core.auth.settings import ClientSettings
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
 from airflow_provider_backendauth.core.bulk.job import bulk_http_for
+from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.triggers.bulk import TRIGGERER_CALLS_ON_KILL, BulkExportTrigger
 from backendauth_sandbox import Sandbox
-from tests.bulkkit import CONN_ID, FAST_POLL, BulkEnv, assert_no_token_in
+from tests.bulkkit import CONN_ID, BulkEnv, assert_no_token_in, fast_poll
 
 pytest_plugins = ("tests.bulk_fixtures",)
 
@@ -35,8 +37,13 @@ def kickoff(bulk_env: BulkEnv, **request: Any) -> str:
     return client.kickoff(BulkExportRequest.create(request.pop("level", "system"), **request))
 
 
+POLL_FIELDS = {f.name for f in dataclasses.fields(PollSettings)}
+
+
 def trigger(status_url: str, **options: Any) -> BulkExportTrigger:
-    return BulkExportTrigger(CONN_ID, status_url, **{**FAST_POLL, **options})
+    """A trigger polling fast; ``options`` may mix ``PollSettings`` fields and arguments."""
+    poll = {name: options.pop(name) for name in list(options) if name in POLL_FIELDS}
+    return BulkExportTrigger(CONN_ID, status_url, poll_settings=fast_poll(**poll), **options)
 
 
 async def first_event(t: BulkExportTrigger, timeout: float = 20) -> dict[str, Any]:
@@ -56,10 +63,10 @@ def test_serialize_round_trip() -> None:
     original = BulkExportTrigger(
         "conn",
         "https://fhir.example/status/1",
-        poll_interval_min=1.5,
-        poll_interval_max=600,
+        poll_settings=PollSettings(
+            poll_interval_min=1.5, poll_interval_max=600, max_transient_errors=3
+        ),
         deadline=1_900_000_000.0,
-        max_transient_errors=3,
         cancel_on_kill=False,
         inline_manifest_bytes=1000,
     )
@@ -332,7 +339,7 @@ def test_a_held_token_endpoint_never_delays_another_connections_exports(
                 # default executor: the first on the fetch, the others on the cache's lock).
                 while a.stats["responses_held"] < 1:
                     await asyncio.sleep(0.01)
-                b_trigger = BulkExportTrigger("fhir_bulk_b", b_url, **FAST_POLL)
+                b_trigger = BulkExportTrigger("fhir_bulk_b", b_url, poll_settings=fast_poll())
                 return await first_event(b_trigger, timeout=60)
             finally:
                 a.faults.release(held)
@@ -423,3 +430,18 @@ def test_missing_connection_is_an_error_event(bulk_env: BulkEnv) -> None:
     payload = run_trigger(BulkExportTrigger("no_such_conn", f"{bulk_env.sb.fhir_base}/x"))
     assert payload["status"] == "error"
     assert "no_such_conn" in payload["message"]
+
+
+def test_a_trigger_serialised_by_an_earlier_version_still_builds() -> None:
+    # Before PollSettings the trigger stored each poll value as its own argument.
+    older = BulkExportTrigger(
+        "conn",
+        "https://fhir.example/status/1",
+        poll_interval_min=1.5,
+        poll_interval_max=600,
+        max_transient_errors=3,
+        deadline=1_900_000_000.0,
+    )
+    assert older.poll_settings == PollSettings(
+        poll_interval_min=1.5, poll_interval_max=600, max_transient_errors=3
+    )

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import requests
 
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
+from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.bulk.poller import (
     Action,
     Done,
@@ -56,13 +57,10 @@ class BulkExportClient:
     Args:
         http: the authenticated HTTP helper.
         base_url: the FHIR base URL.
-        poll_interval_min: first wait between status polls without a ``Retry-After`` (a
-            status ``Retry-After`` is honoured down to 1 s; a kick-off's is floored here).
-        poll_interval_max: longest wait between polls (also caps ``Retry-After``).
-        kickoff_busy_budget: seconds to keep retrying a kick-off answered 429 (the server
-            runs another export of this client) before failing.
-        max_transient_errors: consecutive transient failures (5xx, ``transient``
-            OperationOutcomes, network errors) tolerated while polling or kicking off.
+        poll_settings: intervals, the kick-off's busy budget and the errors tolerated while
+            polling or kicking off (``PollSettings``; its defaults when None). A status
+            ``Retry-After`` is honoured down to 1 s; a kick-off's is floored at
+            ``poll_interval_min``.
         stop: set it to make waits end early (``on_kill``).
         clock: a monotonic clock (tests).
     """
@@ -72,19 +70,13 @@ class BulkExportClient:
         http: AuthorizedSessions,
         base_url: str,
         *,
-        poll_interval_min: float = 2.0,
-        poll_interval_max: float = 3600.0,
-        kickoff_busy_budget: float = 300.0,
-        max_transient_errors: int = 10,
+        poll_settings: PollSettings | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
-        self.poll_interval_min = poll_interval_min
-        self.poll_interval_max = poll_interval_max
-        self.kickoff_busy_budget = kickoff_busy_budget
-        self.max_transient_errors = max_transient_errors
+        self.poll_settings = poll_settings or PollSettings()
         self.stop = stop or threading.Event()
         self._clock = clock
 
@@ -124,7 +116,7 @@ class BulkExportClient:
                 delay = self._busy_wait(result, url, busy, started, delay)
             else:
                 transient += 1
-                if transient > self.max_transient_errors:
+                if transient > self.poll_settings.max_transient_errors:
                     raise BulkExportError(
                         f"The $export kick-off at {display_url(url)} kept failing "
                         f"({result.diagnostics}); gave up after {transient} attempts.",
@@ -135,8 +127,8 @@ class BulkExportClient:
                 delay = poll_delay(
                     result.retry_after,
                     previous=delay,
-                    minimum=self.poll_interval_min,
-                    maximum=self.poll_interval_max,
+                    minimum=self.poll_settings.poll_interval_min,
+                    maximum=self.poll_settings.poll_interval_max,
                 )
                 log.warning(
                     "Kick-off failed transiently (%s); retrying in %s",
@@ -151,8 +143,9 @@ class BulkExportClient:
         """How long to wait after a 429 on kick-off: the server's Retry-After (else a
         doubling backoff) within what is left of ``kickoff_busy_budget``; fails when the
         budget is spent."""
+        settings = self.poll_settings
         waited = self._clock() - started
-        left = self.kickoff_busy_budget - waited
+        left = settings.kickoff_busy_budget - waited
         asked = (
             f"its last Retry-After asked for {describe_seconds(result.retry_after)} more"
             if result.retry_after is not None
@@ -163,17 +156,17 @@ class BulkExportClient:
                 f"The server kept answering the $export kick-off at {display_url(url)} with 429 "
                 f"(busy: {result.diagnostics or 'no details'}) {busy} times over "
                 f"{describe_seconds(waited)}, the whole kickoff_busy_budget="
-                f"{describe_seconds(self.kickoff_busy_budget)}; {asked}. Another export by this "
-                "client may be running; cancel it or raise the budget.",
+                f"{describe_seconds(settings.kickoff_busy_budget)}; {asked}. Another export by "
+                "this client may be running; cancel it or raise the budget.",
                 status_code=429,
                 diagnostics=result.diagnostics,
                 retryable=True,
             )
         if result.retry_after is not None:
-            delay, why = max(result.retry_after, self.poll_interval_min), "Retry-After"
+            delay, why = max(result.retry_after, settings.poll_interval_min), "Retry-After"
         else:
-            base = previous if previous is not None else self.poll_interval_min / 2
-            delay = min(max(self.poll_interval_min, base * 2), self.poll_interval_max)
+            base = previous if previous is not None else settings.poll_interval_min / 2
+            delay = min(max(settings.poll_interval_min, base * 2), settings.poll_interval_max)
             why = "backoff"
         wait = min(delay, left)
         log.info(
@@ -219,9 +212,7 @@ class BulkExportClient:
         """The sans-IO poller for ``status_url`` with this client's settings."""
         return StatusPoller(
             status_url,
-            poll_interval_min=self.poll_interval_min,
-            poll_interval_max=self.poll_interval_max,
-            max_transient_errors=self.max_transient_errors,
+            self.poll_settings,
             deadline=deadline,
             shown_url=display_url(status_url),
         )
@@ -254,7 +245,7 @@ class BulkExportClient:
 
         Args:
             status_url: from the kick-off.
-            deadline: a ``time.time()`` after which to give up (None: ``DEFAULT_MAX_WAIT``).
+            deadline: a ``time.time()`` after which to give up (None: ``poll.max_wait``).
         """
         done = self.wait_json(status_url, deadline=deadline)
         return BulkManifest.from_json(done.manifest, expires=done.expires)

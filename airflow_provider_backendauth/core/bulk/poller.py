@@ -29,7 +29,7 @@ Waiting rules (``docs/bulk-export.md``, "Waiting"):
   before"). Hundreds of exports deferred together would otherwise poll in lockstep, every
   one in the same instant, for their whole wait. Tests pass their own ``random`` source to
   make the waits exact.
-- Every wait ends by the deadline (``max_wait`` after the kick-off, ``DEFAULT_MAX_WAIT``
+- Every wait ends by the deadline (``max_wait`` after the kick-off, ``PollSettings``: 7 days
   when unset): the last poll happens at the deadline, and a server asking to wait beyond
   it fails at once, saying so.
 
@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.bulk.protocol import (
     Complete,
     Failed,
@@ -52,9 +53,6 @@ from airflow_provider_backendauth.core.bulk.protocol import (
     StatusResult,
 )
 
-# Polling is bounded even when max_wait is not set: a week covers the multi-day exports
-# real servers run (Epic), and a server that flaps or never finishes ends the task.
-DEFAULT_MAX_WAIT = 7 * 86_400.0
 GROWTH = 1.5  # 202 without Retry-After
 THROTTLE_GROWTH = 2.0  # 429 or errors without a usable Retry-After
 # The shortest wait a server's Retry-After can ask for: a zero or sub-second value (seen from
@@ -128,12 +126,10 @@ class StatusPoller:
 
     Args:
         status_url: the URL to poll (a status URL, or a manifest page's ``next`` link).
-        poll_interval_min: the first and shortest wait when the server sends no
-            ``Retry-After``. A ``Retry-After`` is honoured down to ``RETRY_AFTER_FLOOR``, or
-            down to this when it is lower (tests, a server known to answer fast).
-        poll_interval_max: the longest wait (also caps a 202's ``Retry-After``).
-        max_transient_errors: consecutive transient failures tolerated.
-        deadline: a ``time.time()`` to give up at; None: ``DEFAULT_MAX_WAIT`` after the
+        poll: intervals and error counts (``PollSettings``; its defaults when None). A
+            ``Retry-After`` is honoured down to ``RETRY_AFTER_FLOOR``, or down to
+            ``poll_interval_min`` when that is lower (tests, a server known to answer fast).
+        deadline: a ``time.time()`` to give up at; None: ``poll.max_wait`` after the
             first ``start``.
         what: how messages name the thing polled.
         random: a source of floats in [0, 1) for the jitter (tests pass a fixed one).
@@ -142,20 +138,19 @@ class StatusPoller:
     def __init__(
         self,
         status_url: str,
+        poll: PollSettings | None = None,
         *,
-        poll_interval_min: float = 2.0,
-        poll_interval_max: float = 3600.0,
-        max_transient_errors: int = 10,
         deadline: float | None = None,
         shown_url: str | None = None,
         what: str = "the export",
         random: Callable[[], float] = _random.random,
     ) -> None:
+        poll = self._settings = poll or PollSettings()
         self.status_url = status_url
-        self.minimum = max(0.0, float(poll_interval_min))
-        self.maximum = max(float(poll_interval_max), self.minimum)
+        self.minimum = poll.poll_interval_min
+        self.maximum = poll.poll_interval_max
         self.floor = min(self.minimum, RETRY_AFTER_FLOOR)  # the least a Retry-After gets
-        self.max_transient_errors = int(max_transient_errors)
+        self.max_transient_errors = poll.max_transient_errors
         self.deadline = deadline
         self.shown = shown_url or status_url
         self.what = what
@@ -172,7 +167,7 @@ class StatusPoller:
     def start(self, now: float) -> Poll | Fail:
         """The next step before a request: poll now, or fail when the deadline has passed."""
         if self.deadline is None:
-            self.deadline = now + DEFAULT_MAX_WAIT
+            self.deadline = self._settings.deadline_after(now)
         if self.polls and now >= self.deadline:
             return self._timeout(now, "")
         return Poll(self.status_url)
@@ -181,7 +176,7 @@ class StatusPoller:
         """The next step after an answer (``interpret_status``'s result)."""
         self.polls += 1
         if self.deadline is None:
-            self.deadline = now + DEFAULT_MAX_WAIT
+            self.deadline = self._settings.deadline_after(now)
         if isinstance(result, Complete):
             return Done(result.manifest, result.expires)
         if isinstance(result, Failed):
