@@ -52,6 +52,7 @@ from servers import MB, FileSet, Nginx, SandboxProcess, fhir_like_block, make_fi
 
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
+from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.counting import byte_counter
 from airflow_provider_backendauth.core.fhir.search import FHIR_JSON, FhirClient
@@ -366,7 +367,9 @@ def sandbox_case(sb: SandboxProcess, size_mb: float, files: int, patients: int) 
     )
     token = sb.token()
     http = AuthorizedSessions(requests.Session, StaticToken(token), [sb.url], timeout=120)
-    client = BulkExportClient(http, sb.fhir_base, poll_interval_min=0.2, poll_interval_max=1)
+    client = BulkExportClient(
+        http, sb.fhir_base, poll_settings=PollSettings(poll_interval_min=0.2, poll_interval_max=1)
+    )
     status_url = client.kickoff(BulkExportRequest.create("system"))
     manifest = client.wait(status_url)
     urls = [e.url for e in manifest.output]

@@ -56,6 +56,7 @@ from servers import MB, sandbox  # noqa: E402
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient  # noqa: E402
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader  # noqa: E402
 from airflow_provider_backendauth.core.bulk.files import plan_files  # noqa: E402
+from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings  # noqa: E402
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest  # noqa: E402
 from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions  # noqa: E402
 from airflow_provider_backendauth.core.storage import s3_parts, uploads  # noqa: E402
@@ -185,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                 requests.Session, StaticToken(sb.token()), [sb.url], timeout=120
             )
             client = BulkExportClient(
-                http, sb.fhir_base, poll_interval_min=0.2, poll_interval_max=1
+                http,
+                sb.fhir_base,
+                poll_settings=PollSettings(poll_interval_min=0.2, poll_interval_max=1),
             )
             manifest = client.wait(client.kickoff(BulkExportRequest.create("system")))
             files = plan_files(manifest)
