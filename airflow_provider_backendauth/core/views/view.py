@@ -38,6 +38,32 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _SELECT_KEYS = frozenset({"column", "select", "forEach", "forEachOrNull", "repeat", "unionAll"})
 _COLUMN_KEYS = frozenset({"name", "path", "type", "collection", "description", "tag"})
 _CONSTANT_KEY = re.compile(r"^value([A-Z][A-Za-z0-9]*)$")
+_FHIR_TYPE_URI = "http://hl7.org/fhir/StructureDefinition/"
+# The types a constant may have (ViewDefinition.constant.value[x]) and the JSON they take.
+_CONSTANT_JSON: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(
+        [
+            "base64Binary",
+            "canonical",
+            "code",
+            "date",
+            "dateTime",
+            "id",
+            "instant",
+            "oid",
+            "string",
+            "time",
+            "uri",
+            "url",
+            "uuid",
+        ],
+        (str,),
+    ),
+    **dict.fromkeys(("integer", "positiveInt", "unsignedInt"), (int,)),
+    "integer64": (int, str),
+    "decimal": (int, float, Decimal),
+    "boolean": (bool,),
+}
 
 
 @dataclass(frozen=True)
@@ -217,6 +243,13 @@ class _Builder:
                     f"{branch_where}: unionAll branches must have the same columns in the same "
                     f"order; got {names}, the first branch has {[c.name for c in union_columns]}"
                 )
+            else:
+                for first, other in zip(union_columns, branch_columns, strict=True):
+                    if first.type and other.type and first.type != other.type:
+                        raise ViewDefinitionError(
+                            f"{branch_where}: column {other.name!r} is {other.type}, but "
+                            f"{first.type} in the first branch (unionAll branches share types)"
+                        )
             union.append(compiled)
         if union_columns:
             for column in union_columns:
@@ -239,6 +272,8 @@ class _Builder:
         self.claim(where, name)
         collection = col.get("collection", False)
         declared = col.get("type")
+        if isinstance(declared, str) and declared.startswith(_FHIR_TYPE_URI):
+            declared = declared[len(_FHIR_TYPE_URI) :]  # the spec's canonical form of a type
         if not isinstance(collection, bool):
             raise ViewDefinitionError(f"{where}: 'collection' must be true or false")
         if declared is not None and (not isinstance(declared, str) or not declared):
@@ -292,6 +327,17 @@ def _constants(view: dict[str, Any]) -> tuple[dict[str, list[Any]], dict[str, st
             )
         fhir_type = keys[0].group(1)[0].lower() + keys[0].group(1)[1:]
         value = spec[keys[0].group()]
+        allowed = _CONSTANT_JSON.get(fhir_type)
+        if allowed is None:
+            raise ViewDefinitionError(
+                f"{where} {name!r}: {keys[0].group()} is not a type a constant can have "
+                f"(allowed: {', '.join(sorted(_CONSTANT_JSON))})"
+            )
+        if not isinstance(value, allowed) or (value.__class__ is bool) != (fhir_type == "boolean"):
+            raise ViewDefinitionError(
+                f"{where} {name!r}: {keys[0].group()} must be a JSON "
+                f"{'/'.join(t.__name__ for t in allowed)}"
+            )
         if isinstance(value, float):
             value = Decimal(repr(value))
         if fhir_type == "integer64" and isinstance(value, str):
@@ -311,6 +357,11 @@ class CompiledView:
         if not isinstance(resource, str) or not _NAME.match(resource):
             raise ViewDefinitionError("'resource' must name a FHIR resource type, e.g. Patient")
         self.resource: str = resource
+        name = view.get("name")
+        if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
+            raise ViewDefinitionError(
+                f"'name' must match ^[A-Za-z][A-Za-z0-9_]*$ (it names tables), got {name!r}"
+            )
         if "select" not in view:
             raise ViewDefinitionError("'select' is missing: a view needs at least one select")
         self.constants, constant_types = _constants(view)

@@ -50,7 +50,13 @@ def test_schema_without_data() -> None:
             {
                 "forEachOrNull": "name",
                 "column": [
-                    col("given", "given", collection=True, type="string", description="all"),
+                    col(
+                        "given",
+                        "given",
+                        collection=True,
+                        type="http://hl7.org/fhir/StructureDefinition/string",
+                        description="all",
+                    ),
                     col("official", "use = 'official'"),
                     col("row", "%rowIndex", tag=[{"name": "ansi/type", "value": "INTEGER"}]),
                     col("family", "family"),
@@ -177,6 +183,33 @@ def test_paths_are_parsed_once_per_view_not_per_resource(monkeypatch: pytest.Mon
         ),
         (view({"column": [col("a", "id")]}, where=[{"path": ""}]), r"where\[0\]: a path must be"),
         (view({"repeat": [], "column": [col("a", "id")]}), "repeat: must be a non-empty list"),
+        (
+            view({"column": [col("a", "id")]}, name="patient-demographics"),
+            r"'name' must match \^\[A-Za-z\]\[A-Za-z0-9_\]\*\$ \(it names tables\)",
+        ),
+        (
+            view({"column": [col("a", "id")]}, constant=[{"name": "c", "valueCoding": {}}]),
+            r"constant\[0\] 'c': valueCoding is not a type a constant can have",
+        ),
+        (
+            view({"column": [col("a", "id")]}, constant=[{"name": "c", "valueInteger": "1"}]),
+            r"constant\[0\] 'c': valueInteger must be a JSON int",
+        ),
+        (
+            view({"column": [col("a", "id")]}, constant=[{"name": "c", "valueInteger": True}]),
+            r"valueInteger must be a JSON int",
+        ),
+        (
+            view(
+                {
+                    "unionAll": [
+                        {"column": [col("a", "id", type="id")]},
+                        {"column": [col("a", "gender", type="code")]},
+                    ]
+                }
+            ),
+            r"unionAll\[1\]: column 'a' is code, but id in the first branch",
+        ),
         (
             view({"column": [col("a", "id", tag={"ansi/type": "DATE"})]}),
             r"column\[0\] 'a': 'tag' must be a list of \{name, value\} strings",
