@@ -17,14 +17,13 @@ float loss), and computed decimals (``/``, boundaries) are always ``Decimal``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from airflow_provider_backendauth.core.errors import MalformedResourceError, ViewDefinitionError
 from airflow_provider_backendauth.core.views.columns import Getter, column_getter
+from airflow_provider_backendauth.core.views.constants import NAME, view_constants
 from airflow_provider_backendauth.core.views.fhirpath.compile import compile_path
 from airflow_provider_backendauth.core.views.fhirpath.lexer import FhirPathError
 from airflow_provider_backendauth.core.views.fhirpath.runtime import (
@@ -34,36 +33,9 @@ from airflow_provider_backendauth.core.views.fhirpath.runtime import (
     Fn,
 )
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _SELECT_KEYS = frozenset({"column", "select", "forEach", "forEachOrNull", "repeat", "unionAll"})
 _COLUMN_KEYS = frozenset({"name", "path", "type", "collection", "description", "tag"})
-_CONSTANT_KEY = re.compile(r"^value([A-Z][A-Za-z0-9]*)$")
 _FHIR_TYPE_URI = "http://hl7.org/fhir/StructureDefinition/"
-# The types a constant may have (ViewDefinition.constant.value[x]) and the JSON they take.
-_CONSTANT_JSON: dict[str, tuple[type, ...]] = {
-    **dict.fromkeys(
-        [
-            "base64Binary",
-            "canonical",
-            "code",
-            "date",
-            "dateTime",
-            "id",
-            "instant",
-            "oid",
-            "string",
-            "time",
-            "uri",
-            "url",
-            "uuid",
-        ],
-        (str,),
-    ),
-    **dict.fromkeys(("integer", "positiveInt", "unsignedInt"), (int,)),
-    "integer64": (int, str),
-    "decimal": (int, float, Decimal),
-    "boolean": (bool,),
-}
 
 
 @dataclass(frozen=True)
@@ -264,7 +236,7 @@ class _Builder:
         if unknown:
             raise ViewDefinitionError(f"{where}: unknown key(s) {sorted(unknown)}")
         name = col.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not NAME.match(name):
             raise ViewDefinitionError(
                 f"{where}: 'name' must match ^[A-Za-z][A-Za-z0-9_]*$ (got {name!r})"
             )
@@ -305,48 +277,6 @@ class _Builder:
         return value
 
 
-def _constants(view: dict[str, Any]) -> tuple[dict[str, list[Any]], dict[str, str | None]]:
-    values: dict[str, list[Any]] = {}
-    types: dict[str, str | None] = {}
-    specs = view.get("constant", [])
-    if not isinstance(specs, list):
-        raise ViewDefinitionError("constant: must be a list")
-    for i, spec in enumerate(specs):
-        where = f"constant[{i}]"
-        if not isinstance(spec, dict):
-            raise ViewDefinitionError(f"{where}: must be an object")
-        name = spec.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ViewDefinitionError(f"{where}: 'name' must match ^[A-Za-z][A-Za-z0-9_]*$")
-        if name in values or name in ("resource", "rootResource", "context", "rowIndex"):
-            raise ViewDefinitionError(f"{where}: constant name {name!r} is already defined")
-        keys = [m for m in map(_CONSTANT_KEY.match, spec) if m]
-        if len(keys) != 1:
-            raise ViewDefinitionError(
-                f"{where} {name!r}: needs exactly one value[x] (valueString...)"
-            )
-        fhir_type = keys[0].group(1)[0].lower() + keys[0].group(1)[1:]
-        value = spec[keys[0].group()]
-        allowed = _CONSTANT_JSON.get(fhir_type)
-        if allowed is None:
-            raise ViewDefinitionError(
-                f"{where} {name!r}: {keys[0].group()} is not a type a constant can have "
-                f"(allowed: {', '.join(sorted(_CONSTANT_JSON))})"
-            )
-        if not isinstance(value, allowed) or (value.__class__ is bool) != (fhir_type == "boolean"):
-            raise ViewDefinitionError(
-                f"{where} {name!r}: {keys[0].group()} must be a JSON "
-                f"{'/'.join(t.__name__ for t in allowed)}"
-            )
-        if isinstance(value, float):
-            value = Decimal(repr(value))
-        if fhir_type == "integer64" and isinstance(value, str):
-            value = int(value)
-        values[name] = [value]
-        types[name] = fhir_type
-    return values, types
-
-
 class CompiledView:
     """A validated view: its resource type, output columns, and ``run(resources)``."""
 
@@ -354,17 +284,17 @@ class CompiledView:
         if not isinstance(view, dict):
             raise ViewDefinitionError("a ViewDefinition must be a JSON object")
         resource = view.get("resource")
-        if not isinstance(resource, str) or not _NAME.match(resource):
+        if not isinstance(resource, str) or not NAME.match(resource):
             raise ViewDefinitionError("'resource' must name a FHIR resource type, e.g. Patient")
         self.resource: str = resource
         name = view.get("name")
-        if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
+        if name is not None and (not isinstance(name, str) or not NAME.match(name)):
             raise ViewDefinitionError(
                 f"'name' must match ^[A-Za-z][A-Za-z0-9_]*$ (it names tables), got {name!r}"
             )
         if "select" not in view:
             raise ViewDefinitionError("'select' is missing: a view needs at least one select")
-        self.constants, constant_types = _constants(view)
+        self.constants, constant_types = view_constants(view)
         builder = _Builder(constant_types)
         top = {"select": view["select"]}
         self._root, columns = builder.select("view", top)
