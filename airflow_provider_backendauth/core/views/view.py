@@ -328,6 +328,24 @@ class CompiledView:
     def run(self, resources: Iterable[Any]) -> Iterator[dict[str, Any]]:
         """One dict per row (keys in column order); resources of other types are skipped."""
         names = [c.name for c in self.columns]
+        for _, rows in self.run_by_resource(resources):
+            for row in rows:
+                yield dict(zip(names, row, strict=False))
+
+    def run_tuples(self, resources: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
+        """The same rows as ``run``, each a tuple in column order (no dict per row)."""
+        for _, rows in self.run_by_resource(resources):
+            yield from rows
+
+    def run_by_resource(
+        self, resources: Iterable[Any]
+    ) -> Iterator[tuple[dict[str, Any], list[tuple[Any, ...]]]]:
+        """Each resource of the view's type, with its rows as tuples in column order.
+
+        A resource the view's ``where`` drops, or that yields no row, comes with an empty
+        list: a writer replacing a resource's old rows by its new ones (incremental tables)
+        learns about every resource in one pass. Resources of other types are skipped.
+        """
         resource_type, root, constants = self.resource, self._root, self.constants
         for position, resource in enumerate(resources):
             if resource.__class__ is not dict:
@@ -345,6 +363,7 @@ class CompiledView:
             env = Env(resource, constants)
             try:
                 if self._where and not self._kept(resource, env):
+                    yield resource, []
                     continue
                 rows = root.rows(resource, env)
             except ViewDefinitionError as exc:
@@ -357,8 +376,7 @@ class CompiledView:
                     f"{resource_type} input #{position}: the view cannot be evaluated on this "
                     f"resource ({type(exc).__name__}); check that it is valid FHIR JSON"
                 ) from None
-            for row in rows:
-                yield dict(zip(names, row, strict=False))
+            yield resource, rows
 
 
 def compile_view(view: Any) -> CompiledView:

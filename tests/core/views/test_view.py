@@ -308,3 +308,23 @@ def test_a_view_nested_beyond_reason_is_refused_not_a_traceback() -> None:
         deep_select = {"select": [deep_select]}
     with pytest.raises(ViewDefinitionError, match="nested too deeply"):
         compile_view(view(deep_select))
+
+
+def test_rows_as_tuples_and_per_resource() -> None:
+    compiled = compile_view(
+        view(
+            {"column": [col("id", "id")]},
+            {"forEach": "name.given", "column": [col("given", "$this")]},
+            where=[{"path": "gender.exists()"}],
+        )
+    )
+    resources = [*PATIENTS, {"resourceType": "Patient", "id": "p3", "gender": "other"}]
+    assert list(compiled.run_tuples(resources)) == [("p1", "Jane"), ("p1", "Q")]
+    assert [(r["id"], rows) for r, rows in compiled.run_by_resource(resources)] == [
+        ("p1", [("p1", "Jane"), ("p1", "Q")]),
+        ("p2", []),  # dropped by where: still reported, so its old rows can be replaced
+        ("p3", []),  # kept, but forEach over nothing
+    ]
+    assert list(compiled.run(resources)) == [
+        dict(zip(["id", "given"], row, strict=True)) for row in compiled.run_tuples(resources)
+    ]
