@@ -343,6 +343,7 @@ class FhirBulkExportOperator(_BulkBase):
 
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> Any:
         """Resumes after the trigger fired: download (or hand over) the files."""
+        from airflow_provider_backendauth.core.bulk.events import error_from_event
         from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
         from airflow_provider_backendauth.core.errors import BulkExportError
 
@@ -354,13 +355,11 @@ class FhirBulkExportOperator(_BulkBase):
                     "changed or deleted while the export ran?"
                 )
             event = dict(event or {})
-            status = event.get("status")
-            if status != "complete":
-                raise BulkExportError(
-                    str(event.get("message") or f"The export trigger reported {status!r}."),
-                    status_code=event.get("status_code"),
-                    retryable=status == "timeout",
-                )
+            if event.get("progress"):  # logged by the triggerer; the task log shows it too
+                self.log.info("The server's last progress report: %s", event["progress"])
+            if event.get("status") != "complete":
+                # The exception the wait would have raised in a worker (same class and flags).
+                raise error_from_event(event)
             if not job.needs_wait:  # a retry after the manifest was saved
                 return self._after_manifest(context, job, job.local_manifest())
             manifest = (

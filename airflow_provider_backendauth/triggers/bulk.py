@@ -11,12 +11,15 @@ renews the token and retries. The meaning of each status answer comes from the s
 
 Event payloads (the operator's ``execute_complete`` receives them)::
 
-    {"status": "complete", "status_url": ..., "manifest": {...} or None, "expires": ...}
-    {"status": "error",    "status_url": ..., "message": ..., "status_code": ...}
-    {"status": "timeout",  "status_url": ..., "message": ...}
+    {"status": "complete", "status_url": ..., "manifest": {...} or None, "expires": ...,
+     "progress": ...}
+    {"status": "error" or "timeout", "status_url": ..., "error_type": ..., "message": ...,
+     "status_code": ..., "diagnostics": ..., "retryable": ..., "progress": ...}
 
 The manifest is included only when small (``inline_manifest_bytes``); otherwise the worker
-fetches it again from the status URL.
+fetches it again from the status URL. A failure carries what the worker path's exception
+carries, so ``execute_complete`` raises the same one (``core/bulk/events.py``); ``progress``
+is the server's last ``X-Progress``. Server text in an event is redacted.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_backendauth.core.auth.client import BackendAuthClient
     from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
+    from airflow_provider_backendauth.core.bulk.poller import StatusPoller
     from airflow_provider_backendauth.core.bulk.protocol import StatusResult
 
 # Airflow 3.3 added BaseTrigger.on_kill and calls it when a user acts on the deferred task;
@@ -102,6 +106,7 @@ class BulkExportTrigger(BaseTrigger):
         self.cancel_on_kill = cancel_on_kill
         self.inline_manifest_bytes = int(inline_manifest_bytes)
         self._client: BackendAuthClient | None = None
+        self._poller: StatusPoller | None = None
         self._masked: set[str] = set()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -127,28 +132,26 @@ class BulkExportTrigger(BaseTrigger):
             await self._on_cancelled()
             raise
         except Exception as exc:  # report, don't crash the triggerer's loop
-            from airflow_provider_backendauth.core.redact import redact
+            from airflow_provider_backendauth.core.bulk.events import exception_event
             from airflow_provider_backendauth.core.urls import display_url
 
-            payload = {
-                "status": "error",
-                "status_url": self.status_url,
-                "message": redact(
-                    f"Waiting for the export at {display_url(self.status_url)} failed: "
-                    f"{type(exc).__name__}: {exc}"
-                ),
-                "status_code": None,
-            }
-        if isinstance(payload.get("message"), str):
-            # Server text (OperationOutcome diagnostics, progress) may quote the token.
-            from airflow_provider_backendauth.core.redact import redact
+            shown = display_url(self.status_url)
+            payload = exception_event(exc, self.status_url, shown, self._last_progress())
+        from airflow_provider_backendauth.core.redact import redact
 
-            payload["message"] = redact(payload["message"])
+        for name in ("message", "diagnostics", "progress"):
+            # Server text (OperationOutcome diagnostics, progress) may quote the token.
+            if isinstance(payload.get(name), str):
+                payload[name] = redact(payload[name])
         yield TriggerEvent(payload)
+
+    def _last_progress(self) -> str | None:
+        return None if self._poller is None else self._poller.last_progress
 
     async def _wait(self) -> dict[str, Any]:
         """The asyncio driver of the shared ``StatusPoller``: it only performs the requests
         and sleeps the poller asks for."""
+        from airflow_provider_backendauth.core.bulk.events import failure_event
         from airflow_provider_backendauth.core.bulk.poller import (
             Action,
             Done,
@@ -160,7 +163,7 @@ class BulkExportTrigger(BaseTrigger):
         from airflow_provider_backendauth.core.urls import display_url
 
         client = await self._auth_client()
-        poller = StatusPoller(
+        poller = self._poller = StatusPoller(
             self.status_url,
             self.poll_settings,
             deadline=self.deadline,
@@ -179,12 +182,7 @@ class BulkExportTrigger(BaseTrigger):
                 elif isinstance(action, Done):
                     return self._complete_payload(action.manifest, action.expires)
                 else:
-                    return {
-                        "status": "timeout" if action.timeout else "error",
-                        "status_url": self.status_url,
-                        "message": action.message,
-                        "status_code": action.status_code,
-                    }
+                    return failure_event(action, self.status_url, poller.last_progress)
 
     def _complete_payload(
         self, manifest: dict[str, Any], expires: str | None = None
@@ -195,6 +193,7 @@ class BulkExportTrigger(BaseTrigger):
             "status_url": self.status_url,
             "manifest": manifest if size <= self.inline_manifest_bytes else None,
             "expires": expires,
+            "progress": self._last_progress(),
         }
 
     # -- HTTP ------------------------------------------------------------------------

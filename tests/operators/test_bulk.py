@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -484,3 +486,67 @@ def test_absurd_poll_settings_fail_when_the_dag_is_parsed(tmp_path: Path, absurd
 
     with pytest.raises(ConfigurationError):
         export_op(tmp_path, **absurd)
+
+
+def _failure(run: Any) -> BaseException:
+    with pytest.raises(Exception) as info:
+        run()
+    return info.value
+
+
+@pytest.mark.parametrize("fault", ["transient", "fatal", "timeout"])
+def test_the_deferred_path_raises_what_the_worker_path_raises(
+    bulk_env: BulkEnv, fault: str
+) -> None:
+    # Before: "gave up after N transient errors" was retryable on a worker but not deferred,
+    # and the deferred error lost the server's diagnostics.
+    options: dict[str, Any] = {"max_transient_errors": 1}
+    if fault == "transient":
+        bulk_env.sb.faults.add("/fhir/_bulk/jobs", method="GET", status=503, times=None)
+    elif fault == "fatal":
+        bulk_env.sb.faults.add(
+            "/fhir/_bulk/jobs", method="GET", status=400, issue_code="invalid", times=None
+        )
+    else:
+        bulk_env.sb.settings.update(bulk_job_seconds=60)
+        options["max_wait"] = 0.5
+    context = task_context(try_number=1, max_tries=2)  # retries left: nothing is cancelled
+    worker = _failure(lambda: export_op(bulk_env.tmp / "worker", **options).execute(context))
+
+    op = export_op(bulk_env.tmp / "deferred", deferrable=True, **options)
+    with pytest.raises(TaskDeferred) as info:
+        op.execute(context)
+    event = drive(info.value)
+    json.dumps(event)  # the triggerer stores it as JSON
+    deferred = _failure(lambda: op.execute_complete(context, event))
+
+    assert type(deferred) is type(worker) is BulkExportError
+    assert isinstance(worker, BulkExportError) and isinstance(deferred, BulkExportError)
+    assert deferred.retryable == worker.retryable == (fault != "fatal")
+    assert deferred.retry_cannot_help == worker.retry_cannot_help
+    assert deferred.status_code == worker.status_code
+    assert deferred.diagnostics == worker.diagnostics
+    if fault != "timeout":  # a timeout's message counts the polls, which vary
+        assert same_job(str(deferred)) == same_job(str(worker))
+
+
+def same_job(message: str) -> str:
+    """``message`` with the export's status URL made the same for every job."""
+    return re.sub(r"/_bulk/jobs/[0-9a-f]+", "/_bulk/jobs/ID", message)
+
+
+def test_progress_reaches_the_task_log_when_deferred(
+    bulk_env: BulkEnv, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Still running for the first two polls whatever the machine's load: progress is sent.
+    bulk_env.sb.settings.update(bulk_job_seconds=0, bulk_complete_after_polls=3)
+    out = bulk_env.tmp / "out"
+    op = export_op(out, deferrable=True, types=["Patient"])
+    with pytest.raises(TaskDeferred) as info:
+        op.execute(task_context())
+    event = drive(info.value)
+    assert "exported" in str(event["progress"])
+    with caplog.at_level(logging.INFO):
+        op.execute_complete(task_context(), event)
+    logged = capsys.readouterr().out + caplog.text
+    assert f"The server's last progress report: {event['progress']}" in logged

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import requests
 
+from airflow_provider_backendauth.core.bulk.events import wait_error
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.bulk.poller import (
@@ -233,12 +234,7 @@ class BulkExportClient:
             elif isinstance(action, Done):
                 return action
             else:
-                raise BulkExportError(
-                    action.message,
-                    status_code=action.status_code,
-                    diagnostics=action.diagnostics,
-                    retryable=action.transient,
-                )
+                raise wait_error(action)
 
     def wait(self, status_url: str, *, deadline: float | None = None) -> BulkManifest:
         """Poll until the export completes; returns its manifest.

@@ -162,6 +162,11 @@ class StatusPoller:
         self._last_progress: str | None = None
         self._last_long_retry_after: float | None = None
 
+    @property
+    def last_progress(self) -> str | None:
+        """The server's latest ``X-Progress`` text (drivers report it with the outcome)."""
+        return self._last_progress
+
     # -- the driver's calls ------------------------------------------------------------
 
     def start(self, now: float) -> Poll | Fail:
