@@ -410,6 +410,7 @@ class FhirBulkExportOperator(_BulkBase):
         return summary
 
     def _on_failure(self, context: Context, job: BulkExportJob, exc: BaseException) -> None:
+        job.record_failure(exc)  # in log.ndjson, whether a retry follows or not
         if job.record is None or not job.record.active:
             return  # the kick-off itself failed, or the job is over: nothing to cancel
         if self.cancel_on_failure and _fails_for_good(context, exc, self.retries):

@@ -72,7 +72,7 @@ def test_nightly_incremental_group_export(dagbag: Any, fhir: BulkEnv, tmp_path: 
     run(dagbag, "backendauth_bulk_export", 1, output=output, group_id="g1")
     group = tmp_path / "bulk" / "group-g1"
     (first,) = run_dirs(group)
-    assert {p.name.split(".")[0] for p in first.glob("*.ndjson")} == TYPES
+    assert {p.name.split(".")[0] for p in first.glob("*.*.ndjson")} == TYPES
     assert len(ndjson_lines(first / "Patient.000.ndjson")) == 10
     manifest = json.loads((first / "manifest.json").read_text())
     assert "_since" not in manifest["request"]  # the first run exports everything
@@ -94,7 +94,7 @@ def test_mapped_download_example(dagbag: Any, fhir: BulkEnv, tmp_path: Path) -> 
     dag_run = run(dagbag, "backendauth_bulk_export_mapped", 3, output=tmp_path.as_uri())
     downloads = [ti for ti in dag_run.get_task_instances() if ti.task_id == "download"]
     (folder,) = run_dirs(tmp_path / "bulk" / "system")
-    files = sorted(folder.glob("*.ndjson"))
+    files = sorted(folder.glob("*.*.ndjson"))
     assert len(downloads) == len(files) > 4  # one mapped task per file
     assert {ti.rendered_map_index for ti in downloads} == {f.name for f in files}
     assert sum(len(ndjson_lines(f)) for f in files if f.name.startswith("Patient")) == 20
@@ -256,7 +256,7 @@ def test_nightly_dag_under_a_real_scheduler_and_triggerer(fhir: BulkEnv, tmp_pat
     assert all((f / "manifest.json").exists() for f in folders)
     full = [f for f in folders if (f / "Patient.000.ndjson").exists()]
     assert len(full) == 1  # the first run exported everything...
-    assert {p.name.split(".")[0] for p in full[0].glob("*.ndjson")} == TYPES
+    assert {p.name.split(".")[0] for p in full[0].glob("*.*.ndjson")} == TYPES
     assert len(ndjson_lines(full[0] / "Patient.000.ndjson")) == 10
     if len(folders) > 1:  # ...a later one only what changed since (since="auto")
         later = next(f for f in folders if f not in full)

@@ -29,7 +29,7 @@ PAGED = {"bulk_manifest_page_size": 3, "bulk_lines_per_file": 4}
 def landed(out: Path) -> Counter[tuple[str, str]]:
     """(type, id) of every resource in the destination's output files, with multiplicity."""
     seen: Counter[tuple[str, str]] = Counter()
-    for path in out.glob("*.ndjson"):
+    for path in out.glob("*.*.ndjson"):  # Type.000.ndjson: not log.ndjson
         for line in path.read_text().splitlines():
             if line.strip():
                 resource = json.loads(line)

@@ -92,7 +92,7 @@ def exported(bucket: Bucket) -> dict[str, bytes]:
     return {
         k: v
         for k, v in bucket.server.objects(bucket.name, "bulk/2024-06-01/").items()
-        if k.endswith(".ndjson")
+        if k.endswith(".ndjson") and not k.endswith("/log.ndjson")  # the export log
     }
 
 

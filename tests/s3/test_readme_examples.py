@@ -104,7 +104,8 @@ def test_readme_bulk_export_example(readme_world: tuple[BulkEnv, S3Server]) -> N
     objects = s3.objects(README_BUCKET, "bulk/")
     assert "bulk/2024-06-01/manifest.json" in objects
     assert (
-        len([k for k in objects if k.startswith("bulk/2024-06-01/") and k.endswith(".ndjson")]) == 4
+        len([k for k in objects if k.startswith("bulk/2024-06-01/") and k.endswith("0.ndjson")])
+        == 4
     )
     assert any("/_bulk_state/since/" in k for k in objects)  # the watermark, next to the data
     ops = s3.operations(README_BUCKET)

@@ -293,7 +293,8 @@ def test_nightly_export_survives_worker_and_triggerer_kills(
     # Every resource exactly once, nothing partial, nothing pending, nothing copied.
     objects = s3.objects(bucket, prefix)
     names = sorted(k[len(prefix) :] for k in objects)
-    assert names == sorted([*(f"{t}.000.ndjson" for t in TYPES), "manifest.json"]), names
+    expected = [*(f"{t}.000.ndjson" for t in TYPES), "manifest.json", "log.ndjson"]
+    assert names == sorted(expected), names
     for kind in TYPES:
         ids = [
             json.loads(line)["id"] for line in objects[f"{prefix}{kind}.000.ndjson"].splitlines()

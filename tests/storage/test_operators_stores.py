@@ -52,7 +52,11 @@ def export_op(store: Store, **kwargs: Any) -> FhirBulkExportOperator:
 
 
 def exported(store: Store) -> dict[str, bytes]:
-    return {k: v for k, v in store.blobs(DAY).items() if k.endswith(".ndjson")}
+    return {
+        k: v
+        for k, v in store.blobs(DAY).items()
+        if k.endswith(".ndjson") and not k.endswith("/log.ndjson")  # the export log
+    }
 
 
 def ids_by_type(files: dict[str, bytes]) -> dict[str, list[str]]:

@@ -331,6 +331,8 @@ class BulkDownloader:
         requires_access_token: bool,
         already_done: Callable[[ExportFile], FileResult | None] | None = None,
         on_done: Callable[[ExportFile, FileResult], None] | None = None,
+        on_start: Callable[[ExportFile], None] | None = None,
+        on_error: Callable[[ExportFile, BaseException], None] | None = None,
     ) -> list[FileResult]:
         """Download ``files`` into ``destination``; returns one result per file, in order.
 
@@ -341,6 +343,9 @@ class BulkDownloader:
             already_done: returns a result for a file complete from an earlier try (it is
                 then not downloaded again), or None.
             on_done: called after each file is complete (record progress durably).
+            on_start: called when a file's download starts (the export log).
+            on_error: called when a file failed for good (not for the downloads stopped
+                because another one failed).
 
         Raises:
             BulkExportError: a file failed after its retries (the others are stopped).
@@ -362,9 +367,16 @@ class BulkDownloader:
             leftovers = Leftovers()
 
             def run(file: ExportFile) -> FileResult:
-                result = self._download_with_retries(
-                    file, destination, requires_access_token, abort, leftovers
-                )
+                if on_start is not None:
+                    on_start(file)
+                try:
+                    result = self._download_with_retries(
+                        file, destination, requires_access_token, abort, leftovers
+                    )
+                except BaseException as exc:
+                    if on_error is not None and not self._stopped(abort):
+                        on_error(file, exc)
+                    raise
                 if on_done is not None:
                     on_done(file, result)
                 return result

@@ -17,6 +17,9 @@ Lifecycle (each step persisted, so any later try continues where the last one st
     finish()           DELETE the job, check error files, save transactionTime -> done
     abandon()          DELETE the job when giving up                          -> cancelled
 
+Each step also records its events in ``log.ndjson`` beside the files (``exportlog``: the
+bulk-data-client export log format), appended to by every try.
+
 This module imports no Airflow.
 """
 
@@ -24,10 +27,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader
+from airflow_provider_backendauth.core.bulk.exportlog import (
+    LOG_NAME,
+    ExportLog,
+    export_id,
+    request_parameters,
+)
 from airflow_provider_backendauth.core.bulk.files import (
     ExportFile,
     FileResult,
@@ -47,10 +57,11 @@ from airflow_provider_backendauth.core.bulk.state import (
     BulkStateStore,
     FileMarker,
     JobRecord,
+    utc_now,
 )
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
-from airflow_provider_backendauth.core.redact import get_logger
+from airflow_provider_backendauth.core.redact import get_logger, short_error
 from airflow_provider_backendauth.core.storage.atomic import atomic_writer
 from airflow_provider_backendauth.core.storage.leftovers import remove_partials
 from airflow_provider_backendauth.core.storage.paths import StoragePath, as_path
@@ -91,6 +102,7 @@ class BulkExportJob:
         self.downloader = downloader
         self.record: JobRecord | None = None
         self.resumed = False
+        self._log: ExportLog | None = None
 
     def __repr__(self) -> str:
         return f"BulkExportJob(key={self.key!r}, destination={str(self.destination)!r})"
@@ -123,7 +135,18 @@ class BulkExportJob:
                 display_url(record.status_url),
             )
             return record
-        status_url = self.client.kickoff(request)
+        try:
+            status_url = self.client.kickoff(request)
+        except BulkExportError as exc:
+            failed = ExportLog(self.log_path, export_id(self.key, utc_now()))
+            failed.kickoff(
+                request.url(self.client.base_url),
+                request_parameters(request.query()),
+                error_code=exc.status_code or 500,
+                error_body=exc.diagnostics or short_error(exc, limit=2000),
+            )
+            failed.flush(quiet=True)
+            raise
         record = JobRecord(
             status_url=status_url,
             state=KICKED_OFF,
@@ -140,7 +163,42 @@ class BulkExportJob:
             self.client.cancel(status_url)
             raise
         self.record = record
+        self.export_log.kickoff(
+            request.url(self.client.base_url), request_parameters(request.query())
+        )
+        self.export_log.flush()
         return record
+
+    # -- the export log ----------------------------------------------------------------
+
+    @property
+    def log_path(self) -> StoragePath:
+        """``log.ndjson`` beside the files."""
+        return self.destination / LOG_NAME
+
+    @property
+    def export_log(self) -> ExportLog:
+        """This export's ``log.ndjson`` (the same ``exportId`` in every try)."""
+        if self._log is None:
+            record = self.record or self.load()  # a mapped download task has not loaded it
+            if record is None:
+                raise BulkExportError(f"No export state for {self!r}; start() it first.")
+            self._log = ExportLog(self.log_path, export_id(self.key, record.kicked_off_at))
+        return self._log
+
+    def record_failure(self, exc: BaseException) -> None:
+        """Log why a try failed (``status_error`` while waiting for the export, else
+        ``client_error``) and write the log. Never raises."""
+        if self.record is None:
+            return
+        try:
+            if self.record.state == KICKED_OFF:
+                self.export_log.status_error(exc)
+            else:
+                self.export_log.client_error(exc)
+            self.export_log.flush(quiet=True)
+        except Exception:
+            log.warning("Could not record the failure in the export log", exc_info=True)
 
     @property
     def status_url(self) -> str:
@@ -187,6 +245,8 @@ class BulkExportJob:
             pages_done=0,
         )
         files = plan_files(manifest)
+        self.export_log.status_complete(manifest.transaction_time)
+        self._log_page(manifest, [manifest])
         log.info(
             "Export complete (transactionTime %s): %d output, %d error, %d deleted files%s%s",
             manifest.transaction_time,
@@ -252,7 +312,29 @@ class BulkExportJob:
         manifest = BulkManifest.from_json(done.manifest, expires=done.expires)
         with atomic_writer(self.page_path(page), "wb") as handle:
             handle.write(json.dumps(manifest.raw, indent=1).encode())
+        earlier = [] if manifest.next_url else [self.local_manifest(n) for n in range(1, page)]
+        self._log_page(manifest, [*earlier, manifest])
         return manifest
+
+    def _log_page(self, manifest: BulkManifest, pages: Sequence[BulkManifest]) -> None:
+        """``status_page_complete`` for a manifest page; ``manifest_complete`` too when it is
+        the last (``pages``: every page so far, this one included)."""
+        elog = self.export_log
+        elog.status_page_complete(
+            manifest.transaction_time,
+            output=len(manifest.output),
+            deleted=len(manifest.deleted),
+            error=len(manifest.error),
+        )
+        if manifest.next_url is None:
+            elog.manifest_complete(
+                pages[0].transaction_time,
+                output=sum(len(p.output) for p in pages),
+                deleted=sum(len(p.deleted) for p in pages),
+                error=sum(len(p.error) for p in pages),
+                pages=len(pages),
+            )
+        elog.flush()
 
     def local_pages(self) -> list[BulkManifest]:
         """The manifest pages saved so far (after ``collect_pages``: all of them)."""
@@ -287,6 +369,22 @@ class BulkExportJob:
             self.key, FileMarker(file.name, file.kind, file.type, result.count, result.bytes)
         )
 
+    def _logged_download(self, elog: ExportLog) -> dict[str, Any]:
+        """The downloader's callbacks that record a file's ``download_request``,
+        ``download_complete`` (after its marker is saved) and ``download_error`` events."""
+
+        def on_start(file: ExportFile) -> None:
+            elog.download_request(file.url, file.kind, file.type or None)
+
+        def on_done(file: ExportFile, result: FileResult) -> None:
+            self.mark_done(file, result)
+            elog.download_complete(file.url, result.bytes, result.count)
+
+        def on_error(file: ExportFile, exc: BaseException) -> None:
+            elog.download_error(file.url, exc)
+
+        return {"on_start": on_start, "on_done": on_done, "on_error": on_error}
+
     def download(
         self, manifest: BulkManifest | None = None, *, deadline: float | None = None
     ) -> list[FileResult]:
@@ -308,15 +406,18 @@ class BulkExportJob:
             files = plan_pages(seen)[-1]
             if current.next_url is not None or page > 1:
                 log.info("Manifest page %d: %d files", page, len(files))
-            results.extend(
-                self.downloader.download(
-                    files,
-                    self.destination,
-                    requires_access_token=current.requires_access_token,
-                    already_done=self.completed,
-                    on_done=self.mark_done,
+            try:
+                results.extend(
+                    self.downloader.download(
+                        files,
+                        self.destination,
+                        requires_access_token=current.requires_access_token,
+                        already_done=self.completed,
+                        **self._logged_download(self.export_log),
+                    )
                 )
-            )
+            finally:
+                self.export_log.flush(quiet=True)
             if (record.pages_done or 0) < page:
                 self.store.update_job(self.key, record, pages_done=page)
         self.store.update_job(self.key, record, state=DOWNLOADED)
@@ -345,10 +446,20 @@ class BulkExportJob:
         if done is not None:
             log.info("%s is already complete; skipping it", file.name)
             return done
-        result = self.downloader.download_one(
-            file, self.destination, requires_access_token=requires_access_token
-        )
-        self.mark_done(file, result)
+        # This task's own log object (merged by finish()): mapped tasks run concurrently.
+        part = ExportLog(self.store.log_part_path(self.key, file.name), self.export_log.export_id)
+        logged = self._logged_download(part)
+        logged["on_start"](file)
+        try:
+            result = self.downloader.download_one(
+                file, self.destination, requires_access_token=requires_access_token
+            )
+        except BaseException as exc:
+            logged["on_error"](file, exc)
+            part.flush(quiet=True)
+            raise
+        logged["on_done"](file, result)
+        part.flush()
         return result
 
     def collected_results(self, manifest: BulkManifest | None = None) -> list[FileResult]:
@@ -401,6 +512,7 @@ class BulkExportJob:
         if cleanup and record.state != DONE:
             self.client.cancel(record.status_url)
         errors = scan_error_files([self.destination / r.name for r in results if r.kind == "error"])
+        self._log_completion(results)
         if errors.errors:
             message = (
                 f"The export's error files hold {errors.errors} OperationOutcome(s) of severity "
@@ -426,6 +538,21 @@ class BulkExportJob:
         # merge rather than replace (operators/views.py).
         summary["since"] = record.request.get("since")
         return summary
+
+    def _log_completion(self, results: Sequence[FileResult]) -> None:
+        """Fold the mapped tasks' log parts into ``log.ndjson`` and add ``export_complete``
+        (duration from the kick-off)."""
+        elog = self.export_log
+        elog.merge_parts(self.store.log_parts(self.key))
+        started = datetime.fromisoformat(self._record.kicked_off_at)
+        elapsed = datetime.now(timezone.utc) - started
+        elog.export_complete(
+            files=len(results),
+            resources=sum(r.count for r in results),
+            size=sum(r.bytes for r in results),
+            duration_ms=max(0, int(elapsed.total_seconds() * 1000)),
+        )
+        elog.flush()
 
     def abandon(self, *, cancel: bool = True) -> None:
         """Give up on this export: DELETE it on the server (``cancel``) and forget it, so the

@@ -12,6 +12,8 @@ Layout under the state directory (by default the export's destination)::
       since/<export key>.json           {"transactionTime": ..., "export": {...}}
       jobs/<job key>.json               status URL, request, progress state
       jobs/<job key>/files/<name>.json  one marker per completely downloaded file
+      jobs/<job key>/log/<name>.ndjson  a mapped download task's export log events, merged
+                                        into log.ndjson by the finalize task
 
 The export key hashes connection, base URL, level, group and types (what ``since="auto"``
 must match); the job key hashes DAG, task, run and map index (what a retry must match).
@@ -248,3 +250,20 @@ class BulkStateStore:
         """Delete this job's file markers (after it finished)."""
         for name in file_names:
             self._delete(self.marker_path(key, name))
+
+    # -- export log parts of mapped download tasks (see exportlog.py) ------------------
+
+    def log_part_path(self, key: str, file_name: str) -> StoragePath:
+        """Where the mapped task downloading ``file_name`` writes its export log events: its
+        own object, so concurrent tasks never overwrite each other's."""
+        return self.root / "jobs" / key / "log" / (file_name.replace("/", "__") + ".ndjson")
+
+    def log_parts(self, key: str) -> list[StoragePath]:
+        """This job's export log parts, by name."""
+        folder = self.root / "jobs" / key / "log"
+        try:
+            return sorted(
+                (p for p in folder.iterdir() if p.name.endswith(".ndjson")), key=lambda p: p.name
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            return []

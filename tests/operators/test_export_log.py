@@ -1,0 +1,273 @@
+"""``log.ndjson``: bulk-data-client's export log, written beside the data by every kind of run.
+
+The expected event names and the fields each carries are those bulk-data-client's logger
+writes (its ``src/app.ts`` and ``src/lib/BulkDataClient.ts``: ``kickOffEnd``,
+``exportPage``, ``manifestComplete``, ``exportComplete``, ``downloadStart``,
+``downloadComplete``, ``downloadError``, ``allDownloadsComplete``, ``exportError`` and the
+``client_error`` of a failed run). The exports run against the sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from airflow_provider_backendauth._compat import TaskDeferred
+from airflow_provider_backendauth.core.bulk.exportlog import ExportLog
+from airflow_provider_backendauth.core.bulk.state import BulkStateStore, job_key
+from airflow_provider_backendauth.core.errors import BulkExportError
+from tests.bulkkit import BulkEnv, assert_no_token_in, task_context
+from tests.operators.test_bulk import download_op, drive, export_op, finalize_op
+
+pytest_plugins = ("tests.bulk_fixtures",)
+
+# Every line: bulk-data-client's logger format (plus its log.metadata keys, none here).
+LINE_FIELDS = {"exportId", "timestamp", "eventId", "eventDetail"}
+# eventId -> the eventDetail fields bulk-data-client writes for it.
+DETAIL_FIELDS = {
+    "kickoff": {
+        "exportUrl",
+        "errorCode",
+        "errorBody",
+        "softwareName",
+        "softwareVersion",
+        "softwareReleaseDate",
+        "fhirVersion",
+        "requestParameters",
+        "responseHeaders",
+        "logVersion",
+    },
+    "status_progress": {"body", "xProgress", "retryAfter"},
+    "status_error": {"body", "code", "message", "responseHeaders"},
+    "status_page_complete": {
+        "transactionTime",
+        "outputFileCount",
+        "deletedFileCount",
+        "errorFileCount",
+    },
+    "manifest_complete": {
+        "transactionTime",
+        "totalOutputFileCount",
+        "totalDeletedFileCount",
+        "totalErrorFileCount",
+        "totalManifests",
+    },
+    "status_complete": {"transactionTime"},
+    "download_request": {"fileUrl", "itemType", "resourceType"},
+    "download_complete": {"fileUrl", "fileSize", "resourceCount"},
+    "download_error": {"body", "code", "fileUrl", "message", "responseHeaders"},
+    "export_complete": {"files", "resources", "bytes", "attachments", "duration"},
+    "client_error": {"error"},
+}
+PAGED = {"bulk_manifest_page_size": 3, "bulk_lines_per_file": 4}
+
+
+def read_log(out: Path, bulk_env: BulkEnv) -> list[dict[str, Any]]:
+    """The log's events, each checked against the format; no secret, no query string."""
+    text = (out / "log.ndjson").read_text()
+    assert text.endswith("\n")
+    events = [json.loads(line) for line in text.splitlines()]
+    for event in events:
+        assert set(event) == LINE_FIELDS, event
+        assert set(event["eventDetail"]) == DETAIL_FIELDS[event["eventId"]], event
+        assert isinstance(event["timestamp"], str) and event["timestamp"][:2] == "20"
+    assert "?" not in text  # no URL keeps its query string (signed URLs carry credentials)
+    assert_no_token_in(text, bulk_env.sb, bulk_env.client_id)
+    assert bulk_env.key.private_pem.split("\n")[1] not in text
+    return events
+
+
+def names(events: list[dict[str, Any]]) -> list[str]:
+    return [e["eventId"] for e in events]
+
+
+def only(events: list[dict[str, Any]], event_id: str) -> list[dict[str, Any]]:
+    return [e["eventDetail"] for e in events if e["eventId"] == event_id]
+
+
+def test_a_paged_export_logs_every_step(bulk_env: BulkEnv) -> None:
+    bulk_env.sb.settings.update(**PAGED)
+    out = bulk_env.tmp / "out"
+    summary = export_op(
+        out,
+        since="2020-01-01T00:00:00Z",
+        types="Patient,Observation",
+        allow_partial_manifests=True,
+    ).execute(task_context())
+    events = read_log(out, bulk_env)
+    order = names(events)
+    assert order[0] == "kickoff" and order[-1] == "export_complete"
+    assert order[1] == "status_complete"
+    (kickoff,) = only(events, "kickoff")
+    assert kickoff["exportUrl"] == f"{bulk_env.sb.fhir_base.rstrip('/')}/$export"
+    assert kickoff["requestParameters"] == {
+        "_since": "2020-01-01T00:00:00Z",
+        "_type": "Patient,Observation",
+        "allowPartialManifests": "true",
+    }
+    assert (kickoff["errorCode"], kickoff["logVersion"]) == (None, "2")
+    paths = [out / "manifest.json", *sorted(out.glob("manifest.0*.json"))]  # page order
+    manifests = [json.loads(p.read_text()) for p in paths]
+    pages = only(events, "status_page_complete")
+    assert len(pages) == len(manifests) > 1
+    assert [p["outputFileCount"] for p in pages] == [len(m["output"]) for m in manifests]
+    (complete,) = only(events, "manifest_complete")
+    assert complete["totalManifests"] == len(manifests)
+    assert complete["totalOutputFileCount"] == sum(len(m["output"]) for m in manifests)
+    assert complete["totalDeletedFileCount"] == summary["deleted"]["files"]
+    total = sum(complete[f"total{kind}FileCount"] for kind in ("Output", "Deleted", "Error"))
+    assert total == summary["files"]
+    assert complete["transactionTime"] == summary["transactionTime"]
+    # Each file: one request, one completion, with the size and count of the stored file.
+    requests = only(events, "download_request")
+    completions = only(events, "download_complete")
+    assert len(requests) == len(completions) == summary["files"]
+    urls = [e["fileUrl"] for e in requests]
+    assert len(set(urls)) == len(urls)
+    assert {e["fileUrl"] for e in completions} == set(urls)
+    kinds = Counter(e["itemType"] for e in requests)
+    assert kinds["output"] == complete["totalOutputFileCount"]
+    assert kinds["deleted"] == complete["totalDeletedFileCount"]
+    resources = sum(t["count"] for t in summary["output"].values())
+    assert sum(e["resourceCount"] for e in completions) == resources + summary["deleted"]["count"]
+    assert sum(e["fileSize"] for e in completions) == summary["bytes"]
+    (done,) = only(events, "export_complete")
+    assert (done["files"], done["bytes"]) == (summary["files"], summary["bytes"])
+    assert done["duration"] >= 0
+    assert len({e["exportId"] for e in events}) == 1
+
+
+def test_a_retried_export_appends_and_never_logs_a_second_kickoff(bulk_env: BulkEnv) -> None:
+    """The first try dies downloading a file (the server keeps failing it); the retry
+    continues the same export: its events follow the first try's, under one exportId."""
+    bulk_env.sb.settings.update(bulk_lines_per_file=5)
+    out = bulk_env.tmp / "out"
+
+    def fail_one_file() -> None:
+        deadline = time.time() + 10
+        while time.time() < deadline and not (out / "manifest.json").exists():
+            time.sleep(0.01)
+        url = json.loads((out / "manifest.json").read_text())["output"][5]["url"]
+        bulk_env.sb.faults.add(urlsplit(url).path, status=500, times=None)
+
+    bulk_env.sb.faults.add("/fhir/_bulk/files", delay=0.3, times=1)  # time to break a file
+    breaker = threading.Thread(target=fail_one_file)
+    breaker.start()
+    with pytest.raises(BulkExportError):
+        export_op(out, parallel_downloads=1, download_retries=0, retries=2).execute(
+            task_context(try_number=1, max_tries=2)
+        )
+    breaker.join()
+    first = read_log(out, bulk_env)
+    assert names(first)[0] == "kickoff"
+    (failed,) = only(first, "download_error")
+    assert "500" in failed["message"]
+    assert names(first)[-1] == "client_error"  # why the try ended
+    assert "export_complete" not in names(first)
+
+    bulk_env.sb.faults.clear()
+    summary = export_op(out, retries=2).execute(task_context(try_number=2, max_tries=2))
+    events = read_log(out, bulk_env)
+    assert events[: len(first)] == first  # appended, nothing rewritten
+    assert names(events).count("kickoff") == 1
+    assert names(events).count("export_complete") == 1
+    assert len({e["exportId"] for e in events}) == 1
+    completed = Counter(e["fileUrl"] for e in only(events, "download_complete"))
+    assert len(completed) == summary["files"] and set(completed.values()) == {1}
+
+
+def test_a_deferred_export_resumed_by_another_try_logs_one_kickoff(bulk_env: BulkEnv) -> None:
+    bulk_env.sb.settings.update(bulk_job_seconds=1.0)
+    out = bulk_env.tmp / "out"
+    with pytest.raises(TaskDeferred):
+        export_op(out, deferrable=True).execute(task_context(try_number=1, max_tries=2))
+    with pytest.raises(TaskDeferred) as second:
+        export_op(out, deferrable=True).execute(task_context(try_number=2, max_tries=2))
+    export_op(out, deferrable=True).execute_complete(
+        task_context(try_number=2, max_tries=2), drive(second.value)
+    )
+    events = read_log(out, bulk_env)
+    assert names(events).count("kickoff") == 1
+    assert names(events)[-1] == "export_complete"
+
+
+def test_mapped_downloads_write_their_own_parts_and_finalize_merges_them(
+    bulk_env: BulkEnv,
+) -> None:
+    bulk_env.sb.settings.update(bulk_lines_per_file=6)
+    out = bulk_env.tmp / "out"
+    files = export_op(out, download=False).execute(task_context())
+    after_export = read_log(out, bulk_env)
+    assert names(after_export)[:2] == ["kickoff", "status_complete"]
+    store = BulkStateStore(out)
+    key = job_key(dag_id="bulk_dag", task_id="export", run_id="run-1")
+    # The mapped tasks run at once on different workers: each writes only its own part.
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def download(index: int, spec: dict[str, Any]) -> None:
+        try:
+            results.append(
+                download_op(out, file=spec).execute(
+                    task_context(task_id="download", map_index=index)
+                )
+            )
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=download, args=(i, f)) for i, f in enumerate(files)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert read_log(out, bulk_env) == after_export  # the log itself is the export task's
+    assert len(store.log_parts(key)) == len(files)
+
+    summary = finalize_op(out).execute(task_context(task_id="finalize"))
+    events = read_log(out, bulk_env)
+    assert events[: len(after_export)] == after_export
+    assert len(only(events, "download_request")) == len(files) == summary["files"]
+    assert len(only(events, "download_complete")) == len(files)
+    assert names(events)[-1] == "export_complete"
+    assert store.log_parts(key) == []  # merged, then deleted
+    stamps = [e["timestamp"] for e in events]
+    assert stamps == sorted(stamps)
+
+
+def test_merging_a_part_twice_adds_nothing(tmp_path: Path) -> None:
+    """A finalize retried after it wrote the log but before it deleted the parts."""
+    main = ExportLog(tmp_path / "log.ndjson", "abc")
+    main.kickoff("https://h/fhir/$export?_type=Patient", {"_type": "Patient"})
+    main.flush()
+    part = ExportLog(tmp_path / "part.ndjson", "abc")
+    part.download_request("https://files/x.ndjson?sig=SECRET", "output", "Patient")
+    part.download_complete("https://files/x.ndjson?sig=SECRET", 10, 1)
+    part.flush()
+    kept = (tmp_path / "part.ndjson").read_bytes()
+    assert main.merge_parts([tmp_path / "part.ndjson"]) == 2
+    (tmp_path / "part.ndjson").write_bytes(kept)  # the deletion did not happen
+    assert main.merge_parts([tmp_path / "part.ndjson"]) == 0
+    text = (tmp_path / "log.ndjson").read_text()
+    assert len(text.splitlines()) == 3
+    assert "SECRET" not in text and "?" not in text
+
+
+def test_a_refused_kickoff_is_logged_with_its_status(bulk_env: BulkEnv) -> None:
+    bulk_env.sb.faults.add(
+        "/fhir/$export", status=400, issue_code="invalid", body="bad _type", times=1
+    )
+    out = bulk_env.tmp / "out"
+    with pytest.raises(Exception, match="bad _type"):
+        export_op(out).execute(task_context())
+    (event,) = read_log(out, bulk_env)
+    assert event["eventId"] == "kickoff"
+    assert event["eventDetail"]["errorCode"] == 400
+    assert "bad _type" in event["eventDetail"]["errorBody"]
