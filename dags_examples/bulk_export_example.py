@@ -16,6 +16,15 @@ The first run exports everything. A retried run continues the same export (no se
 kick-off) and skips the files already complete. The job is deleted on the server after the
 download, and cancelled when the task is killed or fails for good.
 
+Then ``tables`` flattens the files with the ready SQL-on-FHIR views (US Core Patient,
+Observation, Condition, Encounter) into Delta Lake tables (needs the ``tables`` extra)::
+
+    {output}/tables/group-{group}/patient_demographics/, observation/, condition/, encounter/
+
+The first run writes them; each later run merges what changed since (and removes what was
+deleted), so the tables always equal a full export's (docs/tables.md). Query them with DuckDB,
+Spark or polars.
+
 Connection ``backendauth_fhir`` (any SMART Backend Services server with Bulk Data)::
 
     export AIRFLOW_CONN_BACKENDAUTH_FHIR='{"conn_type": "backendauth",
@@ -43,6 +52,7 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_backendauth.operators.bulk import FhirBulkExportOperator
+from airflow_provider_backendauth.operators.views import FhirViewTableOperator
 
 CONN_ID = "backendauth_fhir"
 
@@ -64,6 +74,8 @@ def run_folder(run_id: str) -> str:
 # files go to their own folder below it.
 STATE_DIR = "{{ params.output }}/bulk/group-{{ params.group_id }}"
 DESTINATION = STATE_DIR + "/{{ run_folder(run_id) }}"
+TABLES = "{{ params.output }}/tables/group-{{ params.group_id }}"
+READY_VIEWS = ["patient_demographics", "observation", "condition", "encounter"]
 
 with DAG(
     dag_id="backendauth_bulk_export",
@@ -119,3 +131,8 @@ with DAG(
         print(f"next run exports changes since {summary['transactionTime']}")
 
     report(export.output)
+
+    # One Delta table per view; merged (incremental="auto") when the export used _since.
+    FhirViewTableOperator(
+        task_id="tables", export=export.output, views=READY_VIEWS, destination=TABLES
+    )

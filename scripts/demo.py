@@ -3,8 +3,9 @@
 Starts the bundled sandbox, registers a client per vendor profile, shows the token exchange for
 each of five vendors (MyDataHelps, Koppeltaal, HelseID, Redox, NHS England) through the hook,
 runs the example DAGs with real Airflow (``airflow dags test``) against the sandbox with
-connections from ``AIRFLOW_CONN_*``, and prints what was fetched. Everything lands under
-``.demo/``; nothing is left running.
+connections from ``AIRFLOW_CONN_*``, prints what was fetched, and ends with a query over the
+SQL-on-FHIR tables the bulk export DAG wrote (DuckDB). Everything lands under ``.demo/``;
+nothing is left running.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ DAGS: tuple[tuple[str, str], ...] = (
     ("backendauth_fhir_search", "FHIR search: patients + observations of the interval -> NDJSON"),
     ("backendauth_mydatahelps_participants", "REST with pagination: MyDataHelps participants"),
     *((f"backendauth_vendor_{v}", f"{v} connection: one token-checked call") for v in SEED_VENDORS),
-    ("backendauth_bulk_export", "Bulk Data: nightly Group $export (deferrable, since=auto)"),
+    ("backendauth_bulk_export", "Bulk Data: nightly Group $export (since=auto) -> Delta tables"),
     ("backendauth_bulk_export_mapped", "Bulk Data: $export with mapped per-file downloads"),
 )
 
@@ -65,9 +66,45 @@ def main() -> int:
         dag_results = [run_dag(dag_id, about, env) for dag_id, about in dag_list()]
 
         stats = sb.stats
+    tables_ok = query_tables()
     summary(token_results, dag_results, stats, time.monotonic() - started)
     failed = [r for r in dag_results if not r["ok"]] + [t for t in token_results if not t["ok"]]
-    return 1 if failed else 0
+    return 1 if failed or not tables_ok else 0
+
+
+def query_tables() -> bool:
+    """Query the tables the bulk export DAG wrote: vital signs per patient gender."""
+    import duckdb
+
+    from airflow_provider_backendauth.core.tables import table_files
+
+    step("SQL-on-FHIR tables (Delta Lake), queried with DuckDB")
+    root = OUTPUT / "tables" / "group-all"
+    try:
+        observations = table_files(root / "observation")
+        patients = table_files(root / "patient_demographics")
+    except Exception as exc:
+        print(f"  FAIL no tables under {root.relative_to(REPO)}: {exc}")
+        return False
+    for table in sorted(p for p in root.iterdir() if p.is_dir()):
+        (rows,) = duckdb.execute(
+            "SELECT count(*) FROM read_parquet(?)", [table_files(table)]
+        ).fetchone() or (0,)
+        print(f"  {table.relative_to(OUTPUT)}: {rows} rows")
+    query = """
+        SELECT o.code_display AS vital, p.gender, count(*) AS n,
+               round(avg(CAST(o.value AS DOUBLE)), 1) AS mean, any_value(o.unit) AS unit
+        FROM read_parquet(?) AS o JOIN read_parquet(?) AS p ON o.patient = p.id
+        GROUP BY ALL ORDER BY vital, p.gender LIMIT 8
+    """
+    print("\n  " + " ".join(line.strip() for line in query.strip().splitlines()))
+    result = duckdb.execute(query, [observations, patients])
+    header = [d[0] for d in result.description]
+    rows = result.fetchall()
+    widths = [max(len(str(v)) for v in [h, *(r[i] for r in rows)]) for i, h in enumerate(header)]
+    for line in [header, *rows]:
+        print("  " + "  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)))
+    return bool(rows)
 
 
 def airflow_env() -> dict[str, str]:
@@ -161,7 +198,13 @@ def summary(
     tokens: list[dict[str, Any]], dags: list[dict[str, Any]], stats: dict[str, Any], seconds: float
 ) -> None:
     step("What was fetched")
-    files = sorted(p for p in OUTPUT.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted(
+        p
+        for p in OUTPUT.rglob("*")
+        if p.is_file()
+        and not p.name.startswith(".")
+        and "tables" not in p.relative_to(OUTPUT).parts
+    )
     data = [p for p in files if p.suffix == ".ndjson"]
     for source in sorted({p.relative_to(OUTPUT).parts[0] for p in data}):
         counts: Counter[str] = Counter()

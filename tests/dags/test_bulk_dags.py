@@ -83,6 +83,15 @@ def test_nightly_incremental_group_export(dagbag: Any, fhir: BulkEnv, tmp_path: 
     assert "_since=" in manifest2["request"]  # the next one only what changed since
     assert manifest["transactionTime"].replace(":", "%3A") in manifest2["request"]
     assert "deleted" in manifest2
+    # The tables: written by the first run, merged by the second (nothing changed since).
+    from airflow_provider_backendauth.core.tables import read_snapshot
+
+    tables = tmp_path / "tables" / "group-g1"
+    patients = read_snapshot(tables / "patient_demographics")
+    assert patients is not None and patients.version == 1 and patients.rows == 10
+    observations = read_snapshot(tables / "observation")
+    assert observations is not None
+    assert observations.rows == len(ndjson_lines(first / "Observation.000.ndjson"))
     stats = fhir.sb.stats
     assert stats["bulk_kickoffs"] == 2
     assert stats["bulk_cancels"] == 2  # each job deleted on the server after download
