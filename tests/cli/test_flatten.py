@@ -84,7 +84,7 @@ def test_flatten_writes_a_table_and_merges(
         ("view-not-json", "view.json: not JSON"),
         ("bad-path", "path 'birthDate.('"),
         ("missing-input", "nothere.ndjson: no such file"),
-        ("malformed", "line 2 is not JSON"),
+        ("malformed", "bad.ndjson: line 2 is not valid JSON"),
     ],
 )
 def test_errors_are_one_line_and_write_nothing(

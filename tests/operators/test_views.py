@@ -119,7 +119,7 @@ def test_a_malformed_export_file_fails_for_good_leaving_the_table(bulk_env: Bulk
     name = summary["output"]["Encounter"]["files"][0]
     with (raw / name).open("ab") as handle:
         handle.write(b'{"resourceType": "Encounter", "id": \n')
-    with pytest.raises(AirflowFailException, match="is not JSON"):
+    with pytest.raises(AirflowFailException, match="is not valid JSON"):
         tables_op(export=summary, destination=str(out), views=["encounter"]).execute(task_context())
     snapshot = read_snapshot(out / "encounter")
     assert snapshot is not None and snapshot.version == 0  # the first table, untouched

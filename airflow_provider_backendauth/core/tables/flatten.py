@@ -1,9 +1,9 @@
 """NDJSON files -> one view table: read, run the view, write the table (full or incremental).
 
 - ``read_resources(paths)``: NDJSON (``.ndjson`` or gzipped ``.ndjson.gz``) from local or
-  object-store paths, one line at a time, decimals parsed as ``Decimal`` (no float loss). A
-  line that is not JSON fails with ``MalformedResourceError`` naming the file and line, never
-  quoting it.
+  object-store paths, one line at a time, decimals parsed as ``Decimal`` (no float loss) by
+  the runner's reader. A line that is not JSON fails with ``MalformedResourceError`` naming
+  the file and line, never quoting it.
 - ``deleted_ids(paths, resource_type)``: the ids a bulk export's ``deleted`` files remove
   (Bundles of ``DELETE`` requests, ``request.url`` = ``Type/id``).
 - ``flatten(view, inputs, table)``: the view's rows into its table. Each row also carries
@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import copy
 import gzip
-import json
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
-from decimal import Decimal
 from typing import Any
 
 from airflow_provider_backendauth.core.errors import MalformedResourceError, ViewDefinitionError
 from airflow_provider_backendauth.core.storage.paths import StoragePath, as_path
 from airflow_provider_backendauth.core.tables.table import KEY_COLUMN, TableResult, ViewTable
-from airflow_provider_backendauth.core.tables.types import TypeOptions, column_tags
+from airflow_provider_backendauth.core.tables.types import TypeOptions
 from airflow_provider_backendauth.core.views import Column, CompiledView, compile_view
 
 _ID_KEY_PREFIX = "zzbackendauthkey"
@@ -44,23 +42,20 @@ def _lines(path: StoragePath) -> Iterator[bytes]:
 
 
 def read_resources(paths: Iterable[Any]) -> Iterator[dict[str, Any]]:
-    """Every resource in the NDJSON files, in order (blank lines skipped)."""
+    """Every resource in the NDJSON files, in order (blank lines skipped), parsed by the
+    runner's reader (``core.views.read_resources``: the fastest installed parser, exact
+    decimals)."""
+    from airflow_provider_backendauth.core.views import read_resources as parse_lines
+
     for given in paths:
         path = as_path(given)
-        for number, line in enumerate(_lines(path), start=1):
-            if not line.strip():
-                continue
-            try:
-                resource = json.loads(line, parse_float=Decimal)
-            except ValueError:
-                raise MalformedResourceError(
-                    f"{path.name} line {number} is not JSON (a truncated or corrupt file?)"
-                ) from None
-            if not isinstance(resource, dict):
-                raise MalformedResourceError(
-                    f"{path.name} line {number} is not a FHIR resource (a JSON object)"
-                )
-            yield resource
+        try:
+            for resource in parse_lines(_lines(path)):
+                if not isinstance(resource, dict):
+                    raise MalformedResourceError("a line is not a FHIR resource (a JSON object)")
+                yield resource
+        except MalformedResourceError as exc:
+            raise MalformedResourceError(f"{path.name}: {exc}") from None
 
 
 def deleted_ids(paths: Iterable[Any], resource_type: str) -> Iterator[str]:
@@ -101,11 +96,8 @@ class KeyedView:
                 "select": [{"column": [{"name": "k", "path": "getResourceKey()"}]}],
             }
         )
-        self.tags = {
-            name: tags["ansi/type"]
-            for name, tags in column_tags(view).items()
-            if "ansi/type" in tags
-        }
+        # The spec's type hint: a column's ansi/type tag (the runner validated the tags).
+        self.tags = {c.name: v for c in plain.columns for k, v in c.tags if k == "ansi/type"}
 
     def key_of(self, resource: Mapping[str, Any]) -> list[str]:
         return [str(row["k"]) for row in self.keys_only.run([resource]) if row["k"] is not None]

@@ -43,7 +43,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -227,33 +227,6 @@ def column_type(
         precision=precision,
         scale=scale,
     )
-
-
-def column_tags(view: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    """Each column's tags (``{column name: {tag name: value}}``), found anywhere in the view's
-    ``select`` tree (nested ``select`` and ``unionAll`` included; unionAll branches repeat
-    the same names, the first one found wins)."""
-    found: dict[str, dict[str, str]] = {}
-
-    def walk(selects: Any) -> None:
-        if not isinstance(selects, list):
-            return
-        for select in selects:
-            if not isinstance(select, Mapping):
-                continue
-            for column in select.get("column") or []:
-                if isinstance(column, Mapping) and isinstance(column.get("name"), str):
-                    tags = {
-                        str(tag.get("name")): str(tag.get("value"))
-                        for tag in column.get("tag") or column.get("tags") or []
-                        if isinstance(tag, Mapping)
-                    }
-                    found.setdefault(column["name"], tags)
-            walk(select.get("select"))
-            walk(select.get("unionAll"))
-
-    walk(view.get("select"))
-    return found
 
 
 # --- conversion ------------------------------------------------------------------------------

@@ -132,7 +132,8 @@ def test_a_malformed_line_writes_nothing(
     with source.open("ab") as handle:
         handle.write(b'{"resourceType": "Observation", "id": "cut-of\n')
     with pytest.raises(
-        MalformedResourceError, match="Observation.ndjson line 31 is not JSON"
+        MalformedResourceError,
+        match="Observation.ndjson: line 31 is not valid JSON",
     ) as caught:
         flatten(OBSERVATIONS, [source], tmp_path / "t", row_group_rows=7, target_file_bytes=1)
     assert "cut-of" not in str(caught.value)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import datetime
 from decimal import Decimal
+from pathlib import Path
 
+import deltalake
 import pyarrow as pa
 import pytest
 
 from airflow_provider_backendauth.core.errors import TableError, ViewDefinitionError
-from airflow_provider_backendauth.core.tables.types import TypeOptions, column_tags, column_type
+from airflow_provider_backendauth.core.tables.flatten import flatten
+from airflow_provider_backendauth.core.tables.types import TypeOptions, column_type
 
 UTC = datetime.timezone.utc
 
@@ -117,8 +120,10 @@ def test_collections_keep_nulls_empty_lists_and_order() -> None:
     assert column.to_arrow([[1, 2], [], None, [3]]).to_pylist() == [[1, 2], [], None, [3]]
 
 
-def test_ansi_type_tags_override_the_default() -> None:
+def test_ansi_type_tags_override_the_default(tmp_path: Path) -> None:
     view = {
+        "name": "tagged",
+        "resource": "Patient",
         "select": [
             {
                 "column": [
@@ -136,7 +141,7 @@ def test_ansi_type_tags_override_the_default() -> None:
                                 "column": [
                                     {
                                         "name": "v",
-                                        "path": "x",
+                                        "path": "multipleBirth.ofType(integer)",
                                         "tag": [{"name": "ansi/type", "value": "decimal(10, 2)"}],
                                     }
                                 ]
@@ -145,15 +150,18 @@ def test_ansi_type_tags_override_the_default() -> None:
                     }
                 ],
             }
-        ]
+        ],
     }
-    tags = column_tags(view)
-    assert tags["born"] == {"ansi/type": "DATE"}
-    assert tags["id"] == {}
-    assert column_type("born", "date", False, ansi_type="DATE").arrow == pa.date32()
-    assert column_type("v", "decimal", False, ansi_type=tags["v"]["ansi/type"]).arrow == (
-        pa.decimal128(10, 2)
+    source = tmp_path / "p.ndjson"
+    source.write_text(
+        '{"resourceType": "Patient", "id": "a", "birthDate": "1970-02", "multipleBirthInteger": 2}\n'
     )
+    flatten(view, [source], tmp_path / "t")
+    table = deltalake.DeltaTable(str(tmp_path / "t")).to_pyarrow_table()
+    assert table.schema.field("born").type == pa.date32()
+    assert table.schema.field("id").type == pa.string()
+    assert table.schema.field("v").type == pa.decimal128(10, 2)
+    assert table.to_pylist()[0]["born"] == datetime.date(1970, 2, 1)
     with pytest.raises(ViewDefinitionError, match="ansi/type 'MONEY'"):
         column_type("m", "decimal", False, ansi_type="MONEY")
     with pytest.raises(ViewDefinitionError, match="precision"):
