@@ -372,3 +372,28 @@ def test_stop_event_ends_the_wait(bulk_env: BulkEnv) -> None:
     assert time.monotonic() - started < 2
     c.stop.clear()
     c.cancel(status_url)
+
+
+def test_kickoff_429_asking_beyond_the_budget_fails_at_once(bulk_env: BulkEnv) -> None:
+    # Before: the wait was cut to the budget and slept whole (300 s by default), only to
+    # fail afterwards. The server said when it would be ready; that is after the budget.
+    bulk_env.sb.faults.add("/fhir/$export", status=429, retry_after=3600, times=None)
+    now = [0.0]
+    c = BulkExportClient(
+        bulk_http_for(bulk_env.auth_client()),
+        bulk_env.sb.fhir_base,
+        poll_settings=fast_poll(kickoff_busy_budget=300),
+        clock=lambda: now[0],
+    )
+    slept: list[float] = []
+
+    def sleep(seconds: float, why: str) -> None:  # no real wait: the clock moves instead
+        slept.append(seconds)
+        now[0] += seconds
+
+    c._sleep = sleep  # type: ignore[method-assign]
+    with pytest.raises(BulkExportError, match="kickoff_busy_budget") as info:
+        c.kickoff(BulkExportRequest.create("system"))
+    assert slept == []
+    assert info.value.status_code == 429 and info.value.retryable
+    assert "asked for 60.0 min" in str(info.value)  # what the server asked for

@@ -142,33 +142,40 @@ class BulkExportClient:
         self, result: KickoffBusy, url: str, busy: int, started: float, previous: float | None
     ) -> float:
         """How long to wait after a 429 on kick-off: the server's Retry-After (else a
-        doubling backoff) within what is left of ``kickoff_busy_budget``; fails when the
-        budget is spent."""
+        doubling backoff) within what is left of ``kickoff_busy_budget``. Fails when the
+        budget is spent, and at once when the server's Retry-After reaches beyond it: the
+        server said it will not accept the export before then, so waiting out the rest of
+        the budget (300 s by default) would only delay the same failure."""
         settings = self.poll_settings
         waited = self._clock() - started
         left = settings.kickoff_busy_budget - waited
-        asked = (
-            f"its last Retry-After asked for {describe_seconds(result.retry_after)} more"
-            if result.retry_after is not None
-            else "it sent no usable Retry-After"
-        )
-        if left <= 0:
-            raise BulkExportError(
-                f"The server kept answering the $export kick-off at {display_url(url)} with 429 "
-                f"(busy: {result.diagnostics or 'no details'}) {busy} times over "
-                f"{describe_seconds(waited)}, the whole kickoff_busy_budget="
-                f"{describe_seconds(settings.kickoff_busy_budget)}; {asked}. Another export by "
-                "this client may be running; cancel it or raise the budget.",
-                status_code=429,
-                diagnostics=result.diagnostics,
-                retryable=True,
-            )
         if result.retry_after is not None:
             delay, why = max(result.retry_after, settings.poll_interval_min), "Retry-After"
         else:
             base = previous if previous is not None else settings.poll_interval_min / 2
             delay = min(max(settings.poll_interval_min, base * 2), settings.poll_interval_max)
             why = "backoff"
+        if left <= 0 or (why == "Retry-After" and delay > left):
+            asked = (
+                f"its last Retry-After asked for {describe_seconds(delay)} more"
+                if result.retry_after is not None
+                else "it sent no usable Retry-After"
+            )
+            spent = (
+                f"{busy} times over {describe_seconds(waited)}, the whole"
+                if left <= 0
+                else f"{busy} times over {describe_seconds(waited)}, with "
+                f"{describe_seconds(left)} left of"
+            )
+            raise BulkExportError(
+                f"The server kept answering the $export kick-off at {display_url(url)} with 429 "
+                f"(busy: {result.diagnostics or 'no details'}) {spent} kickoff_busy_budget="
+                f"{describe_seconds(settings.kickoff_busy_budget)}; {asked}. Another export by "
+                "this client may be running; cancel it or raise the budget.",
+                status_code=429,
+                diagnostics=result.diagnostics,
+                retryable=True,
+            )
         wait = min(delay, left)
         log.info(
             "Server busy (429) on kick-off (%s); retrying in %s (%s%s; %s of "
