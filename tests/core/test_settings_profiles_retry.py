@@ -194,3 +194,36 @@ def test_retry_after_seconds_and_http_date():
     assert parse_retry_after(email.utils.formatdate(now - 50, usegmt=True), now=now) == 0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"retries": 10**9},
+        {"retries": "1000000000"},
+        {"retries": 101},
+        {"timeout": 10**9},
+        {"timeout": "1000000000"},
+        {"timeout": 3601},
+        {"timeout": 0},
+        {"retries": -1},
+    ],
+)
+def test_absurd_retries_and_timeouts_are_refused(extra: dict[str, object]) -> None:
+    name = next(iter(extra))
+    with pytest.raises(ConfigurationError, match=f"{name}.*(at most|at least)"):
+        settings(**extra)
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    assert settings(retries=100, timeout=3600).retries == 100
+    assert settings(retries=0, timeout=1).timeout == 1.0
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"retries": 10**9}, {"timeout": 1e9}, {"timeout": float("nan")}, {"retries": 2.5}],
+)
+def test_settings_made_in_code_are_checked_too(values: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        ClientSettings(base_url="https://fhir.example", client_id="c", **values)  # type: ignore[arg-type]

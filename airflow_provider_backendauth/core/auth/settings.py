@@ -53,6 +53,13 @@ class DeprecatedExtraWarning(FutureWarning):
     maintain connections, so Python shows it by default.)"""
 
 
+# Far beyond any real need; they stop values that would hang a task for years or retry for
+# ever (``timeout=1e9``, ``retries=1e9``). ``timeout`` bounds one request as a whole (a bulk
+# file download is bounded per read, not by it); ``retries`` backs off up to 30 s each.
+MAX_TIMEOUT = 3600
+MAX_RETRIES = 100
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     """One client's configuration. Unset values (None) fall back to the profile preset.
@@ -64,6 +71,12 @@ class ClientSettings:
         profile: vendor preset name.
         allowed_hosts: extra origins/hosts that may receive the bearer token (besides the
             base URL's origin), e.g. a vendor's separate file server.
+        timeout: seconds one request may take as a whole, from 1 to ``MAX_TIMEOUT``.
+        retries: retries after a failed request, from 0 to ``MAX_RETRIES``.
+
+    Raises:
+        ConfigurationError: ``timeout`` or ``retries`` is not a number within its bounds
+            (checked however the settings are made: from a connection or in code).
     """
 
     base_url: str | None = None
@@ -87,6 +100,11 @@ class ClientSettings:
     retries: int = 5
     allow_insecure_http: bool = False
     allowed_hosts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_bounds("timeout", self.timeout, 1, MAX_TIMEOUT, whole=False)
+        _check_bounds("retries", self.retries, 0, MAX_RETRIES, whole=True)
+        object.__setattr__(self, "timeout", float(self.timeout))
 
     @property
     def tls_verify(self) -> bool | str:
@@ -243,6 +261,18 @@ def _boolean(extra: Mapping[str, Any], name: str, default: bool) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ConfigurationError(f"Extra {name!r} must be true or false, not {value!r}.")
+
+
+def _check_bounds(name: str, value: Any, low: int, high: int, *, whole: bool) -> None:
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        what = "a whole number" if whole else "a number"
+        raise ConfigurationError(f"{name!r} must be {what}, not {value!r}.")
+    # ``not low <= value`` also refuses NaN, which every comparison answers False.
+    if not low <= value:
+        raise ConfigurationError(f"{name!r} must be at least {low}, not {value!r}.")
+    if not value <= high:
+        raise ConfigurationError(f"{name!r} must be at most {high}, not {value!r}.")
 
 
 def _integer(extra: Mapping[str, Any], name: str, *, minimum: int) -> int | None:
