@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow_provider_backendauth.core.views.fhirpath import boundary
 from airflow_provider_backendauth.core.views.fhirpath.lexer import FhirPathError
-from airflow_provider_backendauth.core.views.fhirpath.parser import Member, Node
+from airflow_provider_backendauth.core.views.fhirpath.parser import Literal, Member, Node
 from airflow_provider_backendauth.core.views.fhirpath.runtime import (
     Compiled,
     Env,
@@ -184,15 +184,19 @@ def _of_type(inp: Compiled, args: tuple[Node, ...], _: CompileArg) -> Compiled:
 def _extension(inp: Compiled, args: tuple[Node, ...], compile_arg: CompileArg) -> Compiled:
     _arity("extension", args, 1, 1)
     source, url_fn = inp.fn, compile_arg(args[0]).fn
+    literal = args[0].value if isinstance(args[0], Literal) and len(args[0].value) == 1 else None
 
     def run(focus: list[Any], env: Env) -> list[Any]:
-        url = single(url_fn(focus, env), "extension()")
+        # The URL is almost always a literal: read once, not evaluated per resource.
+        url = literal[0] if literal else single(url_fn(focus, env), "extension()")
         out: list[Any] = []
         for item in source(focus, env):
             if item.__class__ is dict:
                 extensions = item.get("extension")
                 if extensions.__class__ is list:
-                    out.extend(e for e in extensions if e.__class__ is dict and e.get("url") == url)
+                    for extension in extensions:
+                        if extension.__class__ is dict and extension.get("url") == url:
+                            out.append(extension)
         return out
 
     return Compiled(run, "Extension")
