@@ -38,7 +38,7 @@ from airflow_provider_backendauth.core.views.fhirpath.runtime import (
     Env,
     FhirPathEvalError,
     Fn,
-    choice_value,
+    element,
     identity,
     is_type,
     member,
@@ -77,13 +77,9 @@ def _first_found(items: list[Any] | tuple[Any, ...], names: tuple[str, ...], dep
     """The first item of ``items.names...`` in document order (depth first), or None."""
     name, last = names[depth], depth == len(names) - 1
     for item in items:
-        if item.__class__ is not dict:
-            continue
-        value = item.get(name)
+        value = element(item, name)
         if value is None:
-            value = choice_value(item, name)
-            if value is None:
-                continue
+            continue
         children = value if value.__class__ is list else (value,)
         if last:
             for child in children:

@@ -94,35 +94,31 @@ def choice_value(item: dict[str, Any], name: str) -> Any:
     return None
 
 
+def element(item: Any, name: str) -> Any:
+    """The JSON value of ``item.name`` (of the choice element ``name[x]`` too), None if none."""
+    if item.__class__ is not dict:
+        return None
+    value = item.get(name)
+    return choice_value(item, name) if value is None else value
+
+
 def member(items: list[Any], name: str) -> list[Any]:
     """``items.name``: every child called ``name`` (lists flattened, nulls dropped)."""
     if len(items) == 1:  # the common case (a resource, a forEach item): no accumulator
-        item = items[0]
-        if item.__class__ is not dict:
-            return []
-        value = item.get(name)
+        value = element(items[0], name)
         if value is None:
-            value = choice_value(item, name)
-            if value is None:
-                return []
+            return []
         if value.__class__ is list:
             # The resource's own list, not a copy: nothing downstream mutates a result.
             return value if None not in value else [v for v in value if v is not None]
         return [value]
     out: list[Any] = []
     for item in items:
-        if item.__class__ is not dict:
-            continue
-        value = item.get(name)
+        value = element(item, name)
         if value is None:
-            value = choice_value(item, name)
-            if value is None:
-                continue
+            continue
         if value.__class__ is list:
-            if None in value:
-                out.extend(v for v in value if v is not None)
-            else:
-                out.extend(value)
+            out.extend(value if None not in value else (v for v in value if v is not None))
         else:
             out.append(value)
     return out
