@@ -113,11 +113,13 @@ class FhirBulkExportOperator(_BulkBase):
             (seconds or HTTP-date) is honoured down to 1 s and up to ``poll_interval_max``.
         max_wait: give up when the export has not completed this long after the kick-off
             (default: 7 days; polling is always bounded).
-            These five are validated together as ``PollSettings`` (bounds in
-            ``core/bulk/poll_settings.py``); absurd values fail when the DAG is parsed.
         kickoff_busy_budget: seconds to keep retrying a kick-off answered 429 (another
             export running) before failing.
         max_transient_errors: consecutive 5xx/transient errors tolerated while polling.
+        max_poll_errors: such errors tolerated in all while waiting, whatever answers lie
+            between them (a status URL flapping 500/202 fails the wait; default 100).
+            The six poll values are validated together as ``PollSettings`` (bounds in
+            ``core/bulk/poll_settings.py``): absurd values fail when the DAG is parsed.
         chunk_size: download chunk in bytes (memory use ~ parallel_downloads * chunk_size).
         max_file_bytes: the most bytes one downloaded file may decode to (default 64 GiB).
         max_compression_ratio: the most decoded bytes per byte received (default 200; a
@@ -174,6 +176,7 @@ class FhirBulkExportOperator(_BulkBase):
         max_wait: timedelta | float | None = None,
         kickoff_busy_budget: float = _POLL.kickoff_busy_budget,
         max_transient_errors: int = _POLL.max_transient_errors,
+        max_poll_errors: int = _POLL.max_poll_errors,
         chunk_size: int = 1 << 20,
         max_file_bytes: int = 64 * 1024**3,
         max_compression_ratio: float = 200.0,
@@ -196,6 +199,7 @@ class FhirBulkExportOperator(_BulkBase):
             max_wait=_seconds(max_wait),
             kickoff_busy_budget=kickoff_busy_budget,
             max_transient_errors=max_transient_errors,
+            max_poll_errors=max_poll_errors,
         )
         self.level = level
         self.group_id = group_id

@@ -167,7 +167,8 @@ def test_polling_is_bounded_without_a_deadline() -> None:
     p = StatusPoller(URL, PollSettings(poll_interval_min=1), random=lambda: 0.0)
     assert isinstance(p.start(T0), Poll)
     assert p.deadline == T0 + DEFAULT_MAX_WAIT
-    # A server flapping 500/202 forever (never transient twice in a row) still ends.
+    # A server flapping 500/202 an hour apart (never transient twice in a row) ends at the
+    # deadline at the latest.
     now, polls = T0, 0
     step: object = Poll(URL)
     while isinstance(step, Poll):
@@ -195,3 +196,15 @@ def test_epoch_retry_after_on_a_status_answer_is_a_moment() -> None:
 )
 def test_describe_seconds(value: float, text: str) -> None:
     assert describe_seconds(value) == text
+
+
+def test_a_status_url_flapping_500_202_is_given_up_on() -> None:
+    # Before: every 202 reset the error count, so only the deadline (7 days) ended it.
+    answers: list[StatusResult] = [RetryLater(None, "HTTP 500", 500), Pending(1), Pending(1)]
+    actions = run(poller(), answers * 200)
+    fail = actions[-1]
+    assert isinstance(fail, Fail) and not fail.timeout and fail.transient
+    errors = sum(1 for a in actions if isinstance(a, Sleep) and "failed transiently" in str(a))
+    assert errors == PollSettings().max_poll_errors  # then the next error gives up
+    assert "101 errors" in fail.message and "max_poll_errors=100" in fail.message
+    assert fail.status_code == 500

@@ -20,6 +20,10 @@ What the values mean (the waiting rules themselves are in ``core/bulk/poller.py`
 - ``kickoff_busy_budget``: seconds to keep retrying a kick-off answered 429 (the server runs
   another export of this client) before failing.
 - ``max_transient_errors``: 5xx / ``transient`` / network errors tolerated in a row.
+- ``max_poll_errors``: such errors tolerated in all while one wait lasts, whatever answers
+  lie between them: a status URL flapping 500/202 is given up on after this many errors
+  (100 by default), not polled until the deadline. The count starts again when a wait
+  starts again (a task retry, a triggerer restart).
 
 This module imports no Airflow.
 """
@@ -54,6 +58,7 @@ class PollSettings:
     max_wait: float | None = None
     kickoff_busy_budget: float = 300.0
     max_transient_errors: int = 10
+    max_poll_errors: int = 100
 
     def __post_init__(self) -> None:
         for name in ("poll_interval_min", "poll_interval_max", "kickoff_busy_budget"):
@@ -61,6 +66,7 @@ class PollSettings:
         if self.max_wait is not None:
             object.__setattr__(self, "max_wait", _seconds("max_wait", self.max_wait))
         _count("max_transient_errors", self.max_transient_errors)
+        _count("max_poll_errors", self.max_poll_errors)
         if not 0 < self.poll_interval_min <= self.poll_interval_max <= MAX_INTERVAL:
             raise ConfigurationError(
                 "need 0 < poll_interval_min <= poll_interval_max <= "

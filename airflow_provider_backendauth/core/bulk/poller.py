@@ -23,7 +23,9 @@ Waiting rules (``docs/bulk-export.md``, "Waiting"):
 - ``429`` (polled too often): the server's ``Retry-After`` (at least the floor) is honoured
   even beyond ``poll_interval_max`` (polling earlier only earns another 429); without a
   usable value the delay doubles on each 429 in a row.
-- 5xx / ``transient`` / no answer: up to ``max_transient_errors`` in a row, backing off.
+- 5xx / ``transient`` / no answer: up to ``max_transient_errors`` in a row, backing off,
+  and up to ``max_poll_errors`` in all (a status URL flapping 500/202 is given up on, not
+  polled until the deadline).
 - Jitter: every wait is stretched by a random 0 to ``JITTER`` (10%) of itself (a wait at
   ``poll_interval_max`` too), never shortened (a server's ``Retry-After`` means "not
   before"). Hundreds of exports deferred together would otherwise poll in lockstep, every
@@ -151,12 +153,14 @@ class StatusPoller:
         self.maximum = poll.poll_interval_max
         self.floor = min(self.minimum, RETRY_AFTER_FLOOR)  # the least a Retry-After gets
         self.max_transient_errors = poll.max_transient_errors
+        self.max_poll_errors = poll.max_poll_errors
         self.deadline = deadline
         self.shown = shown_url or status_url
         self.what = what
         self._random = random
         self.polls = 0
         self.transient = 0
+        self.errors = 0  # all errors of this wait, in a row or not
         self.throttled = 0
         self._delay: float | None = None
         self._last_progress: str | None = None
@@ -251,6 +255,17 @@ class StatusPoller:
 
     def _after_error(self, result: RetryLater, now: float) -> Action:
         self.transient += 1
+        self.errors += 1
+        if self.errors > self.max_poll_errors:
+            # Answers in between (a 202 after each 500) reset ``transient``, not this.
+            return Fail(
+                f"Polling {self.shown} kept failing ({result.reason}); gave up after "
+                f"{self.errors} errors while waiting, whatever came between them "
+                f"(max_poll_errors={self.max_poll_errors}).",
+                status_code=result.status_code,
+                diagnostics=result.reason,
+                transient=True,
+            )
         if self.transient > self.max_transient_errors:
             return Fail(
                 f"Polling {self.shown} kept failing ({result.reason}); gave up after "
