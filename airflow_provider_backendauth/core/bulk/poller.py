@@ -258,22 +258,16 @@ class StatusPoller:
         self.errors += 1
         if self.errors > self.max_poll_errors:
             # Answers in between (a 202 after each 500) reset ``transient``, not this.
-            return Fail(
-                f"Polling {self.shown} kept failing ({result.reason}); gave up after "
+            return self._give_up(
+                result,
                 f"{self.errors} errors while waiting, whatever came between them "
-                f"(max_poll_errors={self.max_poll_errors}).",
-                status_code=result.status_code,
-                diagnostics=result.reason,
-                transient=True,
+                f"(max_poll_errors={self.max_poll_errors})",
             )
         if self.transient > self.max_transient_errors:
-            return Fail(
-                f"Polling {self.shown} kept failing ({result.reason}); gave up after "
-                f"{self.transient} consecutive errors (max_transient_errors="
-                f"{self.max_transient_errors}).",
-                status_code=result.status_code,
-                diagnostics=result.reason,
-                transient=True,
+            return self._give_up(
+                result,
+                f"{self.transient} consecutive errors "
+                f"(max_transient_errors={self.max_transient_errors})",
             )
         if result.retry_after is not None:
             delay = min(max(result.retry_after, self.floor), self.maximum)
@@ -287,6 +281,14 @@ class StatusPoller:
             f"{self.transient} of {self.max_transient_errors} in a row)",
             "",
             level=logging.WARNING,
+        )
+
+    def _give_up(self, result: RetryLater, after: str) -> Fail:
+        return Fail(
+            f"Polling {self.shown} kept failing ({result.reason}); gave up after {after}.",
+            status_code=result.status_code,
+            diagnostics=result.reason,
+            transient=True,
         )
 
     def _sleep(
