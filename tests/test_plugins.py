@@ -95,6 +95,12 @@ def test_rewrite_ignores_what_it_does_not_understand():
     assert rewrite_test_body(json.dumps({**UI_BODY, "port": False}).encode()) is None
 
 
+def test_a_deeply_nested_body_passes_through_instead_of_breaking_the_request():
+    raw = b'{"conn_type": "backendauth", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    assert rewrite_test_body(raw) is None  # before: RecursionError inside the middleware
+    assert _call(raw, "/api/v2/connections/test", "POST")["body"] == raw
+
+
 def test_the_rewritten_port_passes_airflows_own_check():
     """The check is Airflow's: port 0 against a stored NULL fails it, null passes."""
     try:

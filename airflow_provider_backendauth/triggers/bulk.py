@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
     from airflow_provider_backendauth.core.bulk.poller import StatusPoller
     from airflow_provider_backendauth.core.bulk.protocol import StatusResult
+    from airflow_provider_backendauth.core.http.httpx_driver import Reply
 
 # Airflow 3.3 added BaseTrigger.on_kill and calls it when a user acts on the deferred task;
 # 3.1 and 3.2 only cancel the trigger's coroutine (see ``_on_cancelled``).
@@ -54,7 +55,7 @@ def _load_modules() -> None:
     import anyio._backends._asyncio  # noqa: F401 - httpcore imports it on the first request
     import httpx  # noqa: F401
 
-    import airflow_provider_backendauth.core.http.httpx_auth  # noqa: F401
+    import airflow_provider_backendauth.core.http.httpx_driver  # noqa: F401
 
 
 def _make_client(conn: Any, extra: dict[str, Any]) -> BackendAuthClient:
@@ -215,17 +216,11 @@ class BulkExportTrigger(BaseTrigger):
     async def _http(client: BackendAuthClient) -> httpx.AsyncClient:
         """An HTTP client with the connection's TLS settings, built in a thread (loading a CA
         bundle into an SSL context is slow, blocking work)."""
-        import httpx
-
-        from airflow_provider_backendauth.core.http.sessions import USER_AGENT
+        from airflow_provider_backendauth.core.http.httpx_driver import async_client
 
         settings = client.settings
         return await asyncio.to_thread(
-            httpx.AsyncClient,
-            verify=settings.tls_verify,
-            timeout=settings.timeout,
-            follow_redirects=False,
-            headers={"User-Agent": USER_AGENT},
+            async_client, verify=settings.tls_verify, timeout=settings.timeout
         )
 
     async def _mask(self, token: str) -> None:
@@ -236,21 +231,35 @@ class BulkExportTrigger(BaseTrigger):
             self._masked.add(token)
 
     async def _send(
-        self, http: httpx.AsyncClient, client: BackendAuthClient, method: str, url: str
-    ) -> httpx.Response:
-        """One request through the connection's token decision (the same ``BearerPolicy``
-        the workers use, as an ``httpx.Auth``): token for allowed origins only, renewed once
-        on 401, redirects followed hop by hop."""
+        self,
+        http: httpx.AsyncClient,
+        client: BackendAuthClient,
+        method: str,
+        url: str,
+        *,
+        max_bytes: int,
+    ) -> Reply:
+        """One request through the connection's decision per hop (the same ``BearerPolicy``
+        the workers use, driven by ``send_async``): token for allowed origins only, renewed
+        once on 401, redirects by the one redirect rule, the body read within its cap."""
         from airflow_provider_backendauth.core.errors import BulkExportError
-        from airflow_provider_backendauth.core.http.httpx_auth import HttpxBearerAuth
+        from airflow_provider_backendauth.core.http.httpx_driver import send_async
 
-        auth = HttpxBearerAuth(client.bearer_policy(error=BulkExportError), on_token=self._mask)
-        return await http.request(method, url, headers={"Accept": "application/json"}, auth=auth)
+        return await send_async(
+            http,
+            client.bearer_policy(error=BulkExportError),
+            method,
+            url,
+            headers={"Accept": "application/json"},
+            max_bytes=max_bytes,
+            on_token=self._mask,
+        )
 
     async def _poll(self, http: httpx.AsyncClient, client: BackendAuthClient) -> StatusResult:
         import httpx
 
         from airflow_provider_backendauth.core.bulk.protocol import RetryLater, interpret_status
+        from airflow_provider_backendauth.core.http.bodies import MAX_STATUS_BYTES
         from airflow_provider_backendauth.core.http.deadline import (
             Deadline,
             DeadlineExceededError,
@@ -262,21 +271,20 @@ class BulkExportTrigger(BaseTrigger):
         # request (status line, headers, body), as on the workers.
         deadline = Deadline(client.settings.timeout)
         try:
-            response = await within(
+            reply = await within(
                 deadline,
-                self._send(http, client, "GET", self.status_url),
+                self._send(http, client, "GET", self.status_url, max_bytes=MAX_STATUS_BYTES),
                 f"GET {display_url(self.status_url)}",
             )
         except httpx.TransportError as exc:
             return RetryLater(None, f"no answer ({type(exc).__name__})")
         except DeadlineExceededError as exc:
             return RetryLater(None, exc.reason)
-        headers = dict(response.headers.items())
-        if len(response.content) > LARGE_BODY:  # a big manifest: parse it off the loop
+        if len(reply.body) > LARGE_BODY:  # a big manifest: parse it off the loop
             return await asyncio.to_thread(
-                interpret_status, response.status_code, headers, response.content
+                interpret_status, reply.status, reply.headers, reply.body
             )
-        return interpret_status(response.status_code, headers, response.content)
+        return interpret_status(reply.status, reply.headers, reply.body)
 
     # -- user kills the deferred task ------------------------------------------------
 
@@ -342,10 +350,14 @@ class BulkExportTrigger(BaseTrigger):
 
         await asyncio.to_thread(_load_modules)
         client = await self._auth_client()
+        from airflow_provider_backendauth.core.http.bodies import MAX_ERROR_BODY_BYTES
+
         async with await self._http(client) as http:
-            response = await self._send(http, client, "DELETE", self.status_url)
+            reply = await self._send(
+                http, client, "DELETE", self.status_url, max_bytes=MAX_ERROR_BODY_BYTES
+            )
         self.log.info(
             "Task killed: DELETE %s answered HTTP %d",
             display_url(self.status_url),
-            response.status_code,
+            reply.status,
         )

@@ -9,11 +9,13 @@ tests are about what the client does with hostile answers, not about assertion c
 
 from __future__ import annotations
 
+import functools
 import http.server
 import itertools
 import json
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,3 +177,36 @@ def bundle(resources: Iterable[dict[str, Any]], next_url: str | None = None) -> 
 def chunks(data: bytes, size: int) -> Iterator[bytes]:
     for i in range(0, len(data), size):
         yield data[i : i + size]
+
+
+@functools.lru_cache(maxsize=8)
+def gzip_bomb(decoded_mb: int) -> bytes:
+    """A gzip body that expands to ``decoded_mb`` MB of spaces (about 1000:1)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b" " * (1 << 20)
+    parts = [compressor.compress(block) for _ in range(decoded_mb)]
+    return b"".join(parts) + compressor.flush()
+
+
+def gzip_reply(status: int, decoded_mb: int, **headers: str) -> Reply:
+    """A ``status`` answer whose body is a gzip bomb of ``decoded_mb`` MB."""
+    return Reply(
+        status,
+        {"Content-Encoding": "gzip", "Content-Type": "application/json", **headers},
+        gzip_bomb(decoded_mb),
+    )
+
+
+def huge_route(status: int, mb: int) -> Callable[[Seen], Reply]:
+    """Answers ``status`` with ``mb`` MB of spaces, sent chunked as the client reads."""
+    block = b" " * (1 << 20)
+
+    def reply(seen: Seen) -> Reply:
+        return Reply(status, {"Content-Type": "application/json"}, (block for _ in range(mb)))
+
+    return reply
+
+
+def nested_json(depth: int) -> bytes:
+    """A JSON document nested ``depth`` levels (Python's parser recurses per level)."""
+    return b'{"a":' + b"[" * depth + b"]" * depth + b"}"

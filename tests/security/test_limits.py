@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import tracemalloc
-import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -15,15 +14,7 @@ from airflow_provider_backendauth.core.errors import (
     BackendAuthError,
     ResponseTooLargeError,
 )
-from tests.security.hostile import Reply, bundle
-
-
-def gzip_bomb(decoded_mb: int) -> bytes:
-    """A gzip body that expands to ``decoded_mb`` MB of spaces (about 1000:1)."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
-    block = b" " * (1 << 20)
-    parts = [compressor.compress(block) for _ in range(decoded_mb)]
-    return b"".join(parts) + compressor.flush()
+from tests.security.hostile import Reply, bundle, gzip_bomb
 
 
 def provider_error(excinfo: pytest.ExceptionInfo[BaseException]) -> BaseException:

@@ -236,6 +236,7 @@ class BackendAuthClient:
             path=self.profile.discovery_path,
             session=self._http,
             timeout=self.settings.timeout,
+            allowed_origins=self.allowed_origins,
         )
 
     def assertion_spec(self) -> AssertionSpec:

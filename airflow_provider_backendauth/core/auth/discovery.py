@@ -1,17 +1,32 @@
-"""SMART discovery: find the token endpoint from ``{base}/.well-known/smart-configuration``."""
+"""SMART discovery: find the token endpoint from ``{base}/.well-known/smart-configuration``.
+
+The document decides where the client assertion goes, so its request is confined: redirects
+are followed only within the base URL's origin and the connection's allowed origins (never
+HTTPS -> HTTP, at most a few hops: ``core/http/redirects.py``), and the answer is read within
+``MAX_DISCOVERY_BYTES`` (decoded) and parsed with ``parse_json`` (deep nesting is refused).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
 from airflow_provider_backendauth.core.auth.cache import CacheInfo, SingleFlightCache
-from airflow_provider_backendauth.core.errors import DiscoveryError
+from airflow_provider_backendauth.core.errors import BackendAuthError, DiscoveryError
+from airflow_provider_backendauth.core.http.bodies import (
+    FIXED_LIMIT,
+    MAX_DISCOVERY_BYTES,
+    parse_json,
+    read_answer,
+)
+from airflow_provider_backendauth.core.http.policy import BearerPolicy
+from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
 from airflow_provider_backendauth.core.http.sessions import plain_session
 from airflow_provider_backendauth.core.network import describe_network_error
-from airflow_provider_backendauth.core.urls import join_url
+from airflow_provider_backendauth.core.urls import join_url, origin_of
 
 
 @dataclass(frozen=True)
@@ -54,24 +69,57 @@ def discover(
     path: str = ".well-known/smart-configuration",
     session: requests.Session | None = None,
     timeout: float = 30.0,
+    allowed_origins: Iterable[str] = (),
 ) -> SmartConfiguration:
     """Fetch (once per process and base URL) the server's discovery document.
 
     Single flight: threads asking at the same time for a document not yet cached wait for
     one request and share its answer, or its error (a failure is not cached).
+
+    Args:
+        allowed_origins: origins besides the base URL's that a redirect may lead to.
     """
     url = join_url(base_url, path)
+    origins = frozenset({origin_of(base_url), *allowed_origins})
     return _cache.get(
-        (url, base_url), lambda: _fetch(url, base_url, session=session, timeout=timeout)
+        (url, base_url, origins),
+        lambda: _fetch(url, base_url, session=session, timeout=timeout, origins=origins),
     )
 
 
 def _fetch(
-    url: str, base_url: str, *, session: requests.Session | None, timeout: float
+    url: str,
+    base_url: str,
+    *,
+    session: requests.Session | None,
+    timeout: float,
+    origins: frozenset[str],
 ) -> SmartConfiguration:
     http = session or plain_session()
+    confined = BackendAuth(
+        None, policy=BearerPolicy(None, origins, confined=True, error=DiscoveryError)
+    )
     try:
-        response = http.get(url, headers={"Accept": "application/json"}, timeout=timeout)
+        response = http.get(
+            url,
+            headers={"Accept": "application/json"},
+            timeout=timeout,
+            stream=True,
+            allow_redirects=False,
+            auth=confined,
+        )
+        with response:
+            body = read_answer(
+                response,
+                max_bytes=MAX_DISCOVERY_BYTES,
+                what="SMART discovery",
+                setting=FIXED_LIMIT,
+            )
+    except BackendAuthError as exc:
+        raise DiscoveryError(
+            f"Could not use {url} to discover the token URL: {exc} Set the connection's "
+            "'auth_url' extra to the token URL instead."
+        ) from None
     except requests.RequestException as exc:
         raise DiscoveryError(
             f"Could not fetch {url} to discover the token URL: {describe_network_error(exc)}. "
@@ -83,9 +131,11 @@ def _fetch(
             "discovery. Set the connection's 'auth_url' extra."
         )
     try:
-        document = response.json()
-    except ValueError:
-        raise DiscoveryError(f"{url} did not return JSON; set the 'auth_url' extra.") from None
+        document = parse_json(body)
+    except ValueError as exc:
+        raise DiscoveryError(
+            f"{url} did not return usable JSON ({exc}); set the 'auth_url' extra."
+        ) from None
     if not isinstance(document, dict):
         raise DiscoveryError(f"{url} did not return a JSON object; set the 'auth_url' extra.")
     return SmartConfiguration.from_document(document, url, base_url)

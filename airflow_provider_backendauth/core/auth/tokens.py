@@ -20,9 +20,12 @@ from airflow_provider_backendauth.core.errors import (
 )
 from airflow_provider_backendauth.core.http.bodies import (
     MAX_TOKEN_RESPONSE_BYTES,
+    parse_json,
     read_body,
 )
 from airflow_provider_backendauth.core.http.deadline import Deadline
+from airflow_provider_backendauth.core.http.policy import BearerPolicy
+from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
 from airflow_provider_backendauth.core.http.sessions import plain_session
 from airflow_provider_backendauth.core.network import describe_network_error
 from airflow_provider_backendauth.core.redact import (
@@ -114,6 +117,10 @@ class TokenEndpoint:
         self.scope = scope
         self.client_id_in_form = client_id_in_form
         self._session = session or plain_session()
+        # The assertion is the request's body: redirects stay at the token URL's origin.
+        self._auth = BackendAuth(
+            None, policy=BearerPolicy(None, [token_url], confined=True, error=TokenRequestError)
+        )
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.hints = hints
@@ -174,6 +181,7 @@ class TokenEndpoint:
                 timeout=self.timeout,
                 allow_redirects=False,
                 stream=True,
+                auth=self._auth,
             )
             read_body(
                 response,
@@ -201,7 +209,7 @@ class TokenEndpoint:
 
     def _parse_success(self, response: requests.Response, started: float) -> AccessToken:
         try:
-            body = response.json()
+            body = parse_json(response.content)
         except ValueError:
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
@@ -282,7 +290,7 @@ def _read_error_body(response: requests.Response) -> tuple[str | None, str | Non
     error = description = None
     text = ""
     try:
-        body: Any = response.json()
+        body: Any = parse_json(response.content)
     except ValueError:
         body = None
     if isinstance(body, Mapping):

@@ -46,6 +46,7 @@ from airflow_provider_backendauth.core.bulk.request import (
 )
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
+from airflow_provider_backendauth.core.http.bodies import MAX_ERROR_BODY_BYTES, MAX_STATUS_BYTES
 from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.urls import display_url
 
@@ -199,6 +200,7 @@ class BulkExportClient:
                 url,
                 headers=headers,
                 json=request.parameters() if post else None,
+                max_bytes=MAX_ERROR_BODY_BYTES,  # a 202's body is not used
             )
         except requests.RequestException as exc:
             return KickoffRetry(None, f"no answer ({type(exc).__name__})")
@@ -210,7 +212,9 @@ class BulkExportClient:
     def poll(self, status_url: str) -> StatusResult:
         """One status request."""
         try:
-            response = self.http.send("GET", status_url, headers=STATUS_HEADERS)
+            response = self.http.send(
+                "GET", status_url, headers=STATUS_HEADERS, max_bytes=MAX_STATUS_BYTES
+            )
         except requests.RequestException as exc:
             return RetryLater(None, f"no answer ({type(exc).__name__})")
         with response:
@@ -274,7 +278,13 @@ class BulkExportClient:
         """``DELETE`` the status URL (cancel a running export, or let the server delete a
         finished one's files). Returns whether the server accepted; never raises."""
         try:
-            response = self.http.send("DELETE", status_url, headers=STATUS_HEADERS, timeout=30)
+            response = self.http.send(
+                "DELETE",
+                status_url,
+                headers=STATUS_HEADERS,
+                timeout=30,
+                max_bytes=MAX_ERROR_BODY_BYTES,
+            )
         except (requests.RequestException, BulkExportError) as exc:
             log.warning("Could not DELETE %s: %s", display_url(status_url), type(exc).__name__)
             return False

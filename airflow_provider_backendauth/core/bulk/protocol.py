@@ -7,13 +7,13 @@ This module imports no Airflow.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
 
 from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
+from airflow_provider_backendauth.core.http.bodies import parse_json
 from airflow_provider_backendauth.core.redact import redact
 from airflow_provider_backendauth.core.retry import parse_retry_after
 
@@ -106,7 +106,7 @@ def _json_body(body: bytes | str | None) -> Any:
     if not body:
         return None
     try:
-        return json.loads(body)
+        return parse_json(body)
     except (ValueError, UnicodeDecodeError):
         return None
 

@@ -20,7 +20,7 @@ import requests
 
 from airflow_provider_backendauth.core.errors import ApiError
 from airflow_provider_backendauth.core.fhir.outcome import check_response
-from airflow_provider_backendauth.core.http.bodies import DEFAULT_MAX_RESPONSE_BYTES, read_body
+from airflow_provider_backendauth.core.http.bodies import DEFAULT_MAX_RESPONSE_BYTES, read_answer
 from airflow_provider_backendauth.core.http.deadline import Deadline, total_seconds
 from airflow_provider_backendauth.core.redact import get_logger, short_error
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
@@ -220,7 +220,7 @@ class RestClient:
         deadline = None if seconds is None else Deadline(seconds)
         response = self.session.request(call.method, call.url, **{**kwargs, "stream": True})
         if not streamed_by_caller:
-            read_body(
+            read_answer(
                 response,
                 max_bytes=call.max_bytes,
                 deadline=deadline,

@@ -19,9 +19,14 @@ from typing import Any
 import requests
 
 from airflow_provider_backendauth.core.errors import BulkExportError
+from airflow_provider_backendauth.core.http.bodies import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    FIXED_LIMIT,
+    read_answer,
+)
 from airflow_provider_backendauth.core.http.policy import BearerPolicy, TokenSource, policy_with
 from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
-from airflow_provider_backendauth.core.urls import parse_url
+from airflow_provider_backendauth.core.urls import display_url, parse_url
 
 
 class AuthorizedSessions:
@@ -95,6 +100,8 @@ class AuthorizedSessions:
         json: Any = None,
         stream: bool = False,
         timeout: float | None = None,
+        max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        setting: str = FIXED_LIMIT,
     ) -> requests.Response:
         """Send one request, following redirects hop by hop.
 
@@ -104,24 +111,36 @@ class AuthorizedSessions:
             with_token: whether this request may carry the token at all (a manifest with
                 ``requiresAccessToken: false`` makes file downloads go without it).
             headers: extra headers.
-            json: a JSON body (POST kick-off); such requests are not redirected.
+            json: a JSON body (POST kick-off): never re-sent to another origin.
             stream: leave the body unread (downloads).
             timeout: overrides the default timeout.
+            max_bytes: unless streamed, the cap on a 2xx answer's decoded body (another
+                answer's body is cut at ``MAX_ERROR_BODY_BYTES``: ``cap_for``).
+            setting: what raises ``max_bytes``, named in the error.
 
         Returns:
-            The final response; the caller closes it when streaming.
+            The final response, its body read (within the caps) unless ``stream``; the
+            caller closes it when streaming.
         """
         # Judge the URL as the server sent it: requests re-encodes it before the auth sees it
         # (a backslash becomes %5C), which would hide an ambiguous one.
         parse_url(url, "request URL", error=BulkExportError)
-        return self.session.request(
+        response = self.session.request(
             method.upper(),
             url,
             headers=dict(headers or {}),
             json=json,
-            stream=stream,
+            stream=True,
             timeout=timeout or self.timeout,
             # The auth follows redirects itself, judging each hop (see BearerPolicy).
             allow_redirects=False,
             auth=self._with_token if with_token else self._without_token,
         )
+        if not stream:
+            read_answer(
+                response,
+                max_bytes=max_bytes,
+                what=f"{method.upper()} {display_url(url)}",
+                setting=setting,
+            )
+        return response

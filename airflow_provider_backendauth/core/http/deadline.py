@@ -8,12 +8,13 @@ when it is sent, bounds the whole answer:
 
 - Workers (requests): every session the provider makes (``core/http/sessions.py``
   ``plain_session``, behind ``BackendAuthClient.new_plain_session``) sends through
-  ``DeadlineAdapter`` (``with_deadline``). It arms a
-  watchdog that shuts the request's socket down at the deadline, so a status line or headers
-  dripped byte by byte end with ``DeadlineExceededError``; an unstreamed body is read inside
-  the same deadline. A streamed body (token answers, REST/FHIR pages) is finished by
-  ``core/http/bodies.py`` ``read_body`` against the same ``Deadline`` (``deadline_of``); bulk file
-  bodies are long by nature and bounded per read and by size (``core/bulk/download.py``).
+  ``DeadlineAdapter`` (``with_deadline``). It arms a watchdog that shuts the request's socket
+  down at the deadline, so a status line or headers dripped byte by byte end with
+  ``DeadlineExceededError``; an unstreamed body is read inside the same deadline, bounded
+  (``core/http/bodies.py``), and a redirect's body not at all. A streamed body (token
+  answers, REST/FHIR pages) is finished by ``core/http/bodies.py`` ``read_body`` against the
+  same ``Deadline`` (``deadline_of``); bulk file bodies are long by nature and bounded per
+  read and by size (``core/bulk/download.py``).
 - The triggerer (httpx): ``within(deadline, ...)`` bounds the whole awaited request.
 
 A deadline is a timeout (``DeadlineExceededError`` is a ``requests.Timeout``): retried like any
@@ -297,7 +298,7 @@ class DeadlineAdapter(HTTPAdapter):
         try:
             response = super().send(request, stream, timeout, verify, cert, proxies)
             if not stream:
-                response.content  # noqa: B018 - the whole body within the same deadline
+                _read_unstreamed(response, deadline)
         except Exception as exc:
             # The shutdown ends a read with whatever error the stack makes of a closed socket
             # (or none); a read timeout that ended past the deadline is the deadline too
@@ -316,6 +317,24 @@ class DeadlineAdapter(HTTPAdapter):
             raise deadline.error(_what(request))
         response._backendauth_deadline = deadline  # type: ignore[attr-defined]
         return response
+
+
+def _read_unstreamed(response: requests.Response, deadline: Deadline) -> None:
+    """An unstreamed answer's body, within the same deadline and bounded
+    (``core/http/bodies.py``); a redirect's own body is never read (the policy judges the
+    redirect from its status and ``Location`` alone)."""
+    from airflow_provider_backendauth.core.http import bodies
+
+    if response.is_redirect:
+        bodies.discard_body(response)
+        return
+    bodies.read_answer(
+        response,
+        max_bytes=bodies.DEFAULT_MAX_RESPONSE_BYTES,
+        what=_what(response.request),
+        setting=bodies.FIXED_LIMIT,
+        deadline=deadline,
+    )
 
 
 def _what(request: requests.PreparedRequest) -> str:

@@ -1,20 +1,24 @@
-"""The one token-attachment decision (``BearerPolicy``), sans-IO.
+"""The one decision per hop (``BearerPolicy``), sans-IO: which origin gets the token, how a
+redirect is followed, what a 401 does, and which headers travel with each hop.
 
-``BearerPolicy.flow`` is a sans-IO generator: fed with what each response said, it decides,
-per hop, whether the request carries the bearer token and what to send next:
+``BearerPolicy.flow`` is a generator: fed with what each response said, it decides, per hop,
+whether the request carries the bearer token and what to send next:
 
 - the token goes only to an allowed origin (``scheme://host:port`` of the URL as the HTTP
   client will connect to it: see ``core/urls.py``), never "forwarded" from a previous hop;
-- a redirect is followed hop by hop (GET/HEAD/DELETE keep their method, a 303 becomes a
-  GET); each hop is judged on its own, ambiguous targets and HTTPS → HTTP are refused;
+- a redirect is judged by the one redirect rule (``core/http/redirects.py``: method changes,
+  HTTPS -> HTTP never, no body to another origin, ``confined`` requests only to allowed
+  origins, a small hop limit with a clear error);
 - a 401 from an allowed origin drops the rejected token, gets a new one and resends once
   (not when the body was a stream that cannot be replayed);
-- ``with_token=False`` (a manifest's ``requiresAccessToken: false``) never sends a token.
+- ``with_token=False`` (a manifest's ``requiresAccessToken: false``) never sends a token;
+- each ``Send`` says which headers to set and which to remove for that hop (the hop-header
+  rules live here, not in the drivers). ``hop_headers`` is where a proof bound to the hop's
+  method and URL (DPoP) is added.
 
 The drivers only do I/O: ``BackendAuth`` in ``core/http/requests_auth.py`` (a ``requests``
-``AuthBase``, for sessions, the HTTP provider's ``auth_type`` and the bulk downloads) and
-``HttpxBearerAuth`` in ``core/http/httpx_auth.py`` (an ``httpx.Auth`` for the triggerer, sync
-and async). So the worker and the triggerer cannot drift apart.
+``AuthBase``) and ``send_async`` in ``core/http/httpx_driver.py`` (the triggerer's httpx
+requests). So the worker and the triggerer cannot drift apart.
 
 This module imports no Airflow and no HTTP client.
 """
@@ -26,14 +30,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from airflow_provider_backendauth.core.errors import BackendAuthError, UnsafeURLError
+from airflow_provider_backendauth.core.http.redirects import MAX_REDIRECTS, is_redirect, next_hop
 from airflow_provider_backendauth.core.redact import get_logger
-from airflow_provider_backendauth.core.urls import display_url, parse_url, redirect_target
+from airflow_provider_backendauth.core.urls import URL, display_url, parse_url
 
 log = get_logger(__name__)
-
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-REDIRECTABLE_METHODS = frozenset({"GET", "HEAD", "DELETE"})
-MAX_REDIRECTS = 5
 
 
 class Token(Protocol):
@@ -66,6 +67,12 @@ class DropToken:
     value: str
 
 
+# Headers of the request that never travel to a hop as they are: set anew per hop.
+CREDENTIAL_HEADERS = ("Authorization",)
+# Headers that describe the body: gone when a hop drops it.
+BODY_HEADERS = ("Content-Length", "Content-Type", "Content-Encoding", "Transfer-Encoding")
+
+
 @dataclass(frozen=True)
 class Send:
     """Send this request; send back an ``Answer``.
@@ -73,10 +80,12 @@ class Send:
     Attributes:
         method: the method for this hop.
         url: the absolute URL for this hop.
-        token: the bearer token to attach, or None: send *no* Authorization header.
+        token: the bearer token attached, or None: *no* Authorization header.
         hop: 0 for the original request, then 1, 2... for redirect hops.
         same_origin: this hop goes to the original request's origin (cookies may follow).
-        drop_body: a 303 turned the request into a body-less GET.
+        drop_body: this hop is sent without the body (a 303, or a 301/302 after a POST).
+        set_headers: headers to set on this hop (the credentials).
+        remove_headers: headers the original request had that this hop must not carry.
     """
 
     method: str
@@ -85,6 +94,8 @@ class Send:
     hop: int = 0
     same_origin: bool = True
     drop_body: bool = False
+    set_headers: tuple[tuple[str, str], ...] = ()
+    remove_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,7 @@ class BearerPolicy:
         with_token: False sends no token at all (``requiresAccessToken: false``).
         follow_redirects: follow redirects in the flow (else return them unfollowed).
         max_redirects: hops one request may take.
+        confined: redirects may only lead to ``allowed_origins`` (discovery, token exchange).
         error: the exception raised for refused URLs and redirect loops.
     """
 
@@ -119,6 +131,7 @@ class BearerPolicy:
         with_token: bool = True,
         follow_redirects: bool = True,
         max_redirects: int = MAX_REDIRECTS,
+        confined: bool = False,
         error: type[BackendAuthError] = UnsafeURLError,
     ) -> None:
         self.tokens = tokens
@@ -128,6 +141,7 @@ class BearerPolicy:
         self.with_token = with_token
         self.follow_redirects = follow_redirects
         self.max_redirects = max_redirects
+        self.confined = confined
         self.error = error
 
     def __repr__(self) -> str:
@@ -137,8 +151,24 @@ class BearerPolicy:
         """May ``url`` receive the token? (Raises ``error`` for an ambiguous URL.)"""
         return parse_url(url, "request URL", error=self.error).origin in self.allowed_origins
 
-    def flow(self, method: str, url: str, *, replayable: bool = True) -> Flow:
-        """The decision for one request, as a generator of ``Step``s (see the module doc)."""
+    def hop_headers(self, method: str, url: URL, token: str | None) -> tuple[tuple[str, str], ...]:
+        """The credential headers for one hop (none without a token). One place for them:
+        a proof bound to the hop (DPoP: its method and URL) belongs here too."""
+        if token is None:
+            return ()
+        return (("Authorization", f"Bearer {token}"),)
+
+    def flow(
+        self, method: str, url: str, *, replayable: bool = True, has_body: bool = False
+    ) -> Flow:
+        """The decision for one request, as a generator of ``Step``s (see the module doc).
+
+        Args:
+            method: the request's method.
+            url: the request's URL.
+            replayable: the body can be sent again (a 401 retry, a 307/308 hop).
+            has_body: the request carries a body (never re-sent to another origin).
+        """
         method = method.upper()
         first = parse_url(url, "request URL", error=self.error)
         current = first
@@ -150,13 +180,21 @@ class BearerPolicy:
             allowed = current.origin in self.allowed_origins
             if self.with_token and self.tokens is not None and allowed:
                 token = yield GetToken()
+            same_origin = current.origin == first.origin
+            remove = list(CREDENTIAL_HEADERS)
+            if not same_origin:
+                remove.append("Cookie")
+            if drop_body:
+                remove.extend(BODY_HEADERS)
             answer: Answer = yield Send(
                 method,
                 current.url,
                 token,
                 hop=hops,
-                same_origin=current.origin == first.origin,
+                same_origin=same_origin,
                 drop_body=drop_body,
+                set_headers=self.hop_headers(method, current, token),
+                remove_headers=tuple(remove),
             )
             if answer.status == 401 and token is not None and not renewed and replayable:
                 log.info(
@@ -166,21 +204,30 @@ class BearerPolicy:
                 yield DropToken(token)
                 renewed = True
                 continue
-            redirectable = method in REDIRECTABLE_METHODS or answer.status == 303
-            if not (
-                self.follow_redirects
-                and answer.status in REDIRECT_STATUSES
-                and answer.location
-                and redirectable
-            ):
+            if not self.follow_redirects or not is_redirect(answer.status, answer.location):
                 return
-            if hops >= self.max_redirects:
+            if not replayable and not drop_body and answer.status in (307, 308):
                 raise self.error(
-                    f"{display_url(url)} redirected more than {self.max_redirects} times."
+                    f"{method} {display_url(current.url)} answered {answer.status}, which asks "
+                    "to send the same body again, but the body was a stream that cannot be "
+                    "replayed."
                 )
-            current = redirect_target(current.url, answer.location, error=self.error)
-            if answer.status == 303 and method != "HEAD":
-                method, drop_body = "GET", True
+            hop = next_hop(
+                first=first,
+                current=current,
+                method=method,
+                has_body=has_body and not drop_body,
+                status=answer.status,
+                location=answer.location,
+                hops=hops,
+                max_redirects=self.max_redirects,
+                allowed_origins=self.allowed_origins,
+                confined=self.confined,
+                error=self.error,
+            )
+            assert hop is not None
+            current, method = hop.target, hop.method
+            drop_body = drop_body or hop.drop_body
             hops += 1
             renewed = False
 

@@ -25,7 +25,6 @@ from airflow_provider_backendauth.core.http.policy import (
 )
 
 _FLOW_MARK = "_backendauth_flow"
-_HOP_HEADERS_DROPPED_ON_303 = ("Content-Length", "Content-Type", "Transfer-Encoding")
 
 
 class BackendAuth(AuthBase):
@@ -33,10 +32,12 @@ class BackendAuth(AuthBase):
     allowed origins only, renews once on 401, follows redirects hop by hop.
 
     Usable with a plain ``requests.Session`` (``session.auth = auth``) and with the HTTP
-    provider's ``auth_type``. Redirects are followed by this auth (requests' own redirect
-    handling judges origins with a different URL parser than the one it connects with), so
-    ``allow_redirects=False`` does not stop them; build it with ``follow_redirects=False`` to
-    get the 3xx itself (then requests may follow it, but never with the token).
+    provider's ``auth_type``. Redirects are followed by this auth, by the one redirect rule
+    (``core/http/redirects.py``; requests' own judges origins with a different URL parser than
+    the one it connects with, and re-sends bodies across origins), so ``allow_redirects=False``
+    does not stop them; build it with ``follow_redirects=False`` to get the 3xx itself (our
+    sessions never follow it; another session may, but never with the token). A redirect's
+    own body is never read: the response is closed before the next hop is sent.
     """
 
     def __init__(
@@ -68,7 +69,12 @@ class BackendAuth(AuthBase):
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         body = request.body
         replayable = body is None or isinstance(body, (bytes, str))
-        flow = self.policy.flow(request.method or "GET", request.url or "", replayable=replayable)
+        flow = self.policy.flow(
+            request.method or "GET",
+            request.url or "",
+            replayable=replayable,
+            has_body=body is not None and body not in (b"", ""),
+        )
         step = drive_tokens(flow, None, self.policy.tokens)
         assert step is not None  # a flow always starts with a Send
         _apply(request, step)
@@ -86,7 +92,11 @@ class BackendAuth(AuthBase):
                 return response
             setattr(request, _FLOW_MARK, None)
             answer = Answer(response.status_code, response.headers.get("Location"))
-            step = drive_tokens(flow, answer, self.policy.tokens)
+            try:
+                step = drive_tokens(flow, answer, self.policy.tokens)
+            except BaseException:
+                response.close()  # a refused hop: its body is never read
+                raise
             if step is None:
                 if response.is_redirect:
                     # Not ours to follow; requests may follow it with a copy of this request:
@@ -95,15 +105,9 @@ class BackendAuth(AuthBase):
                 return response
             following = request.copy()
             following.prepare_url(step.url, None)
+            following.method = step.method
             if step.drop_body:
-                following.method = "GET"
                 following.body = None
-                for name in _HOP_HEADERS_DROPPED_ON_303:
-                    following.headers.pop(name, None)
-            else:
-                following.method = step.method
-            if not step.same_origin:
-                following.headers.pop("Cookie", None)
             _apply(following, step)
             setattr(following, _FLOW_MARK, flow)
             response.close()  # never read a body we are about to discard (it may be huge)
@@ -113,7 +117,8 @@ class BackendAuth(AuthBase):
 
 
 def _apply(request: requests.PreparedRequest, step: Send) -> None:
-    if step.token is None:
-        request.headers.pop("Authorization", None)
-    else:
-        request.headers["Authorization"] = f"Bearer {step.token}"
+    """The policy's header rules for this hop."""
+    for name in step.remove_headers:
+        request.headers.pop(name, None)
+    for name, value in step.set_headers:
+        request.headers[name] = value

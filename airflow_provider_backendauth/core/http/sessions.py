@@ -12,6 +12,12 @@ request, as before. Per-request ``proxies=`` and ``trust_env = False`` behave as
 One thing does not: a session's own ``verify`` (the connection's ``ca_bundle`` or
 ``verify_ssl``) is not replaced by ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``.
 
+Redirects: a ``ClientSession`` never follows one by requests' own rules (they judge origins
+with another URL parser than the one that connects, re-send bodies across origins and read
+each redirect's body whole). Every session ``plain_session`` makes carries a token-less
+``BackendAuth``, so redirects are followed by the one redirect rule
+(``core/http/redirects.py``) unless the request brings its own policy.
+
 This module imports no Airflow.
 """
 
@@ -24,6 +30,7 @@ from urllib.parse import urlsplit
 import requests
 
 from airflow_provider_backendauth.core.http.deadline import with_deadline
+from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
 
 # Sent on every request (token, FHIR, bulk; sync and async), so server logs can tell us apart.
 USER_AGENT = "airflow-provider-backendauth"
@@ -50,6 +57,10 @@ class ClientSession(requests.Session):
     def __init__(self) -> None:
         super().__init__()
         self._environment: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        """None: requests never follows a redirect itself (see the module's docstring)."""
+        return None
 
     def merge_environment_settings(
         self,
@@ -96,9 +107,11 @@ class ClientSession(requests.Session):
 
 def plain_session(verify: bool | str = True) -> ClientSession:
     """A session with the given TLS verification (a CA bundle path, or a bool) and our
-    User-Agent, and no auth; its ``timeout`` is a total deadline per request
+    User-Agent, and no token: redirects follow the one redirect rule (a token-less
+    ``BackendAuth``); its ``timeout`` is a total deadline per request
     (``core/http/deadline.py``)."""
     session = with_deadline(ClientSession())
     session.verify = verify
     session.headers["User-Agent"] = USER_AGENT
+    session.auth = BackendAuth(None)
     return session

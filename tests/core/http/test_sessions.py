@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from airflow_provider_backendauth.core.http import sessions
+from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
 from airflow_provider_backendauth.core.http.sessions import USER_AGENT, ClientSession, plain_session
 from tests.support.servers import trusted_certificate
 
@@ -170,13 +171,12 @@ def test_the_cache_stays_small(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(session._environment) <= sessions._CACHE_SIZE
 
 
-def test_plain_session_sets_tls_and_user_agent() -> None:
+def test_plain_session_sets_tls_and_user_agent_and_no_token() -> None:
     session = plain_session("/ca.pem")
-    assert (session.verify, session.headers["User-Agent"], session.auth) == (
-        "/ca.pem",
-        USER_AGENT,
-        None,
-    )
+    assert (session.verify, session.headers["User-Agent"]) == ("/ca.pem", USER_AGENT)
+    # Redirects follow the one redirect rule, with no token to attach anywhere.
+    assert isinstance(session.auth, BackendAuth)
+    assert session.auth.tokens is None
 
 
 @pytest.fixture
