@@ -55,7 +55,6 @@ class _Select:
 
     def __init__(
         self,
-        where: str,
         getters: list[Getter],
         selects: list[_Select],
         union: list[_Select],
@@ -63,7 +62,6 @@ class _Select:
         mode: str | None,
         width: int,
     ) -> None:
-        self.where = where
         self.getters = getters
         self.selects = selects
         self.union = union
@@ -227,7 +225,7 @@ class _Builder:
             for column in union_columns:
                 self.claim(f"{where}.unionAll", column.name)
             columns.extend(union_columns)
-        return _Select(where, getters, selects, union, iterate, mode, len(columns)), columns
+        return _Select(getters, selects, union, iterate, mode, len(columns)), columns
 
     def column(self, where: str, col: Any) -> tuple[Getter, Column]:
         if not isinstance(col, dict):
