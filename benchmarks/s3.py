@@ -54,6 +54,7 @@ from load import Load, add_arguments, check, span  # noqa: E402
 from servers import MB, sandbox  # noqa: E402
 
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient  # noqa: E402
+from airflow_provider_backendauth.core.bulk.compress import GZIP  # noqa: E402
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader  # noqa: E402
 from airflow_provider_backendauth.core.bulk.files import plan_files  # noqa: E402
 from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings  # noqa: E402
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             manifest = client.wait(client.kickoff(BulkExportRequest.create("system")))
             files = plan_files(manifest)
+            stored_gzip: list[int] = []  # bytes in S3 after each gzip export
             local = scratch = Path(tempfile.mkdtemp(prefix="bench-s3-local-"))
             BulkDownloader(http, parallel=args.parallel).download(
                 files, local, requires_access_token=manifest.requires_access_token
@@ -204,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
                 destination = ObjectStoragePath(f"s3://aws_default@{bucket}/ours-{rep}/")
                 BulkDownloader(http, parallel=args.parallel).download(
                     files, destination, requires_access_token=manifest.requires_access_token
+                )
+
+            gzipped = plan_files(manifest, GZIP)  # the same files, stored as .ndjson.gz
+
+            def ours_gzip(rep: int) -> None:
+                destination = ObjectStoragePath(f"s3://aws_default@{bucket}/gzip-{rep}/")
+                BulkDownloader(http, parallel=args.parallel).download(
+                    gzipped, destination, requires_access_token=manifest.requires_access_token
                 )
 
             def with_boto3(rep: int) -> None:
@@ -238,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 
             contenders: dict[str, Callable[[int], None]] = {
                 "BulkDownloader -> S3": ours,
+                "BulkDownloader -> S3, gzip": ours_gzip,
                 "boto3 upload_file": with_boto3,
                 "s3fs put": with_s3fs,
                 "BulkDownloader -> disk": download_only,
@@ -247,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
             # The 1-minute load before and after each contender's run: [(before, after)].
             loads: dict[str, list[tuple[Load, Load]]] = {n: [] for n in names}
             ours(-1)  # warm-up: connections, imports, the sandbox's page cache
+            ours_gzip(-1)  # and what gzip at rest stores
+            stored = s3.list_objects_v2(Bucket=bucket, Prefix="gzip--1/")["Contents"]
+            stored_gzip.append(sum(o["Size"] for o in stored if o["Key"].endswith(".gz")))
             moto.reset()
             ours(0)
             log = moto.log()  # the requests of one measured export into S3
@@ -297,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "s3_requests_per_file": round(sum(ops.values()) / max(1, len(ours_keys)), 2),
         "s3_operations": dict(ops),
+        "stored_bytes_plain": total,
+        "stored_bytes_gzip": stored_gzip[-1],
         "copy_requests": copied,
         "server_side_bytes_copied_per_exported_byte": round(copied_bytes / max(1, total), 3),
     }
@@ -307,10 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         f"per file); load average {start_load} at the start, {end_load} at the end on "
         f"{end_load.cores} cores"
     )
-    print(f"{'contender':24} {'median s':>9} {'MB/s':>8}  load (1 min): first -> last (range)")
+    print(f"{'contender':28} {'median s':>9} {'MB/s':>8}  load (1 min): first -> last (range)")
     for name in names:
         print(
-            f"{name:24} {medians[name]:9.3f} {figures['mb_per_s'][name]:8.1f}  "
+            f"{name:28} {medians[name]:9.3f} {figures['mb_per_s'][name]:8.1f}  "
             f"{figures['load_1min'][name]}"
         )
     print(
@@ -319,6 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{figures['s3_requests_per_file']} S3 requests per file {dict(ops)}; "
         f"server-side copies: {copied} "
         f"(bytes copied per exported byte: {figures['server_side_bytes_copied_per_exported_byte']})"
+    )
+    print(
+        f"gzip at rest (compression='gzip'): {stored_gzip[-1] / MB:.1f} MB stored instead of "
+        f"{total / MB:.1f} MB ({total / max(1, stored_gzip[-1]):.1f}x smaller), "
+        f"{figures['mb_per_s']['BulkDownloader -> S3, gzip']} MB/s of NDJSON into S3 against "
+        f"{figures['mb_per_s']['BulkDownloader -> S3']} MB/s plain"
     )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

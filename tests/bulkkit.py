@@ -87,6 +87,7 @@ class BulkEnv:
         client_options: dict[str, Any] | None = None,
         auth_extra: dict[str, Any] | None = None,
         chunk_size: int = 64 * 1024,
+        compression: str | None = None,
     ) -> BulkExportJob:
         """A ``BulkExportJob`` with fast polling and quick retries."""
         destination = destination or self.tmp / "out"
@@ -108,6 +109,7 @@ class BulkEnv:
             key=key,
             destination=destination,
             downloader=downloader,
+            compression=compression,
         )
 
 

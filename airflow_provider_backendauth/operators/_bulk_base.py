@@ -87,6 +87,7 @@ class _BulkBase(BaseOperator):
         *,
         client_options: Mapping[str, Any] | None = None,
         downloader_options: Mapping[str, Any] | None = None,
+        compression: str | None = None,
     ) -> BulkExportJob:
         from airflow_provider_backendauth.core.bulk.client import BulkExportClient
         from airflow_provider_backendauth.core.bulk.download import BulkDownloader
@@ -111,6 +112,7 @@ class _BulkBase(BaseOperator):
             key=key,
             destination=destination,
             downloader=downloader,
+            compression=compression,
         )
         return self._job
 

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth._compat import conf
+from airflow_provider_backendauth.core.bulk.compress import check_compression
 from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.errors import ConfigurationError
 from airflow_provider_backendauth.operators._common import (
@@ -101,6 +102,11 @@ class FhirBulkExportOperator(_BulkBase):
         download: False returns the list of files for mapped ``FhirBulkDownloadOperator``
             tasks instead of downloading them here.
         parallel_downloads: concurrent downloads (halved while the server answers 429).
+        compression: ``"gzip"`` stores every file as ``.ndjson.gz`` (about 15x smaller for
+            FHIR NDJSON; the fastest installed deflater: isal, zlib-ng, zlib), ``None``
+            (default) as plain ``.ndjson``. Counts and completeness checks are those of the
+            decoded NDJSON either way; mapped downloads and retries keep the kick-off's
+            choice.
         download_retries: retries per file (network errors, 5xx, 429, short files).
         check_counts: fail a file whose line count differs from the manifest's ``count``.
         tolerate_errors: accept ``fatal``/``error`` OperationOutcomes in the error files
@@ -166,6 +172,7 @@ class FhirBulkExportOperator(_BulkBase):
         state_dir: str | ObjectStoragePath | None = None,
         download: bool = True,
         parallel_downloads: int = 4,
+        compression: str | None = None,
         download_retries: int = 5,
         check_counts: bool = True,
         tolerate_errors: bool = False,
@@ -217,6 +224,7 @@ class FhirBulkExportOperator(_BulkBase):
         self.extra_params = extra_params
         self.download = download
         self.parallel_downloads = parallel_downloads
+        self.compression = check_compression(compression)
         self.download_retries = download_retries
         self.check_counts = check_counts
         self.tolerate_errors = tolerate_errors
@@ -250,6 +258,7 @@ class FhirBulkExportOperator(_BulkBase):
                 "max_file_bytes": self.max_file_bytes,
                 "max_compression_ratio": self.max_compression_ratio,
             },
+            compression=self.compression,
         )
 
     def _since_key(self, job: BulkExportJob) -> str:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import inspect
 import json
 import logging
@@ -19,7 +20,7 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_backendauth._compat import TaskDeferred
 from airflow_provider_backendauth.core.bulk.state import CANCELLED, DONE, BulkStateStore, job_key
-from airflow_provider_backendauth.core.errors import BulkExportError
+from airflow_provider_backendauth.core.errors import BulkExportError, ConfigurationError
 from airflow_provider_backendauth.operators.bulk import (
     FhirBulkDownloadOperator,
     FhirBulkExportOperator,
@@ -444,6 +445,27 @@ def test_mapped_downloads(bulk_env: BulkEnv) -> None:
     assert stats["file_downloads"] == len(files)
     assert stats["bulk_cancels"] == 1
     assert BulkStateStore(out).load_since(job_state(out).export_key) == summary["transactionTime"]
+
+
+def test_mapped_downloads_store_gzip_when_the_export_asked_for_it(bulk_env: BulkEnv) -> None:
+    # Only the export task names compression; the mapped downloads and the finalize task
+    # follow the job's record.
+    bulk_env.sb.settings.update(bulk_lines_per_file=6, bulk_error_file="warning")
+    out = bulk_env.tmp / "out"
+    files = export_op(out, download=False, compression="gzip").execute(task_context())
+    assert files and all(f["name"].endswith(".ndjson.gz") for f in files)
+    for i, f in enumerate(files):
+        download_op(out, file=f).execute(task_context(task_id="download", map_index=i))
+    summary = finalize_op(out).execute(task_context(task_id="finalize"))
+    outputs = [f for f in files if f["kind"] == "output"]
+    stored = [out / f["name"] for f in outputs]
+    lines = sum(len(gzip.decompress(path.read_bytes()).splitlines()) for path in stored)
+    assert lines == sum(f["count"] for f in outputs)
+    assert sum(v["count"] for v in summary["output"].values()) == lines
+    assert summary["error"]["warnings"] > 0  # the error file, read back through gzip
+    assert not list(out.rglob("*.ndjson"))
+    with pytest.raises(ConfigurationError, match="compression must be None or one of"):
+        export_op(out, compression="zstd")
 
 
 def test_finalize_fails_and_cancels_when_a_download_is_missing(bulk_env: BulkEnv) -> None:

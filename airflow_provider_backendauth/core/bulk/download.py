@@ -26,6 +26,7 @@ import requests
 import tenacity
 import urllib3
 
+from airflow_provider_backendauth.core.bulk.compress import is_gzip_name, new_deflater
 from airflow_provider_backendauth.core.bulk.decode import (
     DEFAULT_MAX_COMPRESSION_RATIO,
     DEFAULT_MAX_FILE_BYTES,
@@ -169,6 +170,10 @@ class _PartialFile:
     def __init__(self, target: StoragePath, skip_headers: bool = False) -> None:
         self.target = target
         self._atomic: AtomicFile | None = None
+        # A planned name ending in .gz is stored gzipped (compress.py). The deflater lives
+        # as long as the uncommitted output, so a Range resume continues the same stream.
+        self._gzip = is_gzip_name(target.name)
+        self._deflater = new_deflater() if self._gzip else None
         self.tally = LineTally()
         self._skip_headers = skip_headers
         self.headers = _HeaderLines() if skip_headers else None
@@ -183,7 +188,11 @@ class _PartialFile:
         a view: file objects copy what they are given before ``write`` returns."""
         if self._atomic is None:
             self._atomic = AtomicFile(self.target, "wb")
-        if end is None or end == len(data):
+        if self._deflater is not None:
+            self._atomic.handle.write(
+                self._deflater.compress(data if end is None else memoryview(data)[:end])
+            )
+        elif end is None or end == len(data):
             self._atomic.handle.write(data)
         else:
             self._atomic.handle.write(memoryview(data)[:end])
@@ -205,13 +214,17 @@ class _PartialFile:
                 self.offset,
             )
         self.discard()
+        self._deflater = new_deflater() if self._gzip else None
         self.tally = LineTally()
         self.headers = _HeaderLines() if self._skip_headers else None
         self.resumable = False
 
     def commit(self) -> None:
         atomic, self._atomic = self._atomic, None
-        (atomic or AtomicFile(self.target, "wb")).commit()  # an empty file is a file too
+        atomic = atomic or AtomicFile(self.target, "wb")  # an empty file is a file too
+        if self._deflater is not None:
+            atomic.handle.write(self._deflater.flush())  # the gzip trailer
+        atomic.commit()
 
     def discard(self) -> None:
         if self._atomic is not None:

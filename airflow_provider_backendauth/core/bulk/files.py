@@ -7,11 +7,13 @@ This module imports no Airflow.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from airflow_provider_backendauth.core.bulk.compress import is_gzip_name, stored_name
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.fhir.outcome import operation_outcome_text
 from airflow_provider_backendauth.core.names import safe_type_name
@@ -35,7 +37,8 @@ class ExportFile:
         type: the manifest's ``type`` (informational; never used raw in paths).
         url: where to get it.
         name: its path relative to the destination, e.g. ``Patient.000.ndjson``,
-            ``error/OperationOutcome.000.ndjson``, ``deleted/Bundle.000.ndjson``.
+            ``error/OperationOutcome.000.ndjson``, ``deleted/Bundle.000.ndjson``; with
+            ``.gz`` appended when the export stores its files gzipped (``compress.py``).
         count: the manifest's ``count``, if given.
         organized: the export was ``organizeOutputBy``: header lines lead each block and are
             not resources (neither counted nor compared with ``count``).
@@ -64,8 +67,9 @@ class ExportFile:
         )
 
 
-def plan_files(manifest: BulkManifest) -> list[ExportFile]:
-    """The manifest's files with their destination names (numbered per kind and type)."""
+def plan_files(manifest: BulkManifest, compression: str | None = None) -> list[ExportFile]:
+    """The manifest's files with their destination names (numbered per kind and type;
+    ``.ndjson.gz`` with ``compression="gzip"``)."""
     seen: dict[tuple[str, str], int] = {}
     files = []
     for entry in manifest.entries:
@@ -75,7 +79,7 @@ def plan_files(manifest: BulkManifest) -> list[ExportFile]:
         key = (entry.kind, safe.lower())  # case-insensitive filesystems
         index = seen.get(key, 0)
         seen[key] = index + 1
-        name = f"{KIND_FOLDERS[entry.kind]}{safe}.{index:03d}.ndjson"
+        name = stored_name(f"{KIND_FOLDERS[entry.kind]}{safe}.{index:03d}.ndjson", compression)
         files.append(ExportFile(entry.kind, entry.type, entry.url, name, entry.count, organized))
     return files
 
@@ -129,7 +133,11 @@ class ErrorReport:
 
 def _lines(path: StoragePath) -> Iterator[bytes]:
     with path.open("rb") as handle:
-        yield from handle
+        if is_gzip_name(path.name):  # stored gzipped (compression="gzip")
+            with gzip.GzipFile(fileobj=handle) as lines:
+                yield from lines
+        else:
+            yield from handle
 
 
 def scan_error_files(paths: Iterable[StoragePath], *, max_samples: int = 5) -> ErrorReport:

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
+from airflow_provider_backendauth.core.bulk.compress import check_compression
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader
 from airflow_provider_backendauth.core.bulk.exportlog import (
     LOG_NAME,
@@ -94,8 +95,10 @@ class BulkExportJob:
         key: str,
         destination: StoragePath,
         downloader: BulkDownloader | None = None,
+        compression: str | None = None,
     ) -> None:
         self.client = client
+        self.compression = check_compression(compression)
         self.store = store
         self.key = key
         self.destination: StoragePath = as_path(destination)
@@ -154,6 +157,7 @@ class BulkExportJob:
             request=request.to_dict(),
             destination=str(self.destination),
             description=dict(description or {}),
+            compression=self.compression,
         )
         try:
             self.store.save_job(self.key, record)
@@ -201,6 +205,13 @@ class BulkExportJob:
             log.warning("Could not record the failure in the export log", exc_info=True)
 
     @property
+    def stored_compression(self) -> str | None:
+        """How this export's files are stored: as the try that kicked it off chose (its
+        record), so a retry or a mapped download names them alike; else this job's."""
+        record = self.record or self.load()
+        return record.compression if record is not None else self.compression
+
+    @property
     def status_url(self) -> str:
         return self._record.status_url
 
@@ -244,7 +255,7 @@ class BulkExportJob:
             pages=1,
             pages_done=0,
         )
-        files = plan_files(manifest)
+        files = plan_files(manifest, self.stored_compression)
         self.export_log.status_complete(manifest.transaction_time)
         self._log_page(manifest, [manifest])
         log.info(
@@ -348,7 +359,8 @@ class BulkExportJob:
 
     def planned_files(self, pages: Sequence[BulkManifest] | None = None) -> list[ExportFile]:
         """Every file of the saved pages, named and numbered as one export."""
-        return [f for files in plan_pages(pages or self.local_pages()) for f in files]
+        pages = pages or self.local_pages()
+        return [f for files in plan_pages(pages, self.stored_compression) for f in files]
 
     # -- downloading -----------------------------------------------------------------
 
@@ -403,7 +415,7 @@ class BulkExportJob:
             log.info("Resuming: %d manifest page(s) were already downloaded", record.pages_done)
         for page, current in self.pages(manifest, deadline=deadline):
             seen.append(current)
-            files = plan_pages(seen)[-1]
+            files = plan_pages(seen, self.stored_compression)[-1]
             if current.next_url is not None or page > 1:
                 log.info("Manifest page %d: %d files", page, len(files))
             try:

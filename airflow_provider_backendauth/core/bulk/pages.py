@@ -13,7 +13,9 @@ from airflow_provider_backendauth.core.bulk.files import ExportFile, plan_files
 from airflow_provider_backendauth.core.bulk.manifest import FILE_KINDS, BulkManifest, ManifestEntry
 
 
-def plan_pages(pages: Sequence[BulkManifest]) -> list[list[ExportFile]]:
+def plan_pages(
+    pages: Sequence[BulkManifest], compression: str | None = None
+) -> list[list[ExportFile]]:
     """The files of each manifest page, named and numbered as one export (``Patient.000``
     on page 1, ``Patient.001`` on page 2...). A URL already listed on an earlier page is not
     listed again (the IG repeats ``error`` on every page, and a file lands once); within a
@@ -34,7 +36,10 @@ def plan_pages(pages: Sequence[BulkManifest]) -> list[list[ExportFile]]:
     combined = replace(
         pages[0], output=joined("output"), error=joined("error"), deleted=joined("deleted")
     )
-    planned = {kind: [f for f in plan_files(combined) if f.kind == kind] for kind in FILE_KINDS}
+    planned = {
+        kind: [f for f in plan_files(combined, compression) if f.kind == kind]
+        for kind in FILE_KINDS
+    }
     result: list[list[ExportFile]] = []
     offsets = dict.fromkeys(FILE_KINDS, 0)
     for kinds in per_page:

@@ -95,6 +95,9 @@ class JobRecord:
         pages: manifest pages saved beside the files (``manifest.json``, ``manifest.002.json``
             ...); a later try reads them instead of fetching them again.
         pages_done: pages whose files are all complete.
+        compression: how the files are stored (None: plain NDJSON; ``gzip``: ``.ndjson.gz``),
+            fixed by the try that kicked the export off, so retries and mapped downloads
+            name the files alike.
     """
 
     status_url: str
@@ -109,6 +112,7 @@ class JobRecord:
     description: dict[str, Any] = field(default_factory=dict)
     pages: int = 0  # manifest pages saved in the destination (partial manifests)
     pages_done: int = 0  # pages whose every file is complete
+    compression: str | None = None
 
     @property
     def active(self) -> bool:
