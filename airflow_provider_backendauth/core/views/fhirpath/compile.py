@@ -45,6 +45,7 @@ from airflow_provider_backendauth.core.views.fhirpath.runtime import (
     single,
     type_suffix,
 )
+from airflow_provider_backendauth.core.views.fhirpath.strings import STRING_FUNCTIONS
 
 # Constants every view has, besides its own: the resource being read, and %rowIndex (the
 # index of the current forEach / forEachOrNull / repeat item, 0 outside them).
@@ -237,7 +238,7 @@ class _Compiler:
             if not (target.target is None and target.name[:1].isupper()):
                 parent = self.compile(target.target).fn if target.target else identity
                 return Compiled(_typed_member(parent, target.name, type_name), type_name)
-        compiler = FUNCTIONS.get(node.name)
+        compiler = FUNCTIONS.get(node.name) or STRING_FUNCTIONS.get(node.name)
         if compiler is None:
             raise FhirPathError(f"unsupported FHIRPath function {node.name}()")
         inp = self.compile(node.target) if node.target is not None else Compiled(identity, None)

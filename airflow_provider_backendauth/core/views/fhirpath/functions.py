@@ -3,8 +3,9 @@
 The SQL-on-FHIR v2 shareable subset (``where exists empty first not join ofType extension
 getResourceKey getReferenceKey``), its experimental ``lowBoundary``/``highBoundary``, and a
 few common N1 functions views reach for (``select all last tail skip take count distinct
-iif hasValue toString startsWith endsWith lower upper length``). Any other name is
-rejected when the view is compiled, never on the first resource.
+iif hasValue toString startsWith endsWith lower upper length``; more string, conversion and
+collection functions in ``strings.py``). Any other name is rejected when the view is
+compiled, never on the first resource.
 """
 
 from __future__ import annotations
@@ -41,14 +42,14 @@ def type_argument(node: Node, function: str) -> str:
     raise FhirPathError(f"{function}() takes a type name, such as {function}(string)")
 
 
-def _arity(name: str, args: tuple[Node, ...], low: int, high: int) -> None:
+def check_arity(name: str, args: tuple[Node, ...], low: int, high: int) -> None:
     if not low <= len(args) <= high:
         wanted = str(low) if low == high else f"{low} to {high}"
         raise FhirPathError(f"{name}() takes {wanted} argument(s), got {len(args)}")
 
 
 def _per_item(inp: Compiled, args: tuple[Node, ...], compile_arg: CompileArg, name: str) -> Any:
-    _arity(name, args, 1, 1)
+    check_arity(name, args, 1, 1)
     return inp.fn, compile_arg(args[0]).fn
 
 
@@ -90,7 +91,7 @@ def _all(inp: Compiled, args: tuple[Node, ...], compile_arg: CompileArg) -> Comp
 
 
 def _exists(inp: Compiled, args: tuple[Node, ...], compile_arg: CompileArg) -> Compiled:
-    _arity("exists", args, 0, 1)
+    check_arity("exists", args, 0, 1)
     if args:
         return _exists(_where(inp, args, compile_arg), (), compile_arg)
     source = inp.fn
@@ -103,7 +104,7 @@ def _simple(
     """A function of its input collection alone (no arguments)."""
 
     def compile_function(inp: Compiled, args: tuple[Node, ...], _: CompileArg) -> Compiled:
-        _arity(name, args, 0, 0)
+        check_arity(name, args, 0, 0)
         source = inp.fn
         return Compiled(lambda focus, env: transform(source(focus, env)), result_type or inp.type)
 
@@ -111,7 +112,7 @@ def _simple(
 
 
 def _first(inp: Compiled, args: tuple[Node, ...], _: CompileArg) -> Compiled:
-    _arity("first", args, 0, 0)
+    check_arity("first", args, 0, 0)
     source = inp.fn
     return Compiled(lambda focus, env: source(focus, env)[:1], inp.type)
 
@@ -144,7 +145,7 @@ def _number_argument(name: str) -> FunctionCompiler:
     def compile_function(
         inp: Compiled, args: tuple[Node, ...], compile_arg: CompileArg
     ) -> Compiled:
-        _arity(name, args, 1, 1)
+        check_arity(name, args, 1, 1)
         source, count = inp.fn, compile_arg(args[0]).fn
 
         def run(focus: list[Any], env: Env) -> list[Any]:
@@ -160,7 +161,7 @@ def _number_argument(name: str) -> FunctionCompiler:
 
 
 def _join(inp: Compiled, args: tuple[Node, ...], compile_arg: CompileArg) -> Compiled:
-    _arity("join", args, 0, 1)
+    check_arity("join", args, 0, 1)
     source = inp.fn
     separator = compile_arg(args[0]).fn if args else None
 
@@ -175,14 +176,14 @@ def _join(inp: Compiled, args: tuple[Node, ...], compile_arg: CompileArg) -> Com
 
 
 def _of_type(inp: Compiled, args: tuple[Node, ...], _: CompileArg) -> Compiled:
-    _arity("ofType", args, 1, 1)
+    check_arity("ofType", args, 1, 1)
     type_name = type_argument(args[0], "ofType")
     source = inp.fn
     return Compiled(lambda f, e: [i for i in source(f, e) if is_type(i, type_name)], type_name)
 
 
 def _extension(inp: Compiled, args: tuple[Node, ...], compile_arg: CompileArg) -> Compiled:
-    _arity("extension", args, 1, 1)
+    check_arity("extension", args, 1, 1)
     source, url_fn = inp.fn, compile_arg(args[0]).fn
     literal = args[0].value if isinstance(args[0], Literal) and len(args[0].value) == 1 else None
 
@@ -205,7 +206,7 @@ def _extension(inp: Compiled, args: tuple[Node, ...], compile_arg: CompileArg) -
 def _resource_key(inp: Compiled, args: tuple[Node, ...], _: CompileArg) -> Compiled:
     # The key is the resource's logical id: unique per resource type, the same string a
     # reference to it ends with, and stable across exports (what incremental tables key on).
-    _arity("getResourceKey", args, 0, 0)
+    check_arity("getResourceKey", args, 0, 0)
     source = inp.fn
 
     def run(focus: list[Any], env: Env) -> list[Any]:
@@ -231,7 +232,7 @@ def reference_key(reference: str, wanted_type: str | None) -> str | None:
 
 
 def _reference_key(inp: Compiled, args: tuple[Node, ...], _: CompileArg) -> Compiled:
-    _arity("getReferenceKey", args, 0, 1)
+    check_arity("getReferenceKey", args, 0, 1)
     wanted = type_argument(args[0], "getReferenceKey") if args else None
     source = inp.fn
 
@@ -248,7 +249,7 @@ def _reference_key(inp: Compiled, args: tuple[Node, ...], _: CompileArg) -> Comp
 
 
 def _iif(inp: Compiled, args: tuple[Node, ...], compile_arg: CompileArg) -> Compiled:
-    _arity("iif", args, 2, 3)
+    check_arity("iif", args, 2, 3)
     condition, then = compile_arg(args[0]), compile_arg(args[1])
     otherwise = compile_arg(args[2]).fn if len(args) == 3 else None
     source = inp.fn
@@ -266,7 +267,7 @@ def _string_test(name: str, test: Callable[[str, str], bool]) -> FunctionCompile
     def compile_function(
         inp: Compiled, args: tuple[Node, ...], compile_arg: CompileArg
     ) -> Compiled:
-        _arity(name, args, 1, 1)
+        check_arity(name, args, 1, 1)
         source, other = inp.fn, compile_arg(args[0]).fn
 
         def run(focus: list[Any], env: Env) -> list[Any]:
@@ -292,7 +293,7 @@ def _boundary(name: str) -> FunctionCompiler:
     def compile_function(
         inp: Compiled, args: tuple[Node, ...], compile_arg: CompileArg
     ) -> Compiled:
-        _arity(name, args, 0, 1)
+        check_arity(name, args, 0, 1)
         precision = compile_arg(args[0]).fn if args else None
         source, static_type, high = inp.fn, inp.type, name == "highBoundary"
 

@@ -135,7 +135,7 @@ def _concat(left: list[Any], right: list[Any]) -> list[Any]:
     return [("" if a is None else str(a)) + ("" if b is None else str(b))]
 
 
-def _union(left: list[Any], right: list[Any]) -> list[Any]:
+def union(left: list[Any], right: list[Any]) -> list[Any]:
     out: list[Any] = []
     for item in (*left, *right):
         if not any(_equal(item, seen) for seen in out):
@@ -165,7 +165,7 @@ _SIMPLE: dict[str, Callable[[list[Any], list[Any]], list[Any]]] = {
     "~": _equivalence,
     "!~": lambda a, b: [not _equivalence(a, b)[0]],
     "&": _concat,
-    "|": _union,
+    "|": union,
     **{op: _ordering(op) for op in ("<", ">", "<=", ">=")},
     **{op: _arithmetic(op) for op in ("+", "-", "*", "/", "div", "mod")},
     **{op: _membership(op) for op in ("in", "contains")},

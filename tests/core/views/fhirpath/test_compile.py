@@ -245,3 +245,40 @@ def test_first_takes_the_short_way_to_the_same_answer(path: str) -> None:
     # whole collection: they must agree.
     assert run(f"{path}.first()") == run(f"{path}.take(1)")
     assert run(f"{path}.first()") == run(path)[:1]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("subject.reference.replace('Patient/', '')", ["p1"]),
+        ("subject.reference.contains('tient')", [True]),
+        ("subject.reference.matches('^Patient/[a-z0-9]+$')", [True]),
+        ("status.matches('^x')", [False]),
+        ("code.coding[0].code.substring(0, 4)", ["8302"]),
+        ("code.coding[0].code.substring(5)", ["2"]),
+        ("code.coding[0].code.substring(99)", []),
+        ("status.indexOf('n')", [2]),
+        ("' a b '.trim()", ["a b"]),
+        ("'42'.toInteger() + 1", [43]),
+        ("'4.20'.toDecimal()", [Decimal("4.20")]),
+        ("'x'.toInteger()", []),
+        ("true.toDecimal()", [Decimal(1)]),
+        ("status.single()", ["final"]),
+        ("(1 | 2).union(2 | 3)", [1, 2, 3]),
+        ("(1 | 2).combine(2 | 3)", [1, 2, 2, 3]),
+        ("{}.substring(1)", []),
+    ],
+)
+def test_string_conversion_and_collection_functions(path: str, expected: list[Any]) -> None:
+    assert run(path) == expected
+
+
+def test_string_functions_refuse_what_they_cannot_do() -> None:
+    with pytest.raises(FhirPathEvalError, match=r"substring\(\) needs a string, got int"):
+        run("component.value.ofType(integer).substring(0)")
+    with pytest.raises(FhirPathEvalError, match=r"single\(\) needs a single value"):
+        run("code.coding.single()")
+    with pytest.raises(FhirPathEvalError, match=r"matches\(\): not a regular expression"):
+        run("status.matches('(')")
+    with pytest.raises(FhirPathError, match=r"replace\(\) takes 2 argument\(s\), got 1"):
+        compile_path("status.replace('a')")
