@@ -24,7 +24,7 @@ from airflow_provider_backendauth.core.http.bodies import (
     FIXED_LIMIT,
     read_answer,
 )
-from airflow_provider_backendauth.core.http.policy import BearerPolicy, TokenSource, policy_with
+from airflow_provider_backendauth.core.http.policy import BearerPolicy, TokenSource
 from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
 from airflow_provider_backendauth.core.urls import display_url, parse_url
 
@@ -55,8 +55,15 @@ class AuthorizedSessions:
         self.policy = BearerPolicy(
             tokens, token_origins, max_redirects=max_redirects, error=BulkExportError
         )
+        without = BearerPolicy(
+            None,
+            token_origins,
+            with_token=False,
+            max_redirects=max_redirects,
+            error=BulkExportError,
+        )
         self._with_token = BackendAuth(None, policy=self.policy)
-        self._without_token = BackendAuth(None, policy=policy_with(self.policy, with_token=False))
+        self._without_token = BackendAuth(None, policy=without)
         self.token_origins = self.policy.allowed_origins
         self.timeout = timeout
         self.max_redirects = max_redirects
@@ -86,9 +93,6 @@ class AuthorizedSessions:
         for session in sessions:
             session.close()
         self._local = threading.local()
-
-    def may_receive_token(self, url: str) -> bool:
-        return self.policy.allows(url)
 
     def send(
         self,

@@ -249,14 +249,3 @@ def drive_tokens(flow: Flow, value: Any, tokens: TokenSource | None) -> Send | N
             value = None
         else:
             return step
-
-
-def policy_with(policy: BearerPolicy, **changes: Any) -> BearerPolicy:
-    """A copy of ``policy`` with some attributes changed (``with_token``, ``error``...)."""
-    other = BearerPolicy.__new__(BearerPolicy)
-    other.__dict__.update(policy.__dict__)
-    for name, value in changes.items():
-        if not hasattr(other, name):
-            raise AttributeError(name)
-        setattr(other, name, value)
-    return other

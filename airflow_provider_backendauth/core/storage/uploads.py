@@ -159,13 +159,6 @@ class UncommittedUpload(io.RawIOBase):
         pass
 
     @property
-    def parts_uploaded(self) -> int:
-        """How many multipart parts the store has acknowledged (0 while still buffered)."""
-        if self._s3 is not None:
-            return len(self._s3.stored)
-        return len(getattr(self._file, "parts", None) or [])
-
-    @property
     def bytes_uploaded(self) -> int:
         """Bytes in parts the store has acknowledged."""
         if self._s3 is not None:
