@@ -39,3 +39,11 @@ def bulk_env(
     yield world
     sb.faults.clear()
     sb.settings.update(**SANDBOX_DEFAULTS)
+
+
+@pytest.fixture
+def fhir(bulk_env: BulkEnv) -> BulkEnv:
+    """The sandbox client exposed as the example DAGs' connection ``backendauth_fhir``."""
+    bulk_env.conn_id = "backendauth_fhir"
+    bulk_env.set_connection()
+    return bulk_env

@@ -70,6 +70,21 @@ def fhir_asset_uri(base_url: str, resource_type: str, *, group_id: str | None = 
     return f"{fhir_namespace(base_url)}/{fhir_dataset_name(resource_type, group_id=group_id)}"
 
 
+def storage_dataset(location: str) -> tuple[str, str]:
+    """The OpenLineage ``(namespace, name)`` of a stored file or folder, per OpenLineage's
+    naming conventions: ``s3://bucket`` + key, ``gs://bucket`` + key, ``file`` + absolute
+    path for local files; other stores ``{scheme}://{bucket or container}`` + path. User
+    info (an Airflow connection id) and query strings never reach it."""
+    shown = public_url(location)
+    match = _SCHEME.fullmatch(shown)
+    if match is None:
+        return "file", shown
+    scheme, authority, path = match["scheme"], match["authority"], match["rest"]
+    if scheme in ("file", "local"):
+        return "file", f"/{authority}{path}".replace("//", "/") if authority else path
+    return f"{scheme}://{authority}", path.lstrip("/") or "/"
+
+
 def export_asset_extras(
     summary: Mapping[str, Any],
     *,

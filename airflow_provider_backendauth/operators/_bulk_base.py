@@ -66,6 +66,10 @@ class _BulkBase(BaseOperator):
         self.state_dir = state_dir
         self._stop = threading.Event()
         self._job: BulkExportJob | None = None
+        # What OpenLineage reports: the finished export (base URL, destination, file
+        # results, group) and the error a failed try ended with.
+        self._lineage_run: tuple[str, str, list[Any], str | None] | None = None
+        self._task_error: BaseException | None = None
 
     def _hook(self) -> BackendAuthHook:
         from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
@@ -128,6 +132,37 @@ class _BulkBase(BaseOperator):
             run_id=ti.run_id,
             map_index=map_index if isinstance(map_index, int) else -1,
         )
+
+    def _record_lineage(self, job: BulkExportJob, results: list[Any]) -> None:
+        request = (job.record.request if job.record is not None else None) or {}
+        group_id = request.get("group_id") if request.get("level") == "group" else None
+        self._lineage_run = (job.client.base_url, str(job.destination), results, group_id)
+
+    def _requested_inputs(self) -> list[Any]:
+        """The FHIR datasets a run will read, when known before it runs (export ``types``)."""
+        return []
+
+    # -- OpenLineage (called by the OpenLineage provider when it is installed) ----------
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        from airflow_provider_backendauth.operators._lineage import operator_lineage
+
+        return operator_lineage(self._requested_inputs())
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        from airflow_provider_backendauth.operators._lineage import (
+            export_lineage,
+            operator_lineage,
+        )
+
+        if self._lineage_run is None:  # the files are not downloaded yet (download=False)
+            return operator_lineage(self._requested_inputs())
+        return operator_lineage(*export_lineage(*self._lineage_run))
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        from airflow_provider_backendauth.operators._lineage import operator_lineage
+
+        return operator_lineage(self._requested_inputs(), error=self._task_error)
 
     def on_kill(self) -> None:
         self._stop.set()

@@ -67,6 +67,8 @@ def fails_fast(method: _F) -> _F:
         try:
             return method(*args, **kwargs)
         except Exception as exc:
+            if args:  # the operator: its OpenLineage failure facet reports this error
+                args[0]._task_error = exc
             failure = as_task_failure(exc)
             if failure is exc:
                 raise

@@ -16,7 +16,7 @@ triggers the DAGs scheduled on it. Events are registered only when the task succ
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -86,3 +86,80 @@ def emit_search_event(
 
     uri = fhir_asset_uri(search.base_url, search.resource_type)
     return emit_asset_events(context, conn_id, {uri: search_asset_extra(summary, path=path)})
+
+
+# -- OpenLineage ----------------------------------------------------------------------------
+#
+# The operators' ``get_openlineage_facets_on_start/complete/failure`` build their answer
+# here. The OpenLineage provider calls them (it is optional: ``pip install
+# airflow-provider-backendauth[openlineage]``); these imports run only then.
+
+
+def fhir_input(base_url: str, resource_type: str, group_id: str | None = None) -> Any:
+    """The OpenLineage input dataset of one resource type on a FHIR server."""
+    from airflow.providers.common.compat.openlineage.facet import InputDataset
+
+    from airflow_provider_backendauth.core.lineage import fhir_dataset_name, fhir_namespace
+
+    return InputDataset(
+        namespace=fhir_namespace(base_url),
+        name=fhir_dataset_name(resource_type, group_id=group_id),
+    )
+
+
+def storage_output(location: str, rows: int, size: int) -> Any:
+    """The OpenLineage output dataset of one written file, with its rows and bytes."""
+    from airflow.providers.common.compat.openlineage.facet import (
+        OutputDataset,
+        OutputStatisticsOutputDatasetFacet,
+    )
+
+    from airflow_provider_backendauth.core.lineage import storage_dataset
+
+    namespace, name = storage_dataset(location)
+    return OutputDataset(
+        namespace=namespace,
+        name=name,
+        outputFacets={
+            "outputStatistics": OutputStatisticsOutputDatasetFacet(rowCount=rows, size=size)
+        },
+    )
+
+
+def operator_lineage(
+    inputs: Sequence[Any] = (), outputs: Sequence[Any] = (), error: BaseException | None = None
+) -> Any:
+    """An ``OperatorLineage``; with ``error``, an ``errorMessage`` run facet whose message is
+    redacted (no token, no signed URL's query)."""
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+    run_facets: dict[str, Any] = {}
+    if error is not None:
+        from airflow.providers.common.compat.openlineage.facet import ErrorMessageRunFacet
+
+        from airflow_provider_backendauth.core.redact import short_error
+
+        run_facets["errorMessage"] = ErrorMessageRunFacet(
+            message=short_error(error, limit=2000), programmingLanguage="python"
+        )
+    return OperatorLineage(inputs=list(inputs), outputs=list(outputs), run_facets=run_facets)
+
+
+def export_lineage(
+    base_url: str, destination: str, results: Sequence[Any], group_id: str | None
+) -> tuple[list[Any], list[Any]]:
+    """Inputs (one per resource type exported) and outputs (one per data file written, with
+    its rows and bytes) of a finished bulk export; ``results`` are its ``FileResult``s.
+    Error files (OperationOutcomes about the export) are not data: not outputs."""
+    from airflow_provider_backendauth.core.lineage import public_url
+
+    folder = public_url(destination)
+    types: dict[str, None] = {}
+    outputs = []
+    for result in results:
+        if result.kind == "error":
+            continue
+        if result.kind == "output":
+            types.setdefault(result.type or "Unknown")
+        outputs.append(storage_output(f"{folder}/{result.name}", result.count, result.bytes))
+    return [fhir_input(base_url, kind, group_id) for kind in types], outputs

@@ -339,6 +339,20 @@ class FhirBulkExportOperator(_BulkBase):
                 raise
             raise failure from exc
 
+    def _requested_inputs(self) -> list[Any]:
+        from airflow_provider_backendauth.core.bulk.request import as_list
+        from airflow_provider_backendauth.operators._lineage import fhir_input
+
+        types = as_list(self.types)
+        if not types:
+            return []  # the server decides: known when the export completes
+        try:
+            base_url = self._base_url(self._hook())
+        except Exception:
+            return []  # lineage never fails a task; the task itself reports the connection
+        group_id = self.group_id if self.level == "group" else None
+        return [fhir_input(base_url, kind, group_id) for kind in types]
+
     def _defer(self, job: BulkExportJob) -> None:
         from airflow_provider_backendauth.triggers.bulk import BulkExportTrigger
 
@@ -420,10 +434,12 @@ class FhirBulkExportOperator(_BulkBase):
             manifest, results, tolerate_errors=self.tolerate_errors, cleanup=self.cleanup
         )
         emit_export_events(context, self.backendauth_conn_id, job, summary)
+        self._record_lineage(job, results)
         return summary
 
     def _on_failure(self, context: Context, job: BulkExportJob, exc: BaseException) -> None:
         job.record_failure(exc)  # in log.ndjson, whether a retry follows or not
+        self._task_error = exc
         if job.record is None or not job.record.active:
             return  # the kick-off itself failed, or the job is over: nothing to cancel
         if self.cancel_on_failure and _fails_for_good(context, exc, self.retries):

@@ -116,6 +116,7 @@ class FhirBulkDownloadOperator(_BulkBase):
             )
         result = job.download_file(file, requires_access_token=manifest.requires_access_token)
         self.log.info("%s: %d resources, %d bytes", result.name, result.count, result.bytes)
+        self._record_lineage(job, [result])
         return result.to_dict()
 
 
@@ -185,4 +186,5 @@ class FhirBulkFinalizeOperator(_BulkBase):
             manifest, results, tolerate_errors=self.tolerate_errors, cleanup=self.cleanup
         )
         emit_export_events(context, self.backendauth_conn_id, job, summary)
+        self._record_lineage(job, results)
         return summary

@@ -147,6 +147,8 @@ class FhirSearchOperator(BaseOperator):
         self.max_page_entries = max_page_entries
         if destination is not None:  # results returned to XCom are not an Asset
             declare_outlet(self, backendauth_conn_id)
+        self._lineage_files: list[dict[str, Any]] = []  # written files, for OpenLineage
+        self._task_error: BaseException | None = None
 
     # -- execution -----------------------------------------------------------------------
 
@@ -166,7 +168,42 @@ class FhirSearchOperator(BaseOperator):
             return self._to_xcom(search)
         summary = self._to_files(search)
         emit_search_event(context, self.backendauth_conn_id, search, summary, str(self.destination))
+        self._lineage_files = list(summary["files"])
         return summary
+
+    # -- OpenLineage (called by the OpenLineage provider when it is installed) ----------
+
+    def _input(self) -> list[Any]:
+        from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
+        from airflow_provider_backendauth.operators._lineage import fhir_input
+
+        try:
+            base_url = BackendAuthHook(self.backendauth_conn_id).base_url
+        except Exception:
+            return []  # lineage never fails a task; the task itself reports the connection
+        return [fhir_input(base_url, self.resource_type)] if base_url else []
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        from airflow_provider_backendauth.operators._lineage import operator_lineage
+
+        return operator_lineage(self._input())
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        from airflow_provider_backendauth.operators._lineage import (
+            operator_lineage,
+            storage_output,
+        )
+
+        outputs = [
+            storage_output(str(f["path"]), int(f["records"]), int(f["bytes"]))
+            for f in self._lineage_files
+        ]
+        return operator_lineage(self._input(), outputs)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        from airflow_provider_backendauth.operators._lineage import operator_lineage
+
+        return operator_lineage(self._input(), error=self._task_error)
 
     def _start_search(self) -> FhirSearch:
         from airflow_provider_backendauth.core.fhir.search import FhirClient

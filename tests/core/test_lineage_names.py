@@ -10,6 +10,7 @@ from airflow_provider_backendauth.core.lineage import (
     fhir_dataset_name,
     fhir_namespace,
     public_url,
+    storage_dataset,
 )
 
 
@@ -91,3 +92,22 @@ def test_export_extras_per_type() -> None:
         "path": "s3://bucket/out/2024-06-01",
     }
     assert extras["Condition"]["resources"] == extras["Condition"]["files"] == 0
+
+
+@pytest.mark.parametrize(
+    ("location", "dataset"),
+    [
+        (
+            "s3://aws_default@bucket/out/Patient.000.ndjson",
+            ("s3://bucket", "out/Patient.000.ndjson"),
+        ),
+        ("gs://bucket/a/b.ndjson?x=1", ("gs://bucket", "a/b.ndjson")),
+        ("abfs://wasb@container/out/x.ndjson", ("abfs://container", "out/x.ndjson")),
+        ("/data/out/x.ndjson", ("file", "/data/out/x.ndjson")),
+        ("file:///data/out/x.ndjson", ("file", "/data/out/x.ndjson")),
+    ],
+)
+def test_storage_datasets_follow_the_openlineage_naming(
+    location: str, dataset: tuple[str, str]
+) -> None:
+    assert storage_dataset(location) == dataset

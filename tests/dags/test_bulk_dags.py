@@ -39,14 +39,6 @@ def dagbag(airflow_db: Path) -> Any:
     return bag
 
 
-@pytest.fixture
-def fhir(bulk_env: BulkEnv) -> BulkEnv:
-    """The sandbox client exposed as the examples' connection ``backendauth_fhir``."""
-    bulk_env.conn_id = "backendauth_fhir"
-    bulk_env.set_connection()
-    return bulk_env
-
-
 def run(dagbag: Any, dag_id: str, day: int, **conf: Any) -> Any:
     dag = dagbag.get_dag(dag_id)
     assert dag is not None, dag_id
