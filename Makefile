@@ -78,6 +78,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py $(BENCH_IDLE)
 	$(PY) benchmarks/s3.py $(BENCH_IDLE)
 	$(PY) benchmarks/views.py $(BENCH_IDLE)
+	$(PY) benchmarks/tables.py $(BENCH_IDLE) $(if $(SOF_JS),--sof-js $(SOF_JS))
 	$(PY) benchmarks/triggerer.py $(BENCH_IDLE)
 
 clean:

@@ -13,7 +13,9 @@ sleeps racing the system):
   again; the finished files are not fetched again;
 - the sandbox expires every token once mid-download, and tokens live 20 s throughout.
 Then: every resource in S3 exactly once, no partial object and no pending upload, no
-CopyObject, token requests bounded by the processes that ran and the token lifetime.
+CopyObject, token requests bounded by the processes that ran and the token lifetime; and the
+four ready views' Delta tables in S3 (mapped per resource type over the workers), one row
+per resource (Observation: per component, none here), each version committed once.
 """
 
 from __future__ import annotations
@@ -292,6 +294,7 @@ def test_nightly_export_survives_worker_and_triggerer_kills(
 
     # Every resource exactly once, nothing partial, nothing pending, nothing copied.
     objects = s3.objects(bucket, prefix)
+    _check_tables(s3, bucket, sb)
     names = sorted(k[len(prefix) :] for k in objects)
     expected = [*(f"{t}.000.ndjson" for t in TYPES), "manifest.json", "log.ndjson"]
     assert names == sorted(expected), names
@@ -302,6 +305,7 @@ def test_nightly_export_survives_worker_and_triggerer_kills(
         assert sorted(ids) == sorted(r.id for r in sb.store.by_type[kind]), kind
     everything = s3.objects(bucket)
     assert not [k for k in everything if ".partial-" in k or "/." in k]
+    assert [t["state"] for t in tis if t["task_id"] == "tables"] == ["success"] * 4
     assert s3.incomplete_uploads(bucket) == []
     assert ops["CopyObject"] == 0 and ops["UploadPartCopy"] == 0, ops
     data_keys = [f"{prefix}{t}.000.ndjson" for t in TYPES]
@@ -321,3 +325,30 @@ def test_nightly_export_survives_worker_and_triggerer_kills(
     # token per request would be dozens (polls every 1-2 s, every file request).
     bound = 2 * processes + 3 * math.ceil(elapsed / TOKEN_LIFETIME)
     assert stats["token_requests"] <= bound, (stats["token_requests"], bound)
+
+
+def _check_tables(s3: S3Server, bucket: str, sb: Sandbox) -> None:
+    """One Delta table per view under tables/: version 0 only, its data files all listed,
+    one row per resource of the view's type."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    views = {
+        "patient_demographics": "Patient",
+        "observation": "Observation",
+        "condition": "Condition",
+        "encounter": "Encounter",
+    }
+    objects = s3.objects(bucket, "tables/")
+    for view, kind in views.items():
+        log = [k for k in objects if k.startswith(f"tables/{view}/_delta_log/")]
+        assert log == [f"tables/{view}/_delta_log/00000000000000000000.json"], log
+        actions = [json.loads(line) for line in objects[log[0]].splitlines()]
+        added = [a["add"]["path"] for a in actions if "add" in a]
+        data = sorted(k for k in objects if k.startswith(f"tables/{view}/part-"))
+        assert data == sorted(f"tables/{view}/{name}" for name in added)
+        ids = []
+        for key in data:
+            ids += pq.read_table(io.BytesIO(objects[key]), columns=["id"]).column("id").to_pylist()
+        assert sorted(ids) == sorted(r.id for r in sb.store.by_type[kind]), view

@@ -310,10 +310,8 @@ def _put_if_absent(path: StoragePath, body: bytes, version: int) -> None:
         bucket, key, _ = fs.split_path(path.path)
         try:
             fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
-        except Exception as exc:
-            if "PreconditionFailed" in repr(exc) or "412" in str(exc):
-                raise taken from exc
-            raise
+        except FileExistsError as exc:  # s3fs's form of 412 Precondition Failed
+            raise taken from exc
         fs.invalidate_cache(path.path)
         return
     if path.exists():  # GCS, Azure: checked, then written (one writer per table)

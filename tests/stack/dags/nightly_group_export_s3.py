@@ -2,8 +2,9 @@
 
 What tests/stack/test_stack_e2e.py runs on the stack of scripts/stack.py: the README's
 object-storage example (``s3://aws_default@bucket/...``, Group export, ``since="auto"``,
-deferrable) with the mapped downloads of docs/bulk-export.md. ``$BACKENDAUTH_OUTPUT`` is the
-output root, e.g. ``s3://aws_default@bucket``.
+deferrable) with the mapped downloads of docs/bulk-export.md, then one Delta table per ready
+view under ``tables/``, mapped per resource type (one task per table). ``$BACKENDAUTH_OUTPUT``
+is the output root, e.g. ``s3://aws_default@bucket``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from airflow_provider_backendauth.operators.bulk import (
     FhirBulkExportOperator,
     FhirBulkFinalizeOperator,
 )
+from airflow_provider_backendauth.operators.views import FhirViewTableOperator
 
 CONN_ID = "backendauth_fhir"
 OUTPUT = os.environ.get("BACKENDAUTH_OUTPUT", "s3://aws_default@bucket").rstrip("/")
@@ -66,3 +68,12 @@ with DAG(
         state_dir=STATE_DIR,
     )
     download >> finalize
+    # The finalize summary says where the files are and whether _since was used.
+    FhirViewTableOperator.partial(
+        task_id="tables",
+        export=finalize.output,
+        views=["patient_demographics", "observation", "condition", "encounter"],
+        destination=f"{OUTPUT}/tables",
+        retries=2,
+        retry_delay=timedelta(seconds=1),
+    ).expand(resource_types=[["Patient"], ["Observation"], ["Condition"], ["Encounter"]])
