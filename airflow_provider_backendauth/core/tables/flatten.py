@@ -148,25 +148,24 @@ def flatten(
         options=options,
         tags=keyed.tags,
         name=str(view.get("name") or keyed.resource),
-        row_keys={KEY_COLUMN: keyed.key_name},
         **table_options,
     )
     resources: Iterable[dict[str, Any]] = read_resources(inputs)
+    parameters = {"view": view.get("name")}
     if not incremental:
-        return writer.write(keyed.compiled.run(resources), parameters={"view": view.get("name")})
+        rows = keyed.compiled.run_tuples(resources)
+        return writer.write(rows, parameters=parameters, tuples=True)
     replaced: set[str] = set()
     for resource_id in deleted_ids(deleted, keyed.resource):
         replaced.update(keyed.key_of({"resourceType": keyed.resource, "id": resource_id}))
 
-    def tracked() -> Iterator[dict[str, Any]]:
+    def tracked() -> Iterator[tuple[Any, ...]]:
         # Every resource of the view's type replaces its rows, whether or not it yields one.
-        for resource in resources:
-            if resource.get("resourceType") == keyed.resource:
+        for resource, rows in keyed.compiled.run_by_resource(resources):
+            if rows:
+                replaced.add(rows[0][-1])  # the key column, last
+                yield from rows
+            else:
                 replaced.update(keyed.key_of(resource))
-            yield resource
 
-    return writer.write(
-        keyed.compiled.run(tracked()),
-        replace_keys=replaced,
-        parameters={"view": view.get("name")},
-    )
+    return writer.write(tracked(), replace_keys=replaced, parameters=parameters, tuples=True)

@@ -174,29 +174,41 @@ class _ParquetFiles:
 def _batches(
     rows: Iterable[Mapping[str, Any]],
     columns: Sequence[ColumnType],
-    row_keys: Sequence[str],
+    row_keys: Sequence[str] | None,
     size: int,
 ) -> Iterator[pa.RecordBatch]:
+    """Record batches of ``size`` rows. ``row_keys`` None: the rows are tuples in column
+    order already (``CompiledView.run_tuples``), taken as they are."""
     import pyarrow as pa
 
-    names = list(row_keys)
     schema = schema_of(columns)
-    getter = itemgetter(*names)
-    single = len(names) == 1
+    getter = None if row_keys is None else itemgetter(*row_keys)
+    single = row_keys is not None and len(row_keys) == 1
     chunk: list[Any] = []
     iterator = iter(rows)
     while True:
         chunk.clear()
         try:
-            for row in iterator:
-                chunk.append((getter(row),) if single else getter(row))
-                if len(chunk) >= size:
-                    break
+            if getter is None:
+                for row in iterator:
+                    chunk.append(row)
+                    if len(chunk) >= size:
+                        break
+            else:
+                for row in iterator:
+                    chunk.append((getter(row),) if single else getter(row))
+                    if len(chunk) >= size:
+                        break
         except KeyError as exc:
             raise TableError(f"a row has no column {exc.args[0]!r}") from None
         if not chunk:
             return
-        values = list(zip(*chunk, strict=True))
+        try:
+            values = list(zip(*chunk, strict=True))
+        except ValueError:
+            raise TableError(
+                f"rows of different lengths (the table has {len(columns)} columns)"
+            ) from None
         arrays = [column.to_arrow(values[i]) for i, column in enumerate(columns)]
         yield pa.RecordBatch.from_arrays(arrays, schema=schema)
         if len(chunk) < size:
@@ -258,10 +270,11 @@ class ViewTable:
 
     def write(
         self,
-        rows: Iterable[Mapping[str, Any]],
+        rows: Iterable[Mapping[str, Any]] | Iterable[Sequence[Any]],
         *,
         replace_keys: Collection[str] | None = None,
         parameters: Mapping[str, Any] | None = None,
+        tuples: bool = False,
     ) -> TableResult:
         """Write ``rows`` as the table's next version and return what was done.
 
@@ -269,6 +282,7 @@ class ViewTable:
         it). Otherwise a merge into the existing table: ``rows`` are added and the earlier
         rows whose ``KEY_COLUMN`` is in ``replace_keys`` dropped. ``replace_keys`` is read
         after ``rows`` is exhausted, so a generator of rows may fill it as it goes.
+        ``tuples``: each row is a tuple of the values in column order (no dict per row).
 
         Raises:
             TableError: a value that does not fit its column, a merge into a table that does
@@ -289,7 +303,8 @@ class ViewTable:
         removed_rows = 0
         try:
             new_rows = 0
-            for batch in _batches(rows, self.columns, self.row_keys, self.row_group_rows):
+            keys = None if tuples else self.row_keys
+            for batch in _batches(rows, self.columns, keys, self.row_group_rows):  # type: ignore[arg-type]
                 files.write(batch)
                 new_rows += batch.num_rows
             if merge:
