@@ -11,6 +11,15 @@ What is removed:
 - by shape: ``Bearer <anything>``, anything shaped like a JWT (assertions, JWT access
   tokens, a client id that is a JWT), ``access_token=...``/``assertion=...`` pairs, and URL
   query strings (signed storage URLs carry credentials there, search URLs carry patient data).
+
+What is escaped: every control character (C0 such as CR, LF and ESC, DEL, C1, and the Unicode
+line and paragraph separators) becomes a visible escape (``\r``, ``\n``, ``\x1b``...), so a
+server cannot forge log lines or send terminal escapes to whoever reads a log, an error or an
+event. Server text reaches every exception, log record, trigger event and quoted diagnostic
+through ``redact``: that is the one treatment, applied at each of those sinks.
+
+``redact_values`` removes the remembered secrets (by value only) from data bound for XCom: a
+REST answer that echoes the request's headers would otherwise put the access token there.
 """
 
 from __future__ import annotations
@@ -19,11 +28,14 @@ import logging
 import re
 import threading
 from collections import deque
+from typing import Any
 
 REDACTED = "[redacted]"
 # Shorter values are too likely to match ordinary words; real tokens are far longer.
 MIN_SECRET_LENGTH = 8
-_RECENT = 64  # current token plus the recent ones (renewals, several connections)
+# Current token plus the recent ones (renewals, several connections), and the recent client
+# assertions with their payload and signature segments (a server may quote one bare).
+_RECENT = 256
 
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
 # A secret's name followed by a value: ``access_token=...``, ``"assertion": "..."``. The
@@ -33,6 +45,8 @@ _SECRET_WORDS = re.compile(
 )
 _BEARER = re.compile(r"\b(Bearer)(\s+|%20|\+)[^\s\"',;}\]]+", re.I)
 _URL_QUERY = re.compile(r"(https?://[^\s?#'\"<>]+)\?[^\s'\"<>#]*")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 _secrets: deque[str] = deque(maxlen=_RECENT)
 _secrets_lock = threading.Lock()
@@ -59,7 +73,46 @@ def redact(text: str) -> str:
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _JWT_LIKE.sub(REDACTED, text)
     text = _SECRET_WORDS.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
-    return _URL_QUERY.sub(lambda m: f"{m.group(1)}?{REDACTED}", text)
+    text = _URL_QUERY.sub(lambda m: f"{m.group(1)}?{REDACTED}", text)
+    return escape_controls(text)
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character shown as an escape (``\n``, ``\x1b``,
+    ``\u2028``): one line, no terminal escapes."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def redact_values(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings) with every remembered secret replaced by
+    ``[redacted]`` wherever a string holds it; nothing else changes (data is data: no
+    redaction by shape, no escaping)."""
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    if not secrets:
+        return value
+    return _redact_values(value, secrets)
+
+
+def _redact_values(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {_redact_values(k, secrets): _redact_values(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_values(v, secrets) for v in value)
+    return value
 
 
 def short_error(exc: BaseException, limit: int = 240) -> str:

@@ -64,7 +64,8 @@ class BackendAuthHttpOperator(BaseOperator):
     Transient failures (connection errors, 429 with ``Retry-After``, 5xx) are retried with
     backoff; errors quote the server's OperationOutcome. The return value (pushed to XCom) is
     the parsed JSON body (or text), a list of them when paginating, or what
-    ``response_filter`` returns; it must stay small.
+    ``response_filter`` returns; it must stay small. Any access token the process obtained is
+    replaced by ``[redacted]`` in it (an API that echoes the request's headers).
 
     Args:
         endpoint: path relative to the connection's base URL, or an absolute URL (which gets
@@ -190,7 +191,10 @@ class BackendAuthHttpOperator(BaseOperator):
             len(response.content),
         )
         if self.log_response:
-            self.log.info("Response body (first 1000 characters): %s", response.text[:1000])
+            from airflow_provider_backendauth.core.redact import redact
+
+            # The answer may echo the request (and its token), or carry control characters.
+            self.log.info("Response body (first 1000 characters): %s", redact(response.text[:1000]))
         return response
 
     def process_response(
@@ -212,6 +216,10 @@ class BackendAuthHttpOperator(BaseOperator):
             result = [default_result(r) for r in response]
         else:
             result = default_result(response)
+        from airflow_provider_backendauth.core.redact import redact_values
+
+        # XCom never holds an access token, even from an answer that echoes the request.
+        result = redact_values(result)
         self._check_size(result)
         return result
 

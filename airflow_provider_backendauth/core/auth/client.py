@@ -27,6 +27,7 @@ from airflow_provider_backendauth.core.auth.profiles import Profile, get_profile
 from airflow_provider_backendauth.core.auth.settings import ClientSettings
 from airflow_provider_backendauth.core.auth.tokens import AccessToken, TokenCache, TokenEndpoint
 from airflow_provider_backendauth.core.errors import (
+    BackendAuthError,
     ConfigurationError,
     InvalidScopeError,
     KeyLoadError,
@@ -36,7 +37,7 @@ from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
 from airflow_provider_backendauth.core.http.sessions import plain_session
 from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.retry import RetryPolicy
-from airflow_provider_backendauth.core.urls import check_url, origin_of
+from airflow_provider_backendauth.core.urls import check_url, display_url, origin_of
 
 log = get_logger(__name__)
 
@@ -217,17 +218,48 @@ class BackendAuthClient:
         """The token endpoint; discovered (once per process) when the profile has none."""
         if self._token_url is None:
             config = self.discover()
-            self._token_url = check_url(
+            discovered = check_url(
                 config.token_endpoint,
                 "discovered token URL",
                 allow_insecure_http=self.settings.allow_insecure_http,
             )
+            self._check_discovered_endpoint(discovered)
+            self._token_url = discovered
             if self._explicit_algorithm is None and config.signing_algorithms:
                 preferred = [a for a in self.profile.algorithms if a in config.signing_algorithms]
                 usable = compatible_algorithms(self.key, tuple(preferred))
                 if usable:
                     self.algorithm = usable[0]
         return self._token_url
+
+    def _fixed_audience(self) -> str | None:
+        """The ``aud`` set by the connection or the profile (None: the token URL)."""
+        return self.settings.audience or (
+            self.profile.issuer_url if self.profile.audience == "issuer" else None
+        )
+
+    def _check_discovered_endpoint(self, endpoint: str) -> None:
+        """A fixed audience names the real authorization server; a discovered token URL is
+        whatever the discovery answer says. Were they allowed to differ, whoever controls that
+        answer (a compromised FHIR server, a proxy) would receive an assertion valid at the
+        real server for its lifetime. So the discovered URL must be at the audience's origin.
+        Without a fixed audience the assertion's ``aud`` is the discovered URL itself: it is
+        valid nowhere else."""
+        audience = self._fixed_audience()
+        if audience is None:
+            return
+        try:
+            same = origin_of(audience) == origin_of(endpoint)
+        except BackendAuthError:
+            same = False  # an audience that is not a URL: nothing to compare with
+        if not same:
+            raise ConfigurationError(
+                f"The assertion's audience is {audience!r}, but the token URL came from SMART "
+                f"discovery ({display_url(endpoint)}), which is not at the audience's origin: "
+                "whoever controls the discovery answer would receive an assertion valid at "
+                "that audience. Refused. Set the connection's 'auth_url' extra to the token "
+                "URL (then discovery is not used), or remove 'audience'."
+            )
 
     def discover(self) -> SmartConfiguration:
         assert self.base_url is not None and self.profile.discovery_path is not None
@@ -241,9 +273,7 @@ class BackendAuthClient:
 
     def assertion_spec(self) -> AssertionSpec:
         token_url = self.token_url
-        audience = self.settings.audience or (
-            self.profile.issuer_url if self.profile.audience == "issuer" else None
-        )
+        audience = self._fixed_audience()
         return AssertionSpec(
             client_id=self.settings.client_id,
             audience=audience or token_url,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
@@ -155,10 +156,16 @@ class TokenEndpoint:
         return self._form()
 
     def _form(self) -> dict[str, str]:
+        assertion = self._sign()
+        # A server may quote the assertion whole, or only a segment of it (the signature,
+        # the claims), in an error: redact each by value from now on.
+        remember_secret(assertion)
+        for segment in assertion.split(".")[1:]:
+            remember_secret(segment)
         form = {
             "grant_type": "client_credentials",
             "client_assertion_type": CLIENT_ASSERTION_TYPE,
-            "client_assertion": self._sign(),
+            "client_assertion": assertion,
         }
         if self.scope is not None:
             form["scope"] = self.scope
@@ -297,7 +304,9 @@ def _read_error_body(response: requests.Response) -> tuple[str | None, str | Non
         error = str(body["error"]) if body.get("error") else None
         description = str(body["error_description"]) if body.get("error_description") else None
         if not error and not description:
-            text = redact(response.text.strip())[:300]
+            # The parsed document, not the raw text: JSON escapes (\u002e...) would hide an
+            # assertion or a token from redaction.
+            text = redact(json.dumps(body, ensure_ascii=False))[:300]
     else:
         # Some servers (Koppeltaal) answer failures in plain text such as "401 Access Denied".
         text = redact(" ".join(response.text.split()))[:300]

@@ -182,7 +182,8 @@ def interpret_status(
     retry_after = parse_retry_after(header(headers, "Retry-After"), now)
     if status_code == 202:
         progress = header(headers, "X-Progress")
-        return Pending(retry_after, progress.strip()[:200] if progress else None)
+        # Server text bound for logs, events and XCom: redacted, control characters escaped.
+        return Pending(retry_after, redact(progress.strip()[:200]) if progress else None)
     if status_code == 200:
         manifest = _json_body(body)
         if isinstance(manifest, dict) and isinstance(manifest.get("output"), list):
