@@ -97,6 +97,9 @@ class FhirViewTableOperator(BaseOperator):
         self.decimals = decimals
         self.temporal = temporal
         self.row_group_rows = row_group_rows
+        # What this run read and wrote, for OpenLineage (the provider calls the methods below).
+        self._lineage_inputs: list[str] = []
+        self._lineage_tables: list[tuple[str, int, int]] = []
 
     @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
@@ -153,6 +156,8 @@ class FhirViewTableOperator(BaseOperator):
                 result.bytes,
             )
             tables[name] = {"resource": resource, **result.as_dict()}
+            self._lineage_inputs += [str(p) for p in [*inputs, *deleted]]
+            self._lineage_tables.append((result.path, result.rows, result.bytes))
         return {
             "destination": str(destination),
             "incremental": incremental,
@@ -160,6 +165,25 @@ class FhirViewTableOperator(BaseOperator):
             "rows": sum(t["rows"] for t in tables.values()),
             "tables": tables,
         }
+
+    # --- OpenLineage (called by the OpenLineage provider when it is installed) -------------
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Inputs: the NDJSON files read; outputs: one per table, with its rows and the bytes
+        this version added."""
+        from airflow.providers.common.compat.openlineage.facet import InputDataset
+
+        from airflow_provider_backendauth.core.lineage import storage_dataset
+        from airflow_provider_backendauth.operators._lineage import (
+            operator_lineage,
+            storage_output,
+        )
+
+        inputs = [
+            InputDataset(*storage_dataset(path)) for path in dict.fromkeys(self._lineage_inputs)
+        ]
+        outputs = [storage_output(path, rows, size) for path, rows, size in self._lineage_tables]
+        return operator_lineage(inputs, outputs)
 
     # --- inputs ------------------------------------------------------------------------------
 

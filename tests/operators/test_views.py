@@ -51,6 +51,22 @@ def test_tables_from_an_export_summary(bulk_env: BulkEnv) -> None:
     assert len(_rows(bulk_env.tmp / "tables" / "observation")) == observations["rows"]
 
 
+def test_openlineage_names_the_files_read_and_the_tables_written(bulk_env: BulkEnv) -> None:
+    raw = bulk_env.tmp / "raw"
+    summary = export_op(raw).execute(task_context())
+    op = tables_op(export=summary, destination=str(bulk_env.tmp / "tables"), views=["condition"])
+    op.execute(task_context())
+    lineage = op.get_openlineage_facets_on_complete(None)
+    assert [(i.namespace, i.name) for i in lineage.inputs] == [
+        ("file", str(raw / name)) for name in summary["output"]["Condition"]["files"]
+    ]
+    (output,) = lineage.outputs
+    assert (output.namespace, output.name) == ("file", str(bulk_env.tmp / "tables" / "condition"))
+    statistics = output.outputFacets["outputStatistics"]
+    assert statistics.rowCount == summary["output"]["Condition"]["count"]
+    assert statistics.size > 0
+
+
 def test_full_until_t1_plus_since_t1_equals_full(bulk_env: BulkEnv) -> None:
     full_t1 = export_op(bulk_env.tmp / "t1", until=T1).execute(task_context("t1"))
     since_t1 = export_op(bulk_env.tmp / "inc", since=T1).execute(task_context("inc"))
