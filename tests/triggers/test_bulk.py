@@ -9,6 +9,7 @@ import gc
 import importlib
 import json
 import logging
+import threading
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -329,6 +330,15 @@ def test_a_held_token_endpoint_never_delays_another_connections_exports(
         a.expire_tokens()
         a.reset_stats()
 
+        before = {t.ident for t in threading.enumerate()}
+
+        def renewal_threads() -> int:
+            return sum(
+                1
+                for t in threading.enumerate()
+                if t.ident not in before and t.name.startswith("backendauth-token-renewal")
+            )
+
         async def scenario() -> dict[str, Any]:
             loop = asyncio.get_running_loop()
             loop.set_default_executor(ThreadPoolExecutor(DEFAULT_EXECUTOR_THREADS))
@@ -340,7 +350,10 @@ def test_a_held_token_endpoint_never_delays_another_connections_exports(
                 while a.stats["responses_held"] < 1:
                     await asyncio.sleep(0.01)
                 b_trigger = BulkExportTrigger("fhir_bulk_b", b_url, poll_settings=fast_poll())
-                return await first_event(b_trigger, timeout=60)
+                event = await first_event(b_trigger, timeout=60)
+                # One renewal thread per connection, however many triggers and requests.
+                assert renewal_threads() <= 2
+                return event
             finally:
                 a.faults.release(held)
                 for task in a_tasks:

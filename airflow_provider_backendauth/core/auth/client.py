@@ -6,10 +6,12 @@ is checked in the constructor, so a bad connection fails before any request is m
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import requests
@@ -365,6 +367,12 @@ class BackendAuthClient:
         """A valid access token (cached, renewed before expiry)."""
         return self.tokens.get()
 
+    @functools.cached_property
+    def settings_digest(self) -> str:
+        """A digest of the settings (equal settings, equal digest; the key never kept)."""
+        data = json.dumps(dataclasses.asdict(self.settings), sort_keys=True, default=str)
+        return hashlib.sha256(data.encode()).hexdigest()
+
     def bearer_policy(self, **options: Any) -> BearerPolicy:
         """The token-attachment decision for this client's origins (see ``BearerPolicy``).
 
@@ -399,6 +407,19 @@ class LazyTokens:
 
     def __init__(self, client: BackendAuthClient) -> None:
         self._client = client
+
+    @property
+    def renewal_key(self) -> Hashable:
+        """Equal for every client of one connection configuration: an event loop renews
+        their tokens on one thread (``core/http/renewal.py``), however many policies, one
+        per request, and clients, one per trigger, are built over them."""
+        return self._client.settings_digest
+
+    def fresh(self) -> AccessToken | None:
+        """The cached token if fresh, without the network or a lock: None until the cache
+        was resolved (that may need discovery) or when it holds no fresh token."""
+        cache = self._client._tokens
+        return cache.fresh() if cache is not None else None
 
     def get(self) -> AccessToken:
         return self._client.tokens.get()

@@ -8,12 +8,14 @@ connection waiting on the token cache's lock in a thread of its own, and every o
 connection's polls queued behind them (issue 21: at K=100 a healthy server's exports fell
 from 30 to 19 polls a minute; at K=10 to 0.14 of their schedule).
 
-Here each token source (one per connection configuration and process: ``TokenCache`` is
-shared) gets one thread of its own, made on first need. One is enough and bounds it: the
-cache fetches one token at a time anyway (single flight), and whoever queues behind the fetch
-finds the new token at once. A fresh cached token, the common case, is read on the loop
-without any thread. A connection whose token endpoint hangs therefore stalls only its own
-exports, for as long as its token request's timeout.
+Here each connection configuration gets one thread of its own, made on first need: a
+source that says which configuration it serves (``renewal_key``: the connection client's
+``LazyTokens``, built per request, name its settings) shares it with every other source of
+that configuration; any other source gets one of its own while it lives. One is enough and
+bounds it: the cache fetches one token at a time anyway (single flight), and whoever queues
+behind the fetch finds the new token at once. A fresh cached token, the common case, is read
+on the loop without any thread (``fresh()``). A connection whose token endpoint hangs
+therefore stalls only its own exports, for as long as its token request's timeout.
 """
 
 from __future__ import annotations
@@ -21,22 +23,28 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 
 from airflow_provider_backendauth.core.http.policy import Token, TokenSource
 
-_executors: weakref.WeakKeyDictionary[TokenSource, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
+_by_source: weakref.WeakKeyDictionary[TokenSource, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
+_by_key: dict[Hashable, ThreadPoolExecutor] = {}  # one per connection configuration
 _executors_lock = threading.Lock()
 
 
 def executor_for(tokens: TokenSource) -> ThreadPoolExecutor:
-    """The one-thread executor of this token source (made on first use, kept while the
-    source lives)."""
+    """The one-thread executor of this source's connection configuration (its
+    ``renewal_key``), else of the source itself while it lives; made on first use."""
+    key: Hashable | None = getattr(tokens, "renewal_key", None)
     with _executors_lock:
-        executor = _executors.get(tokens)
+        executor = _by_key.get(key) if key is not None else _by_source.get(tokens)
         if executor is None:
             executor = ThreadPoolExecutor(1, thread_name_prefix="backendauth-token-renewal")
-            _executors[tokens] = executor
+            if key is not None:
+                _by_key[key] = executor
+            else:
+                _by_source[tokens] = executor
         return executor
 
 
