@@ -91,6 +91,26 @@ def run_dag(
     )
 
 
+def asset_events_of(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """Asset URI -> the ``extra`` of the Asset events whose path is under ``tmp_path``."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(AssetModel.uri, AssetEvent.extra).join(
+                AssetEvent, AssetEvent.asset_id == AssetModel.id
+            )
+        ).all()
+    found = {}
+    for uri, extra in rows:
+        if str((extra or {}).get("path", "")).startswith(tmp_path.as_uri()):
+            assert uri not in found, "one event per Asset and run"
+            found[uri] = dict(extra)
+    return found
+
+
 def read_events(events: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
 
@@ -137,6 +157,17 @@ def test_lineage_of_an_export_and_a_search(fhir: BulkEnv, tmp_path: Path, airflo
             "rowCount": len(ndjson_lines(path)),
             "size": path.stat().st_size,
         }
+
+    # The same run's Asset events, as Airflow's metadata database holds them.
+    assets = asset_events_of(tmp_path)
+    assert set(assets) == {
+        f"{namespace}/Group/g1/Patient",
+        f"{namespace}/Group/g1/Observation",
+        f"{namespace}/Observation",
+    }
+    patient = assets[f"{namespace}/Group/g1/Patient"]
+    assert patient["resources"] == len(ndjson_lines(folder / "Patient.000.ndjson"))
+    assert patient["path"] == f"file://{folder}" and patient["transactionTime"]
 
     search = by_task(events, "search", "COMPLETE")
     assert [(d["namespace"], d["name"]) for d in search["inputs"]] == [(namespace, "Observation")]
