@@ -3,7 +3,7 @@
 ``airflow dags test`` runs tests/dags/lineage/lineage_dags.py against the sandbox in a
 subprocess whose Airflow has the OpenLineage provider configured with its file transport;
 every event it wrote is validated against the OpenLineage JSON schemas (vendored from the
-OpenLineage spec in tests/dags/lineage/schema, with their licence), then checked for what
+OpenLineage spec in tests/support/openlineage_schema, with their licence), then checked for what
 the operators report: FHIR inputs named by the server, storage outputs with row counts,
 the error facet of a failed task, and no secret anywhere.
 """
@@ -21,51 +21,12 @@ import pytest
 
 from airflow_provider_backendauth.core.lineage import fhir_namespace
 from tests.bulkkit import BulkEnv, assert_no_token_in, ndjson_lines
+from tests.support.openlineage import EventValidator
 
 pytest_plugins = ("tests.bulk_fixtures",)
 pytestmark = pytest.mark.e2e
 
 HERE = Path(__file__).parent / "lineage"
-SCHEMAS = HERE / "schema"
-
-
-class EventValidator:
-    """Validates a RunEvent against the spec's schema, and each facet the operators set
-    (``outputStatistics``, ``errorMessage``, ``schema``) against that facet's own schema (the
-    event schema checks facets only against the base facet)."""
-
-    def __init__(self) -> None:
-        import jsonschema
-        from referencing import Registry, Resource
-
-        schemas = [json.loads(p.read_text()) for p in sorted(SCHEMAS.glob("*.json"))]
-        registry = Registry().with_resources(
-            (schema["$id"], Resource.from_contents(schema)) for schema in schemas
-        )
-        main = next(s for s in schemas if s["$id"].endswith("/OpenLineage.json"))
-
-        def check(ref: str) -> Any:
-            return jsonschema.Draft202012Validator({"$ref": ref}, registry=registry)
-
-        self.event = check(main["$id"] + "#/$defs/RunEvent")
-        self.facets = {
-            name: check(schema["$id"] + prop["$ref"])
-            for schema in schemas
-            if schema is not main
-            for name, prop in schema.get("properties", {}).items()
-        }
-        self.checked: set[str] = set()
-
-    def validate(self, event: dict[str, Any]) -> None:
-        self.event.validate(event)
-        facet_groups = [event["run"].get("facets", {})]
-        for dataset in [*event.get("inputs", []), *event.get("outputs", [])]:
-            facet_groups += [dataset.get("facets", {}), dataset.get("outputFacets", {})]
-        for facets in facet_groups:
-            for name, facet in facets.items():
-                if name in self.facets:
-                    self.facets[name].validate(facet)
-                    self.checked.add(name)
 
 
 def run_dag(
