@@ -148,6 +148,19 @@ CONN_FIELDS: dict[str, Any] = {
         },
         section=_TOKEN,
     ),
+    "dpop": _string(
+        "DPoP-bound tokens",
+        "RFC 9449: off sends Bearer tokens; on asks for tokens bound to a proof key and signs a "
+        "proof for every request; auto does so once the token endpoint asks. Empty: the "
+        "profile's (auto for HelseID, else off).",
+        enum=["off", "on", "auto"],
+        values_display={
+            "off": "off (Bearer tokens)",
+            "on": "on (DPoP proofs with every request)",
+            "auto": "auto (when the token endpoint asks)",
+        },
+        section=_TOKEN,
+    ),
     "key_file": _string(
         "Private key file",
         "Path on the workers to a PEM/JWK file, e.g. /run/secrets/backendauth.pem; use "
@@ -186,6 +199,13 @@ CONN_FIELDS: dict[str, Any] = {
         "description": "Allow http:// URLs on non-loopback hosts (test setups only).",
         "schema": {"type": ["boolean", "null"], "default": False, "section": _NETWORK},
     },
+    "dpop_key_file": _string(
+        "DPoP key file",
+        "A PEM/JWK file on every worker holding the DPoP proof key, e.g. "
+        "/opt/airflow/keys/dpop.pem. Empty: a fresh EC P-256 key per process (never the "
+        "client assertion key).",
+        section=_KEY,
+    ),
     "allowed_hosts": _string(
         "Other hosts that may receive the token",
         "Space-separated origins besides the base URL's that may receive the bearer token, "

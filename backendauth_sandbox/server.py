@@ -302,7 +302,9 @@ class Sandbox:
         return response
 
     def _handle_foreign(self, request: Request) -> Response:
-        self._stats.foreign_request(request.path, request.header("Authorization"))
+        self._stats.foreign_request(
+            request.path, request.header("Authorization"), request.header("DPoP")
+        )
         rule = self.faults.take(request)
         if rule is None:
             return self._route_foreign(request, "bulk_file")

@@ -32,6 +32,7 @@ class Stats:
             self._token_fail_reasons: deque[str] = deque(maxlen=_MAX_REMEMBERED)
             self._dpop_fail_reasons: deque[str] = deque(maxlen=_MAX_REMEMBERED)
             self._foreign_auth_headers: list[str] = []
+            self._foreign_dpop_headers: list[str] = []
             self._foreign_by_path: Counter[str] = Counter()
 
     def incr(self, name: str, amount: int = 1) -> None:
@@ -68,12 +69,16 @@ class Stats:
                 self._counters[counter] += 1
             self._dpop_fail_reasons.append(f"{error}: {reason}")
 
-    def foreign_request(self, path: str, authorization: str | None) -> None:
+    def foreign_request(
+        self, path: str, authorization: str | None, dpop: str | None = None
+    ) -> None:
         with self._lock:
             self._counters["foreign_requests"] += 1
             self._foreign_by_path[path] += 1
             if authorization is not None:
                 self._foreign_auth_headers.append(authorization)
+            if dpop is not None:
+                self._foreign_dpop_headers.append(dpop)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -115,5 +120,6 @@ class Stats:
                     "requests_by_path": dict(self._foreign_by_path),
                     "file_downloads": c["foreign_file_downloads"],
                     "authorization_headers": copy.copy(self._foreign_auth_headers),
+                    "dpop_headers": copy.copy(self._foreign_dpop_headers),
                 },
             }

@@ -131,6 +131,11 @@ class InvalidClientError(TokenRequestError):
     """The server did not accept the client's identity or its signed assertion."""
 
 
+class DpopError(TokenRequestError):
+    """The token endpoint wants DPoP (RFC 9449) proofs the client did not send, or refused
+    the ones it sent: a DPoP matter, not a wrong key or client id."""
+
+
 class InvalidScopeError(TokenRequestError):
     """The requested scope is not allowed for this client."""
 

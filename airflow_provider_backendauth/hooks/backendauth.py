@@ -143,9 +143,14 @@ class BackendAuthHook(BaseHook):
         except Exception as exc:
             used = _effective_values(client)
             return False, f"Unexpected {type(exc).__name__}: {exc}. Used: {used}."
+        kind = (
+            f"a DPoP-bound token, proof key thumbprint {client.dpop.thumbprint}"
+            if token.dpop_bound and client.dpop is not None
+            else "a Bearer token, not DPoP-bound"
+        )
         message = (
-            f"Token obtained from {client.token_url} (expires in {int(token.lifetime)} s, "
-            f"granted scope {token.scope or 'not stated'!r}). Used: "
+            f"Token obtained from {client.token_url} ({kind}; expires in "
+            f"{int(token.lifetime)} s, granted scope {token.scope or 'not stated'!r}). Used: "
             f"{_effective_values(client, with_token_url=False)}"
         )
         if not client.base_url or client.profile.probe_path is None:

@@ -104,7 +104,9 @@ def test_test_connection_success(sandbox, conn):
     conn_id, _ = conn(vendor="redox")
     ok, message = BackendAuthHook(conn_id).test_connection()
     assert ok, message
-    assert message.startswith(f"Token obtained from {sandbox.token_url} (expires in ")
+    assert message.startswith(
+        f"Token obtained from {sandbox.token_url} (a Bearer token, not DPoP-bound; expires in "
+    )
     assert f"GET {sandbox.fhir_base}/metadata answered 200" in message
 
 

@@ -18,6 +18,7 @@ import requests
 
 from airflow_provider_backendauth.core.auth.assertion import AssertionSpec, ClientAssertionSigner
 from airflow_provider_backendauth.core.auth.discovery import SmartConfiguration, discover
+from airflow_provider_backendauth.core.auth.dpop import GENERATED_DPOP_KEYS, DpopProofs
 from airflow_provider_backendauth.core.auth.keys import (
     SigningKey,
     check_algorithm,
@@ -100,6 +101,8 @@ class BackendAuthClient:
         self.token_reuse = settings.token_reuse or self.profile.token_reuse
         self.retry = RetryPolicy.from_retries(settings.retries)
         self.allowed_origins = self._allowed_origins()
+        self.dpop_mode = settings.dpop or self.profile.dpop
+        self.dpop = self._dpop_proofs()
         self._http = self.new_plain_session()
         self._tokens: TokenCache | None = None
         self._endpoint: TokenEndpoint | None = None
@@ -197,6 +200,20 @@ class BackendAuthClient:
                 "certificate PEM after the private key in the password field (or key file)."
             )
         return {"x5t_s256" if wanted == "x5t#S256" else "x5t": thumbprint}
+
+    def _dpop_proofs(self) -> DpopProofs | None:
+        """The DPoP proof key: the configured one, else a fresh EC P-256 key shared by every
+        client of this connection in this process (never the assertion key unless the user
+        points 'dpop_key_file' at it)."""
+        if self.dpop_mode == "off":
+            return None
+        if self.settings.dpop_key_file:
+            return DpopProofs(load_signing_key_file(self.settings.dpop_key_file))
+        s = self.settings
+        identity = "|".join(
+            (s.client_id, self.key.thumbprint(), self.base_url or "", s.token_url or "")
+        )
+        return GENERATED_DPOP_KEYS.for_connection(identity)
 
     def _allowed_origins(self) -> frozenset[str]:
         origins = set()
@@ -306,6 +323,8 @@ class BackendAuthClient:
                     retry=self.retry,
                     hints=self.profile.notes,
                     on_token=self._on_token,
+                    dpop=self.dpop,
+                    dpop_mode=self.dpop_mode,
                 )
             return self._endpoint
 
@@ -360,6 +379,8 @@ class BackendAuthClient:
             "aud": s.audience,
             "reuse": self.token_reuse,
             "claims": dict(s.extra_claims),
+            # Bearer and DPoP tokens never mix, nor tokens bound to different proof keys.
+            "dpop": self.dpop.thumbprint if self.dpop is not None else None,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -379,7 +400,7 @@ class BackendAuthClient:
         The token cache is looked up on first use, not now: that may need discovery (the
         network), which the triggerer must do in a thread.
         """
-        return BearerPolicy(self.lazy_tokens(), self.allowed_origins, **options)
+        return BearerPolicy(self.lazy_tokens(), self.allowed_origins, dpop=self.dpop, **options)
 
     def fresh_token(self) -> AccessToken:
         """A newly requested token, bypassing the cache (the Test button checks the exchange
@@ -452,6 +473,8 @@ def smart_v1_scope(scope: str | None) -> str | None:
 
 
 def clear_token_caches() -> None:
-    """Forget every cached token in this process (tests; rotating keys)."""
+    """Forget every cached token in this process, and the DPoP keys they were bound to
+    (tests; rotating keys)."""
     with _shared_caches_lock:
         _shared_caches.clear()
+    GENERATED_DPOP_KEYS.clear()

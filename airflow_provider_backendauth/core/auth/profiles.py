@@ -47,6 +47,8 @@ class Profile:
         connection_extras: extras a new connection needs besides the key, as (name,
             placeholder) pairs (``backendauth keygen`` prints them in its connection).
         documentation: the vendor's own developer documentation, where a user reads on.
+        dpop: whether tokens are DPoP-bound (RFC 9449): ``off``, ``on``, or ``auto`` (send
+            proofs once the token endpoint asks for them).
     """
 
     name: str
@@ -72,6 +74,7 @@ class Profile:
     register_key: tuple[str, ...] = field(default_factory=tuple)
     connection_extras: tuple[tuple[str, str], ...] = ()
     documentation: str | None = None
+    dpop: Literal["off", "on", "auto"] = "off"
 
 
 _SMART_DOCUMENTATION = "https://hl7.org/fhir/smart-app-launch/backend-services.html"
@@ -170,6 +173,9 @@ _PROFILES: tuple[Profile, ...] = (
         ),
         register_key=_HELSEID_REGISTER,
         documentation="https://utviklerportal.nhn.no",
+        # HelseID issues DPoP-bound tokens to clients registered for them, and NHN's APIs
+        # behind it increasingly require them: follow the token endpoint's lead.
+        dpop="auto",
     ),
     # HelseID's CPPA v1 API accepts each access token for one request only ("a new token
     # must be obtained for each API call"): caching would cost a 401 and a second token
@@ -197,6 +203,9 @@ _PROFILES: tuple[Profile, ...] = (
             "add 'CPPA REST API Public' to the client system's supported services",
         ),
         documentation="https://utviklerportal.nhn.no",
+        # HelseID issues DPoP-bound tokens to clients registered for them, and NHN's APIs
+        # behind it increasingly require them: follow the token endpoint's lead.
+        dpop="auto",
     ),
     Profile(
         name="redox",

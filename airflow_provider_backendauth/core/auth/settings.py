@@ -38,6 +38,8 @@ EXTRA_KEYS = (
     "retries",
     "allow_insecure_http",
     "allowed_hosts",
+    "dpop",
+    "dpop_key_file",
 )
 
 # Old extra name -> new name. Still read, with a DeprecatedExtraWarning.
@@ -71,6 +73,10 @@ class ClientSettings:
         profile: vendor preset name.
         allowed_hosts: extra origins/hosts that may receive the bearer token (besides the
             base URL's origin), e.g. a vendor's separate file server.
+        dpop: DPoP-bound tokens (RFC 9449): ``off``, ``on``, or ``auto`` (when the token
+            endpoint asks); None takes the profile's.
+        dpop_key_file: the DPoP proof key (PEM/JWK file); None makes a fresh EC P-256 key
+            per process (never the assertion key).
         timeout: seconds one request may take as a whole, from 1 to ``MAX_TIMEOUT``.
         retries: retries after a failed request, from 0 to ``MAX_RETRIES``.
 
@@ -100,6 +106,8 @@ class ClientSettings:
     retries: int = 5
     allow_insecure_http: bool = False
     allowed_hosts: tuple[str, ...] = ()
+    dpop: str | None = None
+    dpop_key_file: str | None = None
 
     def __post_init__(self) -> None:
         _check_bounds("timeout", self.timeout, 1, MAX_TIMEOUT, whole=False)
@@ -159,6 +167,8 @@ class ClientSettings:
             retries=_integer_or(extra, "retries", minimum=0, default=5),
             allow_insecure_http=_boolean(extra, "allow_insecure_http", False),
             allowed_hosts=_list(extra.get("allowed_hosts")),
+            dpop=_choice(extra, "dpop", ("off", "on", "auto")),
+            dpop_key_file=_text(extra, "dpop_key_file"),
         )
 
     @classmethod

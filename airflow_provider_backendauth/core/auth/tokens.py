@@ -13,7 +13,9 @@ from typing import Any
 
 import requests
 
+from airflow_provider_backendauth.core.auth.dpop import DPOP_ERRORS, DpopProofs
 from airflow_provider_backendauth.core.errors import (
+    DpopError,
     InvalidClientError,
     InvalidScopeError,
     ResponseTooLargeError,
@@ -25,7 +27,7 @@ from airflow_provider_backendauth.core.http.bodies import (
     read_body,
 )
 from airflow_provider_backendauth.core.http.deadline import Deadline
-from airflow_provider_backendauth.core.http.policy import BearerPolicy
+from airflow_provider_backendauth.core.http.policy import BearerPolicy, challenge_error
 from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
 from airflow_provider_backendauth.core.http.sessions import plain_session
 from airflow_provider_backendauth.core.network import describe_network_error
@@ -67,7 +69,11 @@ class AccessToken:
     expires_at: float
     scope: str | None = None
     obtained_at: float = field(default_factory=time.time)
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # or "DPoP": bound to a proof key (``core/auth/dpop.py``)
+
+    @property
+    def dpop_bound(self) -> bool:
+        return self.token_type.lower() == "dpop"
 
     @property
     def lifetime(self) -> float:
@@ -96,6 +102,9 @@ class TokenEndpoint:
         retry: retry policy for transient failures.
         hints: vendor-specific troubleshooting lines added to auth failures.
         on_token: called with each token value obtained (Airflow registers it for masking).
+        dpop: the proof key and nonce memory, when the connection may use DPoP.
+        dpop_mode: ``on`` sends a proof with every token request; ``auto`` only once the
+            server asked for one (a DPoP error or challenge); ``off`` never.
     """
 
     def __init__(
@@ -111,7 +120,11 @@ class TokenEndpoint:
         retry: RetryPolicy | None = None,
         hints: tuple[str, ...] = (),
         on_token: Callable[[str], None] | None = None,
+        dpop: DpopProofs | None = None,
+        dpop_mode: str = "off",
     ) -> None:
+        self.dpop = dpop
+        self.dpop_mode = dpop_mode
         self.token_url = token_url
         self._sign = sign_assertion
         self.client_id = client_id
@@ -174,17 +187,46 @@ class TokenEndpoint:
         return form
 
     def _request_once(self) -> AccessToken:
+        # One attempt of the retry policy; inside it, one more round when the server asks
+        # for DPoP (its nonce, or a proof at all in "auto"), with a freshly signed assertion:
+        # strict servers spend the first assertion's jti before they look at the proof.
+        for round_ in (1, 2):
+            response, started = self._post()
+            if response.status_code == 200:
+                return self._parse_success(response, started)
+            failure = self._failure(response)
+            if round_ == 1 and self._retry_for_dpop(failure, response):
+                log.info(
+                    "The token URL %s asked for DPoP (%s): asking again with a proof",
+                    self.token_url,
+                    failure.error or "challenge",
+                )
+                continue
+            raise failure
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @property
+    def dpop_active(self) -> bool:
+        """Does a token request carry a proof? ("auto": once the server asked for one.)"""
+        if self.dpop is None:
+            return False
+        return self.dpop_mode == "on" or (self.dpop_mode == "auto" and self.dpop.server_asked)
+
+    def _post(self) -> tuple[requests.Response, float]:
         self.requests_made += 1
         started = time.time()
         # 'timeout' bounds the whole exchange, not each socket read (a server dripping a byte
         # per read would otherwise hold the worker indefinitely). Our sessions' adapter owns
         # that deadline from the send on; this one serves a session made elsewhere.
         deadline = Deadline(self.timeout)
+        headers = {"Accept": "application/json"}
+        if self.dpop is not None and self.dpop_active:
+            headers["DPoP"] = self.dpop.proof("POST", self.token_url)
         try:
             response = self._session.post(
                 self.token_url,
                 data=self._form(),
-                headers={"Accept": "application/json"},
+                headers=headers,
                 timeout=self.timeout,
                 allow_redirects=False,
                 stream=True,
@@ -210,9 +252,20 @@ class TokenEndpoint:
                 f"Could not reach the token URL {self.token_url}: {describe_network_error(exc)}.",
                 retryable=True,
             ) from None
-        if response.status_code == 200:
-            return self._parse_success(response, started)
-        raise self._failure(response)
+        if self.dpop is not None:
+            self.dpop.remember_nonce(self.token_url, response.headers.get("DPoP-Nonce"))
+        return response, started
+
+    def _retry_for_dpop(self, failure: TokenRequestError, response: requests.Response) -> bool:
+        if self.dpop is None or not isinstance(failure, DpopError):
+            return False
+        if not self.dpop_active:
+            if self.dpop_mode != "auto":
+                return False
+            self.dpop.server_asked = True  # the server wants DPoP: from now on, always
+            return True
+        # Proofs were sent: only a fresh nonce is worth one more round.
+        return failure.error == "use_dpop_nonce" and self.dpop.nonce_for(self.token_url) is not None
 
     def _parse_success(self, response: requests.Response, started: float) -> AccessToken:
         try:
@@ -226,9 +279,21 @@ class TokenEndpoint:
                 status_code=200,
             )
         token_type = str(body.get("token_type") or "Bearer")
-        if token_type.lower() != "bearer":
+        sent_proof = self.dpop is not None and self.dpop_active
+        if token_type.lower() == "dpop" and sent_proof:
+            token_type = "DPoP"
+        elif token_type.lower() == "bearer":
+            token_type = "Bearer"
+            if sent_proof and self.dpop_mode == "on":
+                log.warning(
+                    "The token URL %s issued a Bearer token although a DPoP proof was sent: "
+                    "the server does not bind tokens to the key; using it as Bearer",
+                    self.token_url,
+                )
+        else:
             raise TokenRequestError(
-                f"The server issued a {token_type!r} token; only Bearer tokens are supported.",
+                f"The server issued a {token_type[:40]!r} token; only Bearer tokens and (with "
+                "the 'dpop' extra) DPoP tokens are supported.",
                 status_code=200,
             )
         value = body["access_token"]
@@ -242,6 +307,37 @@ class TokenEndpoint:
             expires_at=started + _parse_expires_in(body.get("expires_in")),
             scope=scope if isinstance(scope, str) else None,
             obtained_at=started,
+            token_type=token_type,
+        )
+
+    def _dpop_failure(
+        self, status: int, error: str | None, description: str | None, server_says: str
+    ) -> DpopError:
+        if self.dpop is None or self.dpop_mode == "off":
+            advice = (
+                "The server wants DPoP-bound tokens (RFC 9449): set the connection's 'dpop' "
+                "extra to 'on' (or 'auto': use DPoP when the server asks)."
+            )
+        elif not self.dpop_active:
+            advice = "The server asked for DPoP; the next request sends a proof."
+        elif error == "use_dpop_nonce":
+            advice = (
+                "It asked for a nonce again after the proof carried the one it had sent; if "
+                "this repeats, the server's nonces are not reaching this client (a proxy "
+                "stripping the DPoP-Nonce header?)."
+            )
+        else:
+            advice = (
+                "It refused the DPoP proof: check this machine's clock (a proof is valid for "
+                f"about a minute) and that the server accepts {self.dpop.algorithm} proofs "
+                "(set 'dpop_key_file' to a key of an algorithm it accepts)."
+            )
+        return DpopError(
+            f"The token URL {self.token_url} refused the token request for client id "
+            f"{self.client_id!r} over DPoP ({server_says}). {advice}",
+            status_code=status,
+            error=error,
+            error_description=description,
         )
 
     def _failure(self, response: requests.Response) -> TokenRequestError:
@@ -263,6 +359,8 @@ class TokenEndpoint:
             )
         said = description or text
         server_says = f"{error or 'HTTP ' + str(status)}" + (f": {said}" if said else "")
+        if _asks_for_dpop(error, description or text, response):
+            return self._dpop_failure(status, error, description, server_says)
         if error == "invalid_scope":
             return InvalidScopeError(
                 f"The server refused the requested scope {self.scope!r} ({server_says}). Ask "
@@ -290,6 +388,16 @@ class TokenEndpoint:
             error=error,
             error_description=description,
         )
+
+
+def _asks_for_dpop(error: str | None, said: str, response: requests.Response) -> bool:
+    """Does this refusal concern DPoP (an RFC 9449 error, a DPoP challenge, or a server's
+    words naming DPoP, as some say "DPoP proof JWT not provided" under invalid_grant)?"""
+    return (
+        error in DPOP_ERRORS
+        or challenge_error(response.headers.get("WWW-Authenticate")) is not None
+        or "dpop" in said.lower()
+    )
 
 
 def _read_error_body(response: requests.Response) -> tuple[str | None, str | None, str]:

@@ -590,4 +590,5 @@ def bulk_http_for(
         auth_client.lazy_tokens(),
         auth_client.allowed_origins,
         timeout=timeout or auth_client.settings.timeout,
+        dpop=auth_client.dpop,
     )

@@ -24,7 +24,7 @@ from airflow_provider_backendauth.core.http.bodies import (
     FIXED_LIMIT,
     read_answer,
 )
-from airflow_provider_backendauth.core.http.policy import BearerPolicy, TokenSource
+from airflow_provider_backendauth.core.http.policy import BearerPolicy, ProofSource, TokenSource
 from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
 from airflow_provider_backendauth.core.urls import display_url, parse_url
 
@@ -39,6 +39,7 @@ class AuthorizedSessions:
         token_origins: origins (``scheme://host:port``) that may receive the token.
         timeout: connect/read timeout in seconds.
         max_redirects: how many redirects one request may follow.
+        dpop: the connection's DPoP proofs, for DPoP-bound tokens (a proof per hop).
     """
 
     def __init__(
@@ -49,11 +50,12 @@ class AuthorizedSessions:
         *,
         timeout: float = 30.0,
         max_redirects: int = 5,
+        dpop: ProofSource | None = None,
     ) -> None:
         self._session_factory = session_factory
         self.tokens = tokens
         self.policy = BearerPolicy(
-            tokens, token_origins, max_redirects=max_redirects, error=BulkExportError
+            tokens, token_origins, max_redirects=max_redirects, error=BulkExportError, dpop=dpop
         )
         without = BearerPolicy(
             None,

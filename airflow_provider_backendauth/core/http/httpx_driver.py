@@ -29,11 +29,11 @@ from airflow_provider_backendauth.core.http.bodies import (
     too_large,
 )
 from airflow_provider_backendauth.core.http.policy import (
-    Answer,
     BearerPolicy,
     DropToken,
     GetToken,
     Send,
+    answer_of,
 )
 from airflow_provider_backendauth.core.http.renewal import get_token, invalidate_token
 from airflow_provider_backendauth.core.http.sessions import USER_AGENT
@@ -102,7 +102,7 @@ async def send_async(
             token = await get_token(tokens)
             if on_token is not None:
                 await on_token(token.value)
-            step = flow.send(token.value)
+            step = flow.send(token)
         elif isinstance(step, DropToken):
             tokens = policy.tokens
             assert tokens is not None
@@ -112,7 +112,7 @@ async def send_async(
             response = await client.send(_request(client, step, headers, content), stream=True)
             try:
                 try:
-                    step = flow.send(Answer(response.status_code, response.headers.get("Location")))
+                    step = flow.send(answer_of(response.status_code, response.headers))
                 except StopIteration:
                     return await _read(response, max_bytes, setting)
                 # The flow goes on (a redirect, a 401): this body is never read.

@@ -13,8 +13,12 @@ whether the request carries the bearer token and what to send next:
   (not when the body was a stream that cannot be replayed);
 - ``with_token=False`` (a manifest's ``requiresAccessToken: false``) never sends a token;
 - each ``Send`` says which headers to set and which to remove for that hop (the hop-header
-  rules live here, not in the drivers). ``hop_headers`` is where a proof bound to the hop's
-  method and URL (DPoP) is added.
+  rules live here, not in the drivers);
+- a DPoP-bound token (RFC 9449) goes as ``Authorization: DPoP`` with a proof signed for that
+  hop's method and URL (``hop_headers``; ``dpop``: the connection's ``DpopProofs``); a
+  ``DPoP-Nonce`` from an allowed origin is remembered for it, and a 401 ``WWW-Authenticate:
+  DPoP error="use_dpop_nonce"`` is answered once with the same token and a fresh proof. A
+  proof goes exactly where the token goes, never elsewhere.
 
 The drivers only do I/O: ``BackendAuth`` in ``core/http/requests_auth.py`` (a ``requests``
 ``AuthBase``) and ``send_async`` in ``core/http/httpx_driver.py`` (the triggerer's httpx
@@ -52,12 +56,42 @@ class TokenSource(Protocol):
     def invalidate(self, value: str | None = None) -> None: ...
 
 
+class ProofSource(Protocol):
+    """Signs DPoP proofs and remembers server nonces (``core/auth/dpop.DpopProofs`` fits)."""
+
+    def proof(self, method: str, url: str, access_token: str | None = None) -> str: ...
+
+    def nonce_for(self, url: str) -> str | None: ...
+
+    def remember_nonce(self, url: str, nonce: str | None) -> bool: ...
+
+
+def token_scheme(token: Token) -> str:
+    """``DPoP`` for a DPoP-bound token, else ``Bearer`` (a token without a type is Bearer)."""
+    return "DPoP" if str(getattr(token, "token_type", "Bearer")).lower() == "dpop" else "Bearer"
+
+
+def challenge_error(www_authenticate: str | None) -> str | None:
+    """The ``error`` of a ``WWW-Authenticate: DPoP ...`` challenge ("" without one), or None
+    when the header is not a DPoP challenge. Server text: cut short, never trusted further."""
+    if not www_authenticate:
+        return None
+    scheme, _, params = www_authenticate.strip().partition(" ")
+    if scheme.lower() != "dpop":
+        return None
+    for part in params.split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "error":
+            return value.strip().strip('"')[:64]
+    return ""
+
+
 # -- the steps the decision asks its driver to perform ----------------------------------
 
 
 @dataclass(frozen=True)
 class GetToken:
-    """Send back the current token value (a string)."""
+    """Send back the current token (a ``Token``: its value and, for DPoP, its type)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +138,19 @@ class Answer:
 
     status: int
     location: str | None = None
+    dpop_nonce: str | None = None  # the DPoP-Nonce header, when the server sent one
+    dpop_error: str | None = None  # challenge_error() of its WWW-Authenticate header
+
+
+def answer_of(status: int, headers: Any) -> Answer:
+    """The ``Answer`` for a response's status and headers (any case-insensitive mapping:
+    requests' and httpx's both fit), as both drivers read it."""
+    return Answer(
+        status,
+        headers.get("Location"),
+        dpop_nonce=headers.get("DPoP-Nonce"),
+        dpop_error=challenge_error(headers.get("WWW-Authenticate")),
+    )
 
 
 Step = GetToken | DropToken | Send
@@ -121,6 +168,8 @@ class BearerPolicy:
         max_redirects: hops one request may take.
         confined: redirects may only lead to ``allowed_origins`` (discovery, token exchange).
         error: the exception raised for refused URLs and redirect loops.
+        dpop: signs a DPoP proof per hop for DPoP-bound tokens (RFC 9449) and remembers the
+            nonces the token's origins send; None when the connection does not use DPoP.
     """
 
     def __init__(
@@ -133,8 +182,10 @@ class BearerPolicy:
         max_redirects: int = MAX_REDIRECTS,
         confined: bool = False,
         error: type[BackendAuthError] = UnsafeURLError,
+        dpop: ProofSource | None = None,
     ) -> None:
         self.tokens = tokens
+        self.dpop = dpop
         self.allowed_origins = frozenset(
             parse_url(o, "allowed origin").origin for o in allowed_origins
         )
@@ -151,12 +202,22 @@ class BearerPolicy:
         """May ``url`` receive the token? (Raises ``error`` for an ambiguous URL.)"""
         return parse_url(url, "request URL", error=self.error).origin in self.allowed_origins
 
-    def hop_headers(self, method: str, url: URL, token: str | None) -> tuple[tuple[str, str], ...]:
-        """The credential headers for one hop (none without a token). One place for them:
-        a proof bound to the hop (DPoP: its method and URL) belongs here too."""
+    def hop_headers(
+        self, method: str, url: URL, token: Token | None
+    ) -> tuple[tuple[str, str], ...]:
+        """The credential headers for one hop (none without a token): ``Authorization``, and
+        for a DPoP-bound token a proof signed for exactly this hop's method and URL."""
         if token is None:
             return ()
-        return (("Authorization", f"Bearer {token}"),)
+        scheme = token_scheme(token)
+        headers = [("Authorization", f"{scheme} {token.value}")]
+        if scheme == "DPoP":
+            if self.dpop is None:
+                raise self.error(
+                    "A DPoP-bound access token needs a proof key, and this request has none."
+                )
+            headers.append(("DPoP", self.dpop.proof(method, url.url, token.value)))
+        return tuple(headers)
 
     def flow(
         self, method: str, url: str, *, replayable: bool = True, has_body: bool = False
@@ -173,35 +234,58 @@ class BearerPolicy:
         first = parse_url(url, "request URL", error=self.error)
         current = first
         hops = 0
-        renewed = False
+        renewed = nonce_retried = reuse = False
         drop_body = False
+        token: Token | None = None
         while True:
-            token: str | None = None
             allowed = current.origin in self.allowed_origins
-            if self.with_token and self.tokens is not None and allowed:
-                token = yield GetToken()
+            if not reuse:
+                token = None
+                if self.with_token and self.tokens is not None and allowed:
+                    token = yield GetToken()
+            reuse = False
+            value = None if token is None else token.value
             same_origin = current.origin == first.origin
             remove = list(CREDENTIAL_HEADERS)
+            if self.dpop is not None:
+                remove.append("DPoP")  # a proof is made per hop (or none is sent)
             if not same_origin:
                 remove.append("Cookie")
             if drop_body:
                 remove.extend(BODY_HEADERS)
+            set_headers = self.hop_headers(method, current, token)
             answer: Answer = yield Send(
                 method,
                 current.url,
-                token,
+                value,
                 hop=hops,
                 same_origin=same_origin,
                 drop_body=drop_body,
-                set_headers=self.hop_headers(method, current, token),
+                set_headers=set_headers,
                 remove_headers=tuple(remove),
             )
-            if answer.status == 401 and token is not None and not renewed and replayable:
+            if allowed and self.dpop is not None and answer.dpop_nonce:
+                # Remembered per origin; only from origins the token may go to.
+                self.dpop.remember_nonce(current.url, answer.dpop_nonce)
+            if (
+                answer.status == 401
+                and answer.dpop_error == "use_dpop_nonce"
+                and any(name == "DPoP" for name, _ in set_headers)
+                and not nonce_retried
+                and replayable
+                and self.dpop is not None
+                and self.dpop.nonce_for(current.url) is not None
+            ):
+                # The server wants its (new) nonce in the proof: same token, fresh proof.
+                log.info("%s asked for a new DPoP nonce: resending once", current.origin)
+                nonce_retried = reuse = True
+                continue
+            if answer.status == 401 and value is not None and not renewed and replayable:
                 log.info(
                     "%s answered 401: renewing the access token and retrying once",
                     current.origin,
                 )
-                yield DropToken(token)
+                yield DropToken(value)
                 renewed = True
                 continue
             if not self.follow_redirects or not is_redirect(answer.status, answer.location):
@@ -229,7 +313,7 @@ class BearerPolicy:
             current, method = hop.target, hop.method
             drop_body = drop_body or hop.drop_body
             hops += 1
-            renewed = False
+            renewed = nonce_retried = False
 
 
 def drive_tokens(flow: Flow, value: Any, tokens: TokenSource | None) -> Send | None:
@@ -242,7 +326,7 @@ def drive_tokens(flow: Flow, value: Any, tokens: TokenSource | None) -> Send | N
             return None
         if isinstance(step, GetToken):
             assert tokens is not None
-            value = tokens.get().value
+            value = tokens.get()
         elif isinstance(step, DropToken):
             assert tokens is not None
             tokens.invalidate(step.value)

@@ -17,10 +17,10 @@ import requests
 from requests.auth import AuthBase
 
 from airflow_provider_backendauth.core.http.policy import (
-    Answer,
     BearerPolicy,
     Send,
     TokenSource,
+    answer_of,
     drive_tokens,
 )
 
@@ -91,7 +91,7 @@ class BackendAuth(AuthBase):
             if flow is None:
                 return response
             setattr(request, _FLOW_MARK, None)
-            answer = Answer(response.status_code, response.headers.get("Location"))
+            answer = answer_of(response.status_code, response.headers)
             try:
                 step = drive_tokens(flow, answer, self.policy.tokens)
             except BaseException:
@@ -102,6 +102,7 @@ class BackendAuth(AuthBase):
                     # Not ours to follow; requests may follow it with a copy of this request:
                     # never with our token.
                     request.headers.pop("Authorization", None)
+                    request.headers.pop("DPoP", None)
                 return response
             following = request.copy()
             following.prepare_url(step.url, None)
