@@ -15,7 +15,9 @@ sleeps racing the system):
 Then: every resource in S3 exactly once, no partial object and no pending upload, no
 CopyObject, token requests bounded by the processes that ran and the token lifetime; and the
 four ready views' Delta tables in S3 (mapped per resource type over the workers), one row
-per resource (Observation: per component, none here), each version committed once.
+per resource (Observation: per component, none here), each version committed once. And
+the export's Asset events (one per resource type) made the scheduler run the DAG scheduled
+on the group's Patient Asset (tests/stack/dags/patients_refreshed.py).
 """
 
 from __future__ import annotations
@@ -143,12 +145,15 @@ def world(tmp_path: Path) -> Iterator[tuple[Sandbox, S3Server, str, Deployment]]
         )
         dags = tmp_path / "dags"
         dags.mkdir()
-        shutil.copy(Path(__file__).parent / "dags" / "nightly_group_export_s3.py", dags)
+        for name in ("nightly_group_export_s3.py", "patients_refreshed.py"):
+            shutil.copy(Path(__file__).parent / "dags" / name, dags)
         directory = tmp_path / "stack"
         settings = {
             "AIRFLOW_CONN_BACKENDAUTH_FHIR": fhir,
             "AIRFLOW_CONN_AWS_DEFAULT": s3.connection_json(),
             "BACKENDAUTH_OUTPUT": f"s3://aws_default@{bucket}",
+            # The DAG scheduled on the export's Patient Asset names the server by it.
+            "BACKENDAUTH_FHIR_BASE": sb.fhir_base,
             # A dead worker's task is noticed after 10 s (default 300 s).
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "10",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
@@ -271,6 +276,26 @@ def test_nightly_export_survives_worker_and_triggerer_kills(
 
     assert wait_until("the run to finish", finished, 300, poll=1) == "success"
     elapsed = time.monotonic() - started
+
+    # 4. The export's Asset events: one per resource type, and the scheduler ran the DAG
+    # scheduled on the Patient Asset (its task checks the event's count and path).
+    events = [
+        e
+        for e in stack.rest("GET", "assets/events", params={"source_dag_id": DAG_ID})[
+            "asset_events"
+        ]
+        if (e.get("extra") or {}).get("source") == "bulk-export"
+    ]
+    assert len(events) == len(TYPES), events
+    assert {e["extra"]["resourceType"] for e in events} == set(TYPES)
+    assert all(e["extra"]["path"] == f"s3://{bucket}/{prefix.rstrip('/')}" for e in events)
+
+    def consumer_done() -> str | None:
+        runs = stack.rest("GET", "dags/patients_refreshed/dagRuns")["dag_runs"]
+        states = {r["state"] for r in runs}
+        return "success" if "success" in states else ("failed" if "failed" in states else None)
+
+    assert wait_until("the Asset-scheduled DAG", consumer_done, 180, poll=1) == "success"
 
     tis = stack.task_instances(run_id)
     stats = sb.stats
