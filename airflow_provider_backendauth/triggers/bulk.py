@@ -28,7 +28,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -171,7 +170,7 @@ class BulkExportTrigger(BaseTrigger):
             deadline=self.deadline,
             shown_url=display_url(self.status_url),
         )
-        async with self._http(client) as http:
+        async with await self._http(client) as http:
             action: Action = poller.start(time.time())
             while True:
                 if isinstance(action, Poll):
@@ -214,14 +213,16 @@ class BulkExportTrigger(BaseTrigger):
         return self._client
 
     @staticmethod
-    def _http(client: BackendAuthClient) -> AbstractAsyncContextManager[httpx.AsyncClient]:
-        """A lease of the HTTP client every trigger on this event loop with the same TLS
-        settings shares (one SSL context and connection pool, not one per deferred export:
-        ``core/http/async_clients.py``)."""
-        from airflow_provider_backendauth.core.http.async_clients import shared_async_client
+    async def _http(client: BackendAuthClient) -> httpx.AsyncClient:
+        """This trigger's HTTP client, over the SSL context every trigger with the same TLS
+        settings shares (``async_client``); built in a thread, since the first one loads the
+        CA bundle (slow, blocking work)."""
+        from airflow_provider_backendauth.core.http.httpx_driver import async_client
 
         settings = client.settings
-        return shared_async_client(verify=settings.tls_verify, timeout=settings.timeout)
+        return await asyncio.to_thread(
+            async_client, verify=settings.tls_verify, timeout=settings.timeout
+        )
 
     async def _mask(self, token: str) -> None:
         if token not in self._masked:
@@ -352,7 +353,7 @@ class BulkExportTrigger(BaseTrigger):
         client = await self._auth_client()
         from airflow_provider_backendauth.core.http.bodies import MAX_ERROR_BODY_BYTES
 
-        async with self._http(client) as http:
+        async with await self._http(client) as http:
             reply = await self._send(
                 http, client, "DELETE", self.status_url, max_bytes=MAX_ERROR_BODY_BYTES
             )
