@@ -119,7 +119,7 @@ def test_the_plugin_is_registered_as_an_entry_point():
 
 
 def test_secret_extras_are_masked_by_name():
-    """And only they (tests/core/test_extra_names.py checks every extra)."""
+    """And only they (tests/core/auth/test_settings_extra_names.py checks every extra)."""
     try:
         from airflow.sdk._shared.secrets_masker import should_hide_value_for_key
     except ImportError:

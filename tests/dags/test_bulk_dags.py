@@ -21,10 +21,10 @@ from typing import Any
 import pendulum
 import pytest
 
-from tests.bulkkit import BulkEnv, ndjson_lines
 from tests.conftest import REPO
+from tests.support.bulkkit import BulkEnv, ndjson_lines
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 pytestmark = pytest.mark.e2e
 
 TYPES = {"Patient", "Observation", "Condition", "Encounter"}

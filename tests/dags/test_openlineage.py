@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from airflow_provider_backendauth.core.lineage import fhir_namespace
-from tests.bulkkit import BulkEnv, assert_no_token_in, ndjson_lines
+from tests.support.bulkkit import BulkEnv, assert_no_token_in, ndjson_lines
 from tests.support.openlineage import EventValidator
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 pytestmark = pytest.mark.e2e
 
 HERE = Path(__file__).parent / "lineage"

@@ -27,10 +27,17 @@ from airflow_provider_backendauth.operators.bulk import (
     FhirBulkFinalizeOperator,
 )
 from airflow_provider_backendauth.triggers.bulk import BulkExportTrigger
-from tests.bulkkit import CONN_ID, FAST_POLL, BulkEnv, assert_no_token_in, partials, task_context
+from tests.support.bulkkit import (
+    CONN_ID,
+    FAST_POLL,
+    BulkEnv,
+    assert_no_token_in,
+    partials,
+    task_context,
+)
 from tests.support.failures import fails_for_good
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 TYPES = {"Patient", "Observation", "Condition", "Encounter"}
 

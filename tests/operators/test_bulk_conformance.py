@@ -18,10 +18,10 @@ from airflow_provider_backendauth._compat import TaskDeferred
 from airflow_provider_backendauth.core.bulk.state import DONE
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.storage.paths import partial_name
-from tests.bulkkit import BulkEnv, partials, task_context
 from tests.operators.test_bulk import download_op, drive, export_op, finalize_op, job_state
+from tests.support.bulkkit import BulkEnv, partials, task_context
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 PAGED = {"bulk_manifest_page_size": 3, "bulk_lines_per_file": 4}
 

@@ -13,10 +13,10 @@ import pytest
 from airflow_provider_backendauth._compat import TaskDeferred
 from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 from airflow_provider_backendauth.operators.fhir import FhirSearchOperator
-from tests.bulkkit import CONN_ID, BulkEnv, assert_no_token_in, task_context
 from tests.operators.test_bulk import TYPES, download_op, drive, export_op, finalize_op, mapped_run
+from tests.support.bulkkit import CONN_ID, BulkEnv, assert_no_token_in, task_context
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 
 @pytest.fixture

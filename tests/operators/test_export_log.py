@@ -23,10 +23,10 @@ from airflow_provider_backendauth._compat import TaskDeferred
 from airflow_provider_backendauth.core.bulk.exportlog import ExportLog
 from airflow_provider_backendauth.core.bulk.state import BulkStateStore, job_key
 from airflow_provider_backendauth.core.errors import BulkExportError
-from tests.bulkkit import BulkEnv, assert_no_token_in, task_context
 from tests.operators.test_bulk import download_op, drive, export_op, finalize_op
+from tests.support.bulkkit import BulkEnv, assert_no_token_in, task_context
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 # Every line: bulk-data-client's logger format (plus its log.metadata keys, none here).
 LINE_FIELDS = {"exportId", "timestamp", "eventId", "eventDetail"}

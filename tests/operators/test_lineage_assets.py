@@ -23,9 +23,9 @@ from airflow_provider_backendauth.operators.bulk import (
     FhirBulkFinalizeOperator,
 )
 from airflow_provider_backendauth.operators.fhir import FhirSearchOperator
-from tests.bulkkit import CONN_ID, FAST_POLL, BulkEnv, assert_no_token_in, task_context
+from tests.support.bulkkit import CONN_ID, FAST_POLL, BulkEnv, assert_no_token_in, task_context
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 TYPES = {"Patient", "Observation", "Condition", "Encounter"}
 ALIAS = AssetAlias(name=f"backendauth:{CONN_ID}", group="backendauth")

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from airflow_provider_backendauth.core.lineage import fhir_namespace
-from tests.bulkkit import BulkEnv, assert_no_token_in, ndjson_lines, task_context
 from tests.operators.test_bulk import download_op, export_op, finalize_op
+from tests.support.bulkkit import BulkEnv, assert_no_token_in, ndjson_lines, task_context
 from tests.support.openlineage import EventValidator
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 
 def serialised(lineage: Any) -> dict[str, Any]:

@@ -13,10 +13,10 @@ from airflow_provider_backendauth._compat import AirflowFailException
 from airflow_provider_backendauth.core.tables import read_snapshot
 from airflow_provider_backendauth.operators.bulk import FhirBulkDownloadOperator
 from airflow_provider_backendauth.operators.views import FhirViewTableOperator
-from tests.bulkkit import BulkEnv, task_context
 from tests.operators.test_bulk import export_op
+from tests.support.bulkkit import BulkEnv, task_context
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 READY = ["patient_demographics", "observation", "condition", "encounter"]
 T1 = "2024-07-01T00:00:00Z"

@@ -4,10 +4,10 @@ and aborts only its own files' uploads."""
 
 from __future__ import annotations
 
-from tests.bulkkit import CONN_ID, FAST_POLL, BulkEnv, task_context
 from tests.s3.conftest import Bucket
+from tests.support.bulkkit import CONN_ID, FAST_POLL, BulkEnv, task_context
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 
 def export_patients(bucket: Bucket, folder: str) -> int:

@@ -20,10 +20,10 @@ from airflow_provider_backendauth.operators.bulk import (
     FhirBulkFinalizeOperator,
 )
 from airflow_provider_backendauth.operators.fhir import FhirSearchOperator
-from tests.bulkkit import CONN_ID, FAST_POLL, BulkEnv, task_context
 from tests.s3.conftest import Bucket
+from tests.support.bulkkit import CONN_ID, FAST_POLL, BulkEnv, task_context
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 UPLOADS = {"PutObject", "CompleteMultipartUpload"}  # what makes an object appear
 MIB = 2**20

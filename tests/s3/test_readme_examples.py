@@ -15,11 +15,11 @@ import pendulum
 import pytest
 
 from airflow_provider_backendauth._compat import TaskDeferred
-from tests.bulkkit import BulkEnv, fast_poll, task_context
 from tests.conftest import REPO
+from tests.support.bulkkit import BulkEnv, fast_poll, task_context
 from tests.support.s3 import S3Server
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 README_BUCKET = "bucket"  # the README's own bucket name
 

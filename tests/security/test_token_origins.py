@@ -46,7 +46,7 @@ def script_export(
 
 def run_export(conn_id: str, tmp_path: Path) -> Any:
     from airflow_provider_backendauth.operators.bulk import FhirBulkExportOperator
-    from tests.bulkkit import task_context
+    from tests.support.bulkkit import task_context
 
     op = FhirBulkExportOperator(
         task_id="export",

@@ -19,11 +19,11 @@ from airflow_provider_backendauth.operators.bulk import (
     FhirBulkExportOperator,
     FhirBulkFinalizeOperator,
 )
-from tests.bulkkit import CONN_ID, FAST_POLL, BulkEnv, task_context
 from tests.storage.conftest import Container, GcsBucket
+from tests.support.bulkkit import CONN_ID, FAST_POLL, BulkEnv, task_context
 
 pytestmark = pytest.mark.e2e  # real servers (Azurite, fake-gcs-server) and the sandbox
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 MIB = 2**20
 DAY = "bulk/2024-06-01/"

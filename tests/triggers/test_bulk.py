@@ -25,9 +25,9 @@ from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.triggers.bulk import TRIGGERER_CALLS_ON_KILL, BulkExportTrigger
 from backendauth_sandbox import Sandbox
-from tests.bulkkit import CONN_ID, BulkEnv, assert_no_token_in, fast_poll
+from tests.support.bulkkit import CONN_ID, BulkEnv, assert_no_token_in, fast_poll
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 
 DEFAULT_EXECUTOR_THREADS = 4  # the loop's shared executor in the isolation test

@@ -13,7 +13,7 @@ from airflow_provider_backendauth.core.auth.keys import (
     load_signing_key_file,
 )
 from airflow_provider_backendauth.core.errors import ConfigurationError, KeyLoadError
-from tests.core.keyfactory import ec_key, pem, private_jwk, rsa_key
+from tests.support.keyfactory import ec_key, pem, private_jwk, rsa_key
 
 
 def same_key(loaded, original) -> bool:

@@ -11,7 +11,7 @@ from jwcrypto import jwk, jws
 from airflow_provider_backendauth.core.auth.assertion import AssertionSpec, ClientAssertionSigner
 from airflow_provider_backendauth.core.auth.keys import SUPPORTED_ALGORITHMS, load_signing_key
 from airflow_provider_backendauth.core.errors import ConfigurationError
-from tests.core.keyfactory import ec_key, pem, rsa_key
+from tests.support.keyfactory import ec_key, pem, rsa_key
 
 KEY_FOR = {
     "RS": rsa_key,

@@ -1,4 +1,4 @@
-"""Fixtures for the bulk export tests (load with ``pytest_plugins = ("tests.bulk_fixtures",)``)."""
+"""Fixtures for the bulk export tests (load with ``pytest_plugins = ("tests.support.bulk_fixtures",)``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from backendauth_sandbox import Sandbox
 from backendauth_sandbox.testing import ClientKey, generate_client_key
-from tests.bulkkit import CONN_ID, JOB_SECONDS, SANDBOX_DEFAULTS, BulkEnv
+from tests.support.bulkkit import CONN_ID, JOB_SECONDS, SANDBOX_DEFAULTS, BulkEnv
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from airflow_provider_backendauth.core.bulk.state import (
     BulkStateStore,
 )
 from airflow_provider_backendauth.core.errors import BulkExportError
-from tests.bulkkit import BulkEnv, partials
+from tests.support.bulkkit import BulkEnv, partials
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 REQUEST = BulkExportRequest.create("group", group_id="g1")
 

@@ -13,9 +13,9 @@ import pytest
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.storage.leftovers import Leftovers, discard_leftovers
 from airflow_provider_backendauth.core.storage.paths import partial_name
-from tests.bulkkit import BulkEnv, partials
+from tests.support.bulkkit import BulkEnv, partials
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 
 class CountingPath(type(pathlib.Path())):  # type: ignore[misc]

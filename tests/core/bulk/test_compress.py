@@ -21,9 +21,9 @@ from airflow_provider_backendauth.core.bulk.compress import (
 from airflow_provider_backendauth.core.bulk.job import BulkExportJob
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.errors import ConfigurationError
-from tests.bulkkit import BulkEnv, partials
+from tests.support.bulkkit import BulkEnv, partials
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 
 def gz_lines(path: Path) -> list[dict[str, Any]]:

@@ -13,9 +13,9 @@ from airflow_provider_backendauth.core.bulk.job import BulkExportJob
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.errors import BulkExportError
-from tests.bulkkit import BulkEnv, ndjson_lines, partials
+from tests.support.bulkkit import BulkEnv, ndjson_lines, partials
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 
 def export(

@@ -15,9 +15,9 @@ from airflow_provider_backendauth.core.bulk.poller import JITTER
 from airflow_provider_backendauth.core.bulk.protocol import Failed
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.errors import BulkExportError
-from tests.bulkkit import BulkEnv, fast_poll
+from tests.support.bulkkit import BulkEnv, fast_poll
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 ALL_TYPES = {"Patient", "Observation", "Condition", "Encounter"}
 

@@ -1,8 +1,8 @@
 """Shared set-up for the bulk export tests: a module-wide sandbox, a fresh client per test, an
 env connection, and builders for the core objects and a task context.
 
-The fixtures (``bulk_sandbox``, ``bulk_key``, ``bulk_env``) live in ``tests/bulk_fixtures.py``: load
-them in a test module with ``pytest_plugins = ("tests.bulk_fixtures",)``.
+The fixtures (``bulk_sandbox``, ``bulk_key``, ``bulk_env``) live in ``tests/support/bulk_fixtures.py``: load
+them in a test module with ``pytest_plugins = ("tests.support.bulk_fixtures",)``.
 """
 
 from __future__ import annotations
