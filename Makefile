@@ -58,12 +58,19 @@ compat-3.2: $(VENV_MIDDLE)/.installed
 # Azurite (an npm package) for the Azure tests in tests/storage, in the project-local
 # .cache/azurite; the tests would install it on first use too, this keeps that out of a timeout.
 AZURITE = .cache/azurite/.installed
-$(AZURITE): tests/support/azurite.py | $(VENV)/.installed
+$(AZURITE): tests/support/azurite.py tests/support/npm.py | $(VENV)/.installed
 	$(PY) -m tests.support.azurite install
 	touch $@
 
 # All three suites always run (a failure in one does not hide the others); all must pass.
-test: lint typecheck $(VENV)/.installed $(VENV_OLDEST)/.installed $(VENV_MIDDLE)/.installed $(AZURITE)
+# oidc-provider (an npm package, OpenID Certified) for the independent authorization server tests
+# in tests/core/auth, in the project-local .cache/oidc-provider, like Azurite.
+OIDC_PROVIDER = .cache/oidc-provider/.installed
+$(OIDC_PROVIDER): tests/support/oidc_provider.py tests/support/npm.py | $(VENV)/.installed
+	$(PY) -m tests.support.oidc_provider install
+	touch $@
+
+test: lint typecheck $(VENV)/.installed $(VENV_OLDEST)/.installed $(VENV_MIDDLE)/.installed $(AZURITE) $(OIDC_PROVIDER)
 	@newest=0; oldest=0; middle=0; \
 	$(VENV)/bin/pytest -q || newest=$$?; \
 	$(VENV_OLDEST)/bin/python -m pytest -q -m "not e2e" -p no:cacheprovider || oldest=$$?; \

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tests.support.npm import install_pinned
 from tests.support.servers import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,39 +57,9 @@ def binary() -> Path:
 
 def install() -> Path:
     """Install Azurite into ``.cache/azurite`` unless that version is there; its binary."""
-    package = CACHE / "node_modules" / "azurite" / "package.json"
-    if binary().exists() and f'"version": "{AZURITE_VERSION}"' in package.read_text():
-        return binary()
-    npm = shutil.which("npm")
-    if npm is None:
-        raise AzuriteUnavailable(
-            "npm is not installed: the Azure tests run Azurite, an npm package "
-            "(Debian: apt-get install npm; .ci/run installs it)"
-        )
-    CACHE.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        [
-            npm,
-            "install",
-            "--prefix",
-            str(CACHE),
-            "--no-audit",
-            "--no-fund",
-            "--no-save",
-            "--loglevel",
-            "error",
-            f"azurite@{AZURITE_VERSION}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    return install_pinned(
+        "azurite", AZURITE_VERSION, binary(), AzuriteUnavailable, "the Azure tests"
     )
-    if done.returncode != 0 or not binary().exists():
-        raise AzuriteUnavailable(
-            f"npm install azurite@{AZURITE_VERSION} into {CACHE} failed "
-            f"(exit {done.returncode}); is the npm registry reachable?\n{done.stderr[-2000:]}"
-        )
-    return binary()
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ log = get_logger(__name__)
 # One token cache per (client configuration, process): hooks built for the same connection
 # in many tasks/threads of one worker share a token instead of each asking for their own.
 _shared_caches: dict[str, TokenCache] = {}
+# The longest assertion lifetime most servers accept (SMART Backend Services: 5 minutes).
+COMMON_MAX_LIFETIME = 300
 _shared_caches_lock = threading.Lock()
 
 
@@ -307,6 +309,20 @@ class BackendAuthClient:
             **self._certificate_headers(),
         )
 
+    def _hints(self) -> tuple[str, ...]:
+        """Lines added to the checklist of a refused assertion: the profile's notes and,
+        for a lifetime beyond what most servers accept, the lifetime. Strict servers refuse
+        a long-lived assertion with only "client authentication failed" (oidc-provider, for
+        one), so the checklist is the user's only pointer to it."""
+        hints = self.profile.notes
+        if self.lifetime > COMMON_MAX_LIFETIME:
+            hints = (
+                *hints,
+                f"the server accepts assertions living {self.lifetime} s (the "
+                f"'assertion_lifetime' extra); many allow {COMMON_MAX_LIFETIME} s at most",
+            )
+        return hints
+
     @property
     def endpoint(self) -> TokenEndpoint:
         with self._lock:
@@ -321,7 +337,7 @@ class BackendAuthClient:
                     session=self._http,
                     timeout=self.settings.timeout,
                     retry=self.retry,
-                    hints=self.profile.notes,
+                    hints=self._hints(),
                     on_token=self._on_token,
                     dpop=self.dpop,
                     dpop_mode=self.dpop_mode,
@@ -368,8 +384,15 @@ class BackendAuthClient:
         return token
 
     def _fingerprint(self) -> str:
+        """What makes two clients' tokens interchangeable: the cache renews with the first
+        client's endpoint, so everything that goes into the assertion (lifetime, jku, typ,
+        headers, ...) and how the token URL is reached count too. Without them, lowering
+        'assertion_lifetime' after a server refused it kept signing the old one in that
+        process."""
         s = self.settings
         parts: dict[str, Any] = {
+            "assertion": dataclasses.asdict(self.assertion_spec()),
+            "tls_verify": s.tls_verify,
             "token_url": self.token_url,
             "client_id": s.client_id,
             "scope": self.scope,
