@@ -523,7 +523,7 @@ def _failure(run: Any) -> BaseException:
     return info.value
 
 
-@pytest.mark.parametrize("fault", ["transient", "fatal", "timeout"])
+@pytest.mark.parametrize("fault", ["transient", "fatal", "fatal_with_controls", "timeout"])
 def test_the_deferred_path_raises_what_the_worker_path_raises(
     bulk_env: BulkEnv, fault: str
 ) -> None:
@@ -532,9 +532,16 @@ def test_the_deferred_path_raises_what_the_worker_path_raises(
     options: dict[str, Any] = {"max_transient_errors": 1}
     if fault == "transient":
         bulk_env.sb.faults.add("/fhir/_bulk/jobs", method="GET", status=503, times=None)
-    elif fault == "fatal":
+    elif fault.startswith("fatal"):
+        # Server text that would forge a log line and colour a terminal, if quoted raw.
+        body = "disk\r\nINFO forged line \x1b[31mred" if fault == "fatal_with_controls" else None
         bulk_env.sb.faults.add(
-            "/fhir/_bulk/jobs", method="GET", status=400, issue_code="invalid", times=None
+            "/fhir/_bulk/jobs",
+            method="GET",
+            status=400,
+            issue_code="invalid",
+            body=body,
+            times=None,
         )
     else:
         bulk_env.sb.settings.update(bulk_job_seconds=60)
@@ -551,12 +558,16 @@ def test_the_deferred_path_raises_what_the_worker_path_raises(
 
     assert type(deferred) is type(worker) is BulkExportError
     assert isinstance(worker, BulkExportError) and isinstance(deferred, BulkExportError)
-    assert deferred.retryable == worker.retryable == (fault != "fatal")
+    assert deferred.retryable == worker.retryable == (not fault.startswith("fatal"))
     assert deferred.retry_cannot_help == worker.retry_cannot_help
     assert deferred.status_code == worker.status_code
     assert deferred.diagnostics == worker.diagnostics
     if fault != "timeout":  # a timeout's message counts the polls, which vary
         assert same_job(str(deferred)) == same_job(str(worker))
+    for text in (str(worker), str(deferred), str(worker.diagnostics), str(deferred.diagnostics)):
+        assert "\r" not in text and "\n" not in text and "\x1b" not in text
+    if fault == "fatal_with_controls":  # quoted, escaped, on both paths
+        assert "\\r\\nINFO forged line \\x1b[31mred" in str(deferred.diagnostics)
 
 
 def same_job(message: str) -> str:
