@@ -26,10 +26,12 @@ _JWT = re.compile(r"^eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 # The connection id used for --conn-json/flags: a fresh id nobody configures by hand.
 _ADHOC_CONN_ID = "backendauth_cli_adhoc"
 
-_SECRETS_MASKER_LOGGERS = (
+_QUIET_AIRFLOW_LOGGERS = (
     "airflow.sdk._shared.secrets_masker.secrets_masker",
     "airflow.sdk.execution_time.secrets_masker",
     "airflow._shared.secrets_masker.secrets_masker",
+    "airflow.models.crypto",
+    "airflow.sdk.crypto",
 )
 
 KEY_FILE = "private_key.pem"
@@ -198,8 +200,16 @@ def jwks(args: argparse.Namespace) -> int:
     from airflow_provider_backendauth.core.auth.profiles import get_profile
     from airflow_provider_backendauth.core.errors import KeyLoadError
 
+    publish = args.key[0] == "publish" and len(args.key) == 2
+    if len(args.key) != 1 and not publish:
+        raise UsageError("give one key file (or: publish KEY --to URL)")
+    if publish != bool(args.to) or (args.replace and not publish):
+        raise UsageError("--to and --replace go with 'publish KEY', and 'publish' needs --to")
+    if publish and (args.merge or args.out):
+        raise UsageError("publish merges with what is at --to itself: drop --merge/--out")
+    key_path = args.key[-1]
     passphrase = _read_passphrase(args.passphrase_file)
-    key = load_signing_key_file(args.key, passphrase=passphrase, kid=args.kid)
+    key = load_signing_key_file(key_path, passphrase=passphrase, kid=args.kid)
     alg = args.alg
     if alg is None and args.profile:
         profile = get_profile(args.profile)
@@ -219,6 +229,8 @@ def jwks(args: argparse.Namespace) -> int:
     if alg is not None:
         alg = check_algorithm(alg, key)
     document = key.public_jwks(kid=args.kid, alg=alg)
+    if publish:
+        return _publish(args.to, document, replace=args.replace)
     if args.merge:
         merge_text = read_local_file(args.merge, what="JWKS to merge into")
         try:
@@ -238,6 +250,15 @@ def jwks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(to: str, document: dict[str, Any], *, replace: bool) -> int:
+    from airflow_provider_backendauth.core.auth.published import kids, publish_jwks
+    from airflow_provider_backendauth.operators._common import storage_path
+
+    written = publish_jwks(storage_path(to), document, replace=replace)
+    _out(f"Published {to} (kids: {', '.join(kids(written))})")
+    return 0
+
+
 # -- check --------------------------------------------------------------------------------
 
 
@@ -245,9 +266,40 @@ def check(args: argparse.Namespace) -> int:
     hook = _hook(_connection_id(args))
     ok, message = hook.test_connection()
     _out(("OK: " if ok else "FAILED: ") + " ".join(message.split()))
+    warning = _jku_warning(hook)
+    if warning:
+        _out(f"WARNING: {warning}")
     if ok and args.show_token:
         _out(f"access token: {hook.get_token()}")
     return 0 if ok else 1
+
+
+def _jku_warning(hook: Any) -> str | None:
+    """Is the kid this connection sends in the JWKS at its ``jku`` (what the vendor fetches)?
+    A rotation step done out of order shows up here before the vendor refuses a token."""
+    from airflow_provider_backendauth.core.auth.published import fetch_jwks, kids
+    from airflow_provider_backendauth.core.errors import BackendAuthError
+
+    try:
+        client = hook.client
+    except BackendAuthError:
+        return None  # the check above already said what is wrong with the connection
+    jku = client.settings.jku
+    if not jku:
+        return None
+    try:
+        published = kids(
+            fetch_jwks(jku, session=client.new_plain_session(), timeout=client.settings.timeout)
+        )
+    except BackendAuthError as exc:
+        return f"could not read the JWKS at jku to check the kid: {exc}"
+    if client.kid in published:
+        return None
+    return (
+        f"kid {client.kid!r} is not in the JWKS at jku {jku} (kids there: "
+        f"{', '.join(published) or 'none'}): publish the key there ('backendauth jwks publish') "
+        "and wait for the vendor's cache before switching the connection to it."
+    )
 
 
 def _hook(conn_id: str) -> Any:
@@ -267,8 +319,10 @@ def _hook(conn_id: str) -> Any:
     # Airflow masks every extra of a connection it reads and warns, once, about a value too
     # short to mask ("epic", a misspelt profile): noise before the answer, about nothing the
     # user can act on here. Its logger's module moved between Airflow versions.
-    for name in [*logging.root.manager.loggerDict, *_SECRETS_MASKER_LOGGERS]:
-        if name.endswith("secrets_masker"):
+    # Reading a connection from the database warns when no Fernet key is set: not this
+    # command's business either.
+    for name in [*logging.root.manager.loggerDict, *_QUIET_AIRFLOW_LOGGERS]:
+        if name.endswith(("secrets_masker", ".crypto")):
             logging.getLogger(name).setLevel(logging.ERROR)
     hook = BackendAuthHook(conn_id)
     try:
@@ -287,20 +341,32 @@ def _hook(conn_id: str) -> Any:
 def _connection_id(args: argparse.Namespace) -> str:
     """The connection to use: CONN_ID, or --conn-json/flags exposed to Airflow as an
     environment connection (so the hook reads it exactly as it reads any other)."""
-    conn = _connection_from_options(args)
     given = getattr(args, "conn_id", None) or getattr(args, "target", None)
+    if given and args.conn_json:
+        raise UsageError("give either a connection id or --conn-json, not both")
+    conn = _connection_from_options(args)
     if conn is None:
         if not given:
             raise UsageError("give a connection id, --conn-json, or --host/--client-id/...")
         return str(given)
     if given:
-        raise UsageError("give either a connection id or --conn-json/flags, not both")
+        # CONN_ID with flags: that connection with these changes (e.g. a rotated key file).
+        conn = _connection_from_options(args, base=_stored_connection(str(given)))
+        assert conn is not None
     os.environ[f"AIRFLOW_CONN_{_ADHOC_CONN_ID.upper()}"] = json.dumps(conn)
     return _ADHOC_CONN_ID
 
 
-def _connection_from_options(args: argparse.Namespace) -> dict[str, Any] | None:
-    conn = _conn_json(args.conn_json) if args.conn_json else {}
+def _stored_connection(conn_id: str) -> dict[str, Any]:
+    """A defined connection (environment, secrets backend or database) as Airflow JSON."""
+    conn: dict[str, Any] = json.loads(_hook(conn_id).get_connection(conn_id).as_json())
+    return conn
+
+
+def _connection_from_options(
+    args: argparse.Namespace, base: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    conn = dict(base) if base is not None else _conn_json(args.conn_json) if args.conn_json else {}
     extra = conn.get("extra") or {}
     if isinstance(extra, str):
         try:
@@ -332,7 +398,7 @@ def _connection_from_options(args: argparse.Namespace) -> dict[str, Any] | None:
         if not sep or not name.strip():
             raise UsageError(f"--extra wants NAME=VALUE, not {item!r}")
         extra[name.strip()] = value
-    if not conn and not extra:
+    if base is None and not conn and not extra:
         return None
     conn.setdefault("conn_type", "backendauth")
     conn["extra"] = extra

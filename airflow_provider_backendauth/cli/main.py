@@ -89,10 +89,26 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "jwks",
-        "print the public JWKS of a private key, optionally merged into a published one",
+        "print the public JWKS of a private key, merged into a published one, or publish it",
         "jwks",
         (
-            Option(("key",), "private key file (PEM, JWK or JWKS)", {"metavar": "KEY"}),
+            Option(
+                ("key",),
+                "private key file (PEM, JWK or JWKS); 'publish KEY --to URL' writes its public "
+                "JWKS to where vendors fetch it",
+                {"metavar": "[publish] KEY", "nargs": "+"},
+            ),
+            Option(
+                ("--to",),
+                "with publish: where the JWKS lives (s3://conn@bucket/jwks.json, gs://..., "
+                "abfs://..., or a local path); merged with what is there",
+                {"metavar": "URL"},
+            ),
+            Option(
+                ("--replace",),
+                "with publish: write only this key (retire the others)",
+                {"action": "store_true"},
+            ),
             Option(
                 ("--merge",),
                 "published JWKS to add the key to (key rotation: old and new kid side by side)",

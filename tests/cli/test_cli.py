@@ -477,7 +477,7 @@ def test_airflow_cli_registration_builds_the_command_group():
     from airflow.cli.cli_parser import get_parser
 
     args = get_parser().parse_args(["backendauth", "jwks", "k.pem", "--merge", "old.json"])
-    assert (args.key, args.merge) == ("k.pem", "old.json")
+    assert (args.key, args.merge) == (["k.pem"], "old.json")
 
 
 @pytest.mark.e2e

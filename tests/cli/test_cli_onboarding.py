@@ -29,10 +29,10 @@ def _no_adhoc_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ["check"],
         ["inspect"],
-        ["check", "some_conn", "--host", "https://127.0.0.1:9/fhir"],
+        ["check", "some_conn", "--conn-json", "{}"],
         ["check", "--host", "https://127.0.0.1:9/fhir", "--extra", "novalue"],
     ],
-    ids=["check-nothing", "inspect-nothing", "id-and-flags", "extra-without-value"],
+    ids=["check-nothing", "inspect-nothing", "id-and-json", "extra-without-value"],
 )
 def test_bad_usage_exits_2_with_one_line(capsys, argv):
     status = main(argv)
