@@ -7,27 +7,11 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from airflow_provider_backendauth.cli.main import main
 from backendauth_sandbox.testing import generate_client_key
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def keygen(capsys: pytest.CaptureFixture[str], out: Path, *more: str) -> dict[str, Any]:
-    status, stdout, stderr = run(
-        capsys, "keygen", "--profile", "smart", "--out", str(out), "--bits", "2048", "--json", *more
-    )
-    assert status == 0, stderr
-    summary: dict[str, Any] = json.loads(stdout)
-    return summary
+from tests.support.cli import keygen, run
 
 
 @pytest.mark.parametrize("name", ["private_key.pem", "jwks.json", "public_key.pem"])

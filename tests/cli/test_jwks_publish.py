@@ -4,18 +4,15 @@ check`` warning when the connection's kid is missing from the JWKS at its ``jku`
 
 from __future__ import annotations
 
-import functools
 import json
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from airflow_provider_backendauth.cli.main import main
 from backendauth_sandbox.testing import generate_client_key
+from tests.support.cli import keygen, run
+from tests.support.servers import served_directory
 
 
 @pytest.fixture(autouse=True)
@@ -23,34 +20,13 @@ def _no_adhoc_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_BACKENDAUTH_CLI_ADHOC", raising=False)
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def keygen(capsys: pytest.CaptureFixture[str], out: Path, *more: str) -> dict[str, Any]:
-    status, stdout, stderr = run(
-        capsys, "keygen", "--profile", "smart", "--out", str(out), "--bits", "2048", "--json", *more
-    )
-    assert status == 0, stderr
-    summary: dict[str, Any] = json.loads(stdout)
-    return summary
-
-
 @pytest.fixture
 def web_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A directory served over HTTP on loopback (what a vendor fetches the JWKS from)."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with served_directory(root) as url:
+        yield root, url
 
 
 def test_publish_merges_keeps_alg_and_replace_retires(tmp_path, capsys):

@@ -7,18 +7,17 @@ gone after "retire")."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests.support.servers import served_directory
 
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "docs" / "key-rotation.md"
@@ -38,14 +37,8 @@ def blocks() -> dict[str, str]:
 def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with served_directory(root) as url:
+        yield root, f"{url}/jwks.json"
 
 
 def test_the_guide_names_its_steps_in_order():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.cli.test_jwks_publish import keygen, run
+from tests.support.cli import keygen, run
 
 
 def test_publish_to_s3_with_a_json_content_type(tmp_path, capsys, bucket):

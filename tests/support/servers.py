@@ -127,3 +127,20 @@ def self_signed_https() -> Iterator[str]:
             server.shutdown()
             server.server_close()
             thread.join(timeout=10)
+
+
+@contextmanager
+def served_directory(root: Path) -> Iterator[str]:
+    """``root`` served over plain HTTP on loopback (a JWKS URL, a static site); its base URL."""
+    import functools
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
