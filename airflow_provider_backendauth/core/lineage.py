@@ -144,3 +144,25 @@ def search_asset_extra(summary: Mapping[str, Any], *, path: str) -> dict[str, An
         "truncated": bool(summary.get("truncated")),
         "path": public_url(path),
     }
+
+
+def table_asset_extra(
+    table: str, result: Mapping[str, Any], *, since: str | None = None
+) -> dict[str, Any]:
+    """The Asset event ``extra`` of one table written (``TableResult.as_dict()`` plus its
+    ``resource``): the Delta version, rows now and changed, bytes added, the ``_since`` of the
+    export it came from, and the table's location."""
+    return {
+        "source": "table",
+        "table": table,
+        "resourceType": safe_type_name(str(result.get("resource") or "")),
+        "version": result.get("version"),
+        "mode": result.get("mode"),
+        "rows": int(result.get("rows") or 0),
+        "rowsWritten": int(result.get("rows_written") or 0),
+        "rowsRemoved": int(result.get("rows_removed") or 0),
+        "files": int(result.get("files") or 0),
+        "bytes": int(result.get("bytes") or 0),
+        "since": since,
+        "path": public_url(str(result.get("path") or "")),
+    }

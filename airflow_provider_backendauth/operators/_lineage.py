@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from airflow.sdk import AssetAlias, BaseOperator
 
 ALIAS_PREFIX = "backendauth:"
+TABLES_ALIAS = "tables"  # the alias of the table operator's events: backendauth:tables
 
 
 def lineage_alias(conn_id: str) -> AssetAlias:
@@ -107,8 +108,12 @@ def fhir_input(base_url: str, resource_type: str, group_id: str | None = None) -
     )
 
 
-def storage_output(location: str, rows: int, size: int) -> Any:
-    """The OpenLineage output dataset of one written file, with its rows and bytes."""
+def storage_output(
+    location: str, rows: int, size: int, columns: Sequence[Any] | None = None
+) -> Any:
+    """The OpenLineage output dataset of one written file (or table), with its rows and
+    bytes; ``columns`` (a view's ``Column``s: name, FHIR type, collection, description) add a
+    ``schema`` facet."""
     from airflow.providers.common.compat.openlineage.facet import (
         OutputDataset,
         OutputStatisticsOutputDatasetFacet,
@@ -117,9 +122,29 @@ def storage_output(location: str, rows: int, size: int) -> Any:
     from airflow_provider_backendauth.core.lineage import storage_dataset
 
     namespace, name = storage_dataset(location)
+    facets: dict[str, Any] = {}
+    if columns is not None:
+        from airflow.providers.common.compat.openlineage.facet import (
+            SchemaDatasetFacet,
+            SchemaDatasetFacetFields,
+        )
+
+        facets["schema"] = SchemaDatasetFacet(
+            fields=[
+                SchemaDatasetFacetFields(
+                    name=column.name,
+                    type=f"array<{column.type or 'unknown'}>"
+                    if column.collection
+                    else (column.type or "unknown"),
+                    description=column.description,
+                )
+                for column in columns
+            ]
+        )
     return OutputDataset(
         namespace=namespace,
         name=name,
+        facets=facets,
         outputFacets={
             "outputStatistics": OutputStatisticsOutputDatasetFacet(rowCount=rows, size=size)
         },

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_backendauth._compat import BaseOperator
 from airflow_provider_backendauth.core.errors import ConfigurationError
+from airflow_provider_backendauth.core.lineage import public_url, table_asset_extra
 from airflow_provider_backendauth.operators._common import fails_fast, storage_path
+from airflow_provider_backendauth.operators._lineage import (
+    TABLES_ALIAS,
+    declare_outlet,
+    emit_asset_events,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -99,7 +105,8 @@ class FhirViewTableOperator(BaseOperator):
         self.row_group_rows = row_group_rows
         # What this run read and wrote, for OpenLineage (the provider calls the methods below).
         self._lineage_inputs: list[str] = []
-        self._lineage_tables: list[tuple[str, int, int]] = []
+        self._lineage_tables: list[tuple[str, int, int, list[Any]]] = []
+        declare_outlet(self, TABLES_ALIAS)  # one Asset event per table written
 
     @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
@@ -111,11 +118,13 @@ class FhirViewTableOperator(BaseOperator):
         views = [self._view(v) for v in self.views]
         wanted = None if self.resource_types is None else set(_as_list(self.resource_types))
         chosen = []
+        columns: dict[str, list[Any]] = {}
         for view in views:
             compiled = compile_view(view)  # every view checked before any file is read
             name = table_name(view)
             if wanted is None or compiled.resource in wanted:
                 chosen.append((name, compiled.resource, view))
+                columns[name] = list(compiled.columns)
         names = [name for name, _, _ in chosen]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"two views have the same name (a table each): {names}")
@@ -157,7 +166,17 @@ class FhirViewTableOperator(BaseOperator):
             )
             tables[name] = {"resource": resource, **result.as_dict()}
             self._lineage_inputs += [str(p) for p in [*inputs, *deleted]]
-            self._lineage_tables.append((result.path, result.rows, result.bytes))
+            self._lineage_tables.append(
+                (result.path, result.rows, result.bytes, _stored_columns(columns[name], result))
+            )
+        emit_asset_events(
+            context,
+            TABLES_ALIAS,
+            {
+                public_url(t["path"]): table_asset_extra(name, t, since=since)
+                for name, t in tables.items()
+            },
+        )
         return {
             "destination": str(destination),
             "incremental": incremental,
@@ -182,7 +201,10 @@ class FhirViewTableOperator(BaseOperator):
         inputs = [
             InputDataset(*storage_dataset(path)) for path in dict.fromkeys(self._lineage_inputs)
         ]
-        outputs = [storage_output(path, rows, size) for path, rows, size in self._lineage_tables]
+        outputs = [
+            storage_output(path, rows, size, columns)
+            for path, rows, size, columns in self._lineage_tables
+        ]
         return operator_lineage(inputs, outputs)
 
     # --- inputs ------------------------------------------------------------------------------
@@ -275,3 +297,16 @@ def _as_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     return [str(v) for v in value]
+
+
+def _stored_columns(columns: list[Any], result: Any) -> list[Any]:
+    """The view's columns plus those the table layer adds (``_resource_key``), in the
+    table's order: what the OpenLineage schema facet describes."""
+    from airflow_provider_backendauth.core.views import Column
+
+    by_name = {c.name: c for c in columns}
+    added = "added by the table layer: getResourceKey() of the row's resource"
+    return [
+        by_name.get(name) or Column(name, "string", False, added)
+        for name in (result.columns or list(by_name))
+    ]

@@ -34,6 +34,7 @@ def check_facets(data: dict[str, Any]) -> set[str]:
     validator.validate_facets(data["run"])
     for dataset in data["outputs"]:
         validator.validate_facets(dataset.get("outputFacets", {}))
+        validator.validate_facets(dataset.get("facets", {}))
     return validator.checked
 
 
