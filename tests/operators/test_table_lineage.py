@@ -8,11 +8,11 @@ from typing import Any
 from airflow.sdk import AssetAlias
 
 from airflow_provider_backendauth.operators.views import FhirViewTableOperator
-from tests.bulkkit import BulkEnv, task_context
 from tests.operators.test_bulk import export_op
 from tests.operators.test_lineage_openlineage import check_facets, serialised
+from tests.support.bulkkit import BulkEnv, task_context
 
-pytest_plugins = ("tests.bulk_fixtures",)
+pytest_plugins = ("tests.support.bulk_fixtures",)
 
 ALIAS = AssetAlias(name="backendauth:tables", group="backendauth")
 
