@@ -111,7 +111,7 @@ server.listen(0, '127.0.0.1', () => {
   });
 
   provider.on('grant.success', (ctx) => {
-    emit('token', { client_id: ctx.oidc.client?.clientId, dpop: Boolean(ctx.oidc.dpop), ...assertionClaims(ctx) });
+    emit('token', { client_id: ctx.oidc.client?.clientId, dpop: Boolean(ctx.get('DPoP')), ...assertionClaims(ctx) });
   });
   provider.on('grant.error', (ctx, err) => {
     emit('refused', {
@@ -119,6 +119,7 @@ server.listen(0, '127.0.0.1', () => {
       error: err.error,
       description: err.error_description,
       detail: err.error_detail ?? null,
+      dpop: Boolean(ctx.get('DPoP')),
       ...assertionClaims(ctx),
     });
   });

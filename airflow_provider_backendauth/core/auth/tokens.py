@@ -187,23 +187,49 @@ class TokenEndpoint:
         return form
 
     def _request_once(self) -> AccessToken:
-        # One attempt of the retry policy; inside it, one more round when the server asks
-        # for DPoP (its nonce, or a proof at all in "auto"), with a freshly signed assertion:
-        # strict servers spend the first assertion's jti before they look at the proof.
-        for round_ in (1, 2):
+        # One attempt of the retry policy; inside it, more rounds when the server asks for
+        # DPoP (a proof at all in "auto", then its nonce), each with a freshly signed
+        # assertion: strict servers spend the first assertion's jti before they look at the
+        # proof. In "auto", an unexplained invalid_grant is probed once with a proof too:
+        # strict servers (oidc-provider) refuse a missing proof with just "invalid_grant:
+        # grant request is invalid", no DPoP word and no challenge.
+        probed: TokenRequestError | None = None
+        for round_ in (1, 2, 3):
             response, started = self._post()
             if response.status_code == 200:
                 return self._parse_success(response, started)
             failure = self._failure(response)
-            if round_ == 1 and self._retry_for_dpop(failure, response):
+            if round_ < 3 and self._retry_for_dpop(failure, response):
                 log.info(
                     "The token URL %s asked for DPoP (%s): asking again with a proof",
                     self.token_url,
                     failure.error or "challenge",
                 )
                 continue
+            if round_ == 1 and self._probe_for_dpop(failure):
+                log.info(
+                    "The token URL %s refused with invalid_grant: asking again with a DPoP "
+                    "proof, in case that is what it wants",
+                    self.token_url,
+                )
+                probed = failure
+                continue
+            if probed is not None and self.dpop is not None:
+                # The proof did not help: DPoP was not the cause; report the first refusal.
+                self.dpop.server_asked = False
+                raise probed
             raise failure
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _probe_for_dpop(self, failure: TokenRequestError) -> bool:
+        """In "auto", before any proof was sent: is this refusal worth one round with a
+        proof (invalid_grant, which client_credentials has no grant to explain)?"""
+        if self.dpop is None or self.dpop_mode != "auto" or self.dpop_active:
+            return False
+        if failure.error != "invalid_grant":
+            return False
+        self.dpop.server_asked = True  # undone if the proof does not help
+        return True
 
     @property
     def dpop_active(self) -> bool:
@@ -340,6 +366,17 @@ class TokenEndpoint:
             error_description=description,
         )
 
+    def _dpop_hint(self, error: str | None) -> tuple[str, ...]:
+        """For an invalid_grant while no proof was sent: strict servers refuse a missing
+        DPoP proof with just that (oidc-provider: "grant request is invalid"), so DPoP goes
+        on the checklist."""
+        if error != "invalid_grant" or self.dpop_active:
+            return ()
+        return (
+            "the server does not want DPoP-bound tokens (RFC 9449): some refuse a request "
+            "without a DPoP proof with only invalid_grant; try the 'dpop' extra 'auto'",
+        )
+
     def _failure(self, response: requests.Response) -> TokenRequestError:
         status = response.status_code
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -374,7 +411,7 @@ class TokenEndpoint:
             401,
             403,
         ):
-            checks = "; ".join((*_INVALID_CLIENT_CHECKS, *self.hints))
+            checks = "; ".join((*_INVALID_CLIENT_CHECKS, *self.hints, *self._dpop_hint(error)))
             return InvalidClientError(
                 f"The token URL {self.token_url} rejected the client assertion for client id "
                 f"{self.client_id!r} ({server_says}). Check that: {checks}.",

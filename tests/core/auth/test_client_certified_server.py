@@ -1,6 +1,7 @@
 """The provider against an independent, OpenID-certified authorization server on 127.0.0.1
 (panva's oidc-provider, configured strictly by tests/support/oidc_server.mjs): private_key_jwt
-only, client_credentials, single-use assertion ``jti``, assertions living 300 s at most.
+only, client_credentials, single-use assertion ``jti``, assertions living 300 s at most, DPoP
+(RFC 9449) required per client, with server nonces when the client is registered so.
 
 The sandbox shares the project's reading of RFC 7523; this server is someone else's, so what
 passes here is what a strict real server accepts. It keeps its reasons out of its answers
@@ -32,7 +33,11 @@ from airflow_provider_backendauth.core.auth.keys import (
 )
 from airflow_provider_backendauth.core.auth.settings import ClientSettings
 from airflow_provider_backendauth.core.auth.tokens import TokenEndpoint
-from airflow_provider_backendauth.core.errors import InvalidClientError, InvalidScopeError
+from airflow_provider_backendauth.core.errors import (
+    InvalidClientError,
+    InvalidScopeError,
+)
+from airflow_provider_backendauth.core.retry import RetryPolicy
 from backendauth_sandbox.testing import generate_client_key
 from tests.support.oidc_provider import FHIR_RESOURCE, OidcServer
 
@@ -245,3 +250,96 @@ def test_a_short_lived_token_is_renewed_before_it_expires(server):
     assert second.value != first.value
     assert claims_of(server, second.value)["client_id"] == client_id
     assert [e["kind"] for e in server.events(client_id, 2)] == ["token", "token"]
+
+
+# -- DPoP (RFC 9449) ------------------------------------------------------------------------
+
+
+def test_a_client_that_requires_dpop_gets_a_token_bound_to_its_proof_key(server):
+    key = generate_client_key("RSA")
+    client_id = server.register(key.public_jwks, scope=SCOPE, dpop=True)
+    client = connect(server, client_id, key.private_pem, dpop="on")
+    token = client.get_token()
+    assert token.token_type == "DPoP" and token.dpop_bound
+    assert client.dpop is not None
+    # The server bound the token to the key of the proof it verified (RFC 9449 section 6.1).
+    assert claims_of(server, token.value)["cnf"] == {"jkt": client.dpop.thumbprint}
+    assert client.dpop.thumbprint != client.key.thumbprint()  # never the assertion key
+    (event,) = server.events(client_id, 1)
+    assert event["kind"] == "token" and event["dpop"]
+
+
+def test_without_dpop_the_checklist_names_dpop(server):
+    # This server keeps its reason to itself ("invalid_grant: grant request is invalid",
+    # no DPoP word, no challenge): with 'dpop' off the client cannot tell, so the checklist
+    # names DPoP (it once listed only key, kid, algorithm, audience and clock).
+    key = generate_client_key("RSA")
+    client_id = server.register(key.public_jwks, scope=SCOPE, dpop=True)
+    client = connect(server, client_id, key.private_pem, dpop="off")
+    with pytest.raises(InvalidClientError) as refused:
+        client.get_token()
+    message = str(refused.value)
+    assert "invalid_grant: grant request is invalid" in message
+    assert "DPoP proof" in message and "the 'dpop' extra 'auto'" in message
+    (event,) = server.events(client_id, 1)
+    assert event["detail"] == "DPoP proof JWT not provided"  # what the server did not say
+
+
+def test_auto_sends_a_proof_once_the_server_asks_with_a_fresh_assertion(server):
+    key = generate_client_key("EC-P256")
+    client_id = server.register(key.public_jwks, scope=SCOPE, dpop=True)
+    client = connect(server, client_id, key.private_pem, dpop="auto")
+    token = client.get_token()
+    assert token.dpop_bound and client.dpop is not None
+    assert claims_of(server, token.value)["cnf"] == {"jkt": client.dpop.thumbprint}
+    refused, issued = server.events(client_id, 2)
+    # The server said only "invalid_grant" (its reason stays in its log): "auto" probed once
+    # with a proof, and keeps sending proofs for this connection from then on.
+    assert refused["description"] == "grant request is invalid"
+    assert refused["detail"] == "DPoP proof JWT not provided" and not refused["dpop"]
+    assert issued["kind"] == "token" and issued["dpop"]
+    assert issued["jti"] != refused["jti"]  # the first assertion's jti was spent
+    assert client.endpoint.dpop_active
+    client.tokens.invalidate()
+    assert client.get_token().dpop_bound
+    assert server.events(client_id, 3)[2]["kind"] == "token"  # no second refusal
+
+
+def test_auto_with_server_nonces_gets_there_in_one_attempt(server):
+    key = generate_client_key("EC-P256")
+    client_id = server.register(key.public_jwks, scope=SCOPE, dpop=True, require_dpop_nonce=True)
+    client = connect(server, client_id, key.private_pem, dpop="auto")
+    client.retry = RetryPolicy(attempts=1)  # the DPoP rounds are not retries
+    assert client.get_token().dpop_bound
+    events = server.events(client_id, 3)
+    assert [e.get("error") for e in events] == ["invalid_grant", "use_dpop_nonce", None]
+    assert len({e["jti"] for e in events}) == 3
+
+
+def test_a_bearer_client_in_auto_mode_stays_bearer(server):
+    key = generate_client_key("EC-P384")
+    client_id = server.register(key.public_jwks, scope=SCOPE)
+    client = connect(server, client_id, key.private_pem, dpop="auto")
+    token = client.get_token()
+    assert token.token_type == "Bearer"
+    assert "cnf" not in claims_of(server, token.value)
+    (event,) = server.events(client_id, 1)
+    assert not event["dpop"]
+
+
+def test_use_dpop_nonce_is_answered_once_with_the_servers_nonce_and_a_fresh_assertion(server):
+    key = generate_client_key("RSA")
+    client_id = server.register(key.public_jwks, scope=SCOPE, dpop=True, require_dpop_nonce=True)
+    client = connect(server, client_id, key.private_pem, dpop="on")
+    token = client.get_token()
+    assert token.dpop_bound and client.dpop is not None
+    assert claims_of(server, token.value)["cnf"] == {"jkt": client.dpop.thumbprint}
+    challenged, issued = server.events(client_id, 2)
+    assert challenged["error"] == "use_dpop_nonce"
+    # The server spent the first assertion before it read the proof: resending that
+    # assertion would be refused as a replay, so the second one is new.
+    assert issued["kind"] == "token" and issued["jti"] != challenged["jti"]
+    # The nonce is remembered: a renewal needs no second challenge.
+    client.tokens.invalidate()
+    assert client.get_token().dpop_bound
+    assert server.events(client_id, 3)[2]["kind"] == "token"
