@@ -148,10 +148,14 @@ class BackendAuthHook(BaseHook):
             if token.dpop_bound and client.dpop is not None
             else "a Bearer token, not DPoP-bound"
         )
+        from airflow_provider_backendauth.core.auth.client import missing_scopes
+
+        missing = missing_scopes(client.scope, token.scope)
+        narrower = f", which does not cover {' '.join(missing)}" if missing else ""
         message = (
             f"Token obtained from {client.token_url} ({kind}; expires in "
-            f"{int(token.lifetime)} s, granted scope {token.scope or 'not stated'!r}). Used: "
-            f"{_effective_values(client, with_token_url=False)}"
+            f"{int(token.lifetime)} s, granted scope {token.scope or 'not stated'!r}"
+            f"{narrower}). Used: {_effective_values(client, with_token_url=False)}"
         )
         if not client.base_url or client.profile.probe_path is None:
             return True, message + "."

@@ -243,3 +243,32 @@ def test_usable_as_the_http_providers_auth_type(sandbox, conn, monkeypatch):
     response = http.run("Patient", data={"_count": 2})
     assert response.json()["resourceType"] == "Bundle"
     assert sandbox.stats["token_requests_by_client"][client_id] == 1
+
+
+# -- granted scope vs requested (SMART v1 and v2 spellings are one grant) -----------------
+
+
+def _granting(sandbox, scope: str) -> None:
+    # The token endpoint answers with this scope (a real 200 from the loopback server).
+    sandbox.faults.add(
+        "/auth/token",
+        status=200,
+        body_kind="json",
+        body={"access_token": "t" * 24, "token_type": "Bearer", "expires_in": 300, "scope": scope},
+    )
+
+
+def test_a_v1_spelling_of_the_requested_v2_scope_is_no_narrowing(sandbox, conn, caplog):
+    conn_id, _ = conn(vendor="smart")
+    _granting(sandbox, "system/*.read")
+    _, message = BackendAuthHook(conn_id).test_connection()
+    assert "granted scope 'system/*.read')" in message, message
+    assert "does not cover" not in message + caplog.text
+
+
+def test_a_narrower_grant_is_said(sandbox, conn, caplog):
+    conn_id, _ = conn(vendor="smart")
+    _granting(sandbox, "system/Patient.read")
+    _, message = BackendAuthHook(conn_id).test_connection()
+    assert "which does not cover system/*.rs" in message, message
+    assert "does not cover system/*.rs" in caplog.text

@@ -381,6 +381,15 @@ class BackendAuthClient:
             token.lifetime,
             token.scope,
         )
+        missing = missing_scopes(self.scope, token.scope)
+        if missing:
+            log.warning(
+                "The token URL granted scope %r, which does not cover %s of the requested %r: "
+                "calls needing it will be refused",
+                token.scope,
+                " ".join(missing),
+                self.scope,
+            )
         return token
 
     def _fingerprint(self) -> str:
@@ -493,6 +502,45 @@ def smart_v1_scope(scope: str | None) -> str | None:
             changed = True
         result.append(item)
     return " ".join(result) if changed else None
+
+
+# SMART v1 permission words as v2 letters: system/*.read is system/*.rs (App Launch 2.0).
+_V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
+
+
+def _smart_scope(item: str) -> tuple[str, str, frozenset[str]] | None:
+    """(context, resource, permission letters) of a SMART scope in v1 or v2 spelling, or
+    None for anything else (a query-restricted v2 scope included: compared as text)."""
+    context, slash, rest = item.partition("/")
+    resource, dot, permissions = rest.partition(".")
+    if not (slash and dot and permissions) or "?" in item:
+        return None
+    letters = _V1_PERMISSIONS.get(permissions, permissions)
+    if not set(letters) <= set("cruds"):
+        return None
+    return context, resource, frozenset(letters)
+
+
+def missing_scopes(requested: str | None, granted: str | None) -> list[str]:
+    """The requested scopes the granted ones do not cover, SMART v1 and v2 spellings taken
+    as equal (``system/*.rs`` ~ ``system/*.read``) and a wildcard resource covering each
+    type. Nothing is missing when the server did not say what it granted (RFC 6749 5.1:
+    then it granted what was asked)."""
+    if not requested or granted is None:
+        return []
+    have = granted.split()
+    parsed = [p for p in map(_smart_scope, have) if p is not None]
+    missing = []
+    for item in requested.split():
+        if item in have:
+            continue
+        wanted = _smart_scope(item)
+        if wanted is not None and any(
+            g[0] == wanted[0] and g[1] in ("*", wanted[1]) and wanted[2] <= g[2] for g in parsed
+        ):
+            continue
+        missing.append(item)
+    return missing
 
 
 def clear_token_caches() -> None:
