@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.support.npm import install_pinned
-from tests.support.servers import stop_process
+from tests.support.servers import LoggedProcess
 
 REPO = Path(__file__).resolve().parents[2]
 AZURITE_VERSION = "3.35.0"
@@ -101,16 +99,14 @@ class AzuriteServer:
     """Azurite's Blob service on ``127.0.0.1:<free port>`` in a subprocess."""
 
     def __init__(self) -> None:
-        self._process: subprocess.Popen[str] | None = None
+        self._process: LoggedProcess | None = None
         self._dir: str | None = None
-        self._log: list[str] = []
-        self._cond = threading.Condition()
         self.endpoint = ""
 
     def start(self) -> AzuriteServer:
         exe = install()
         self._dir = tempfile.mkdtemp(prefix="azurite-")
-        self._process = subprocess.Popen(
+        self._process = process = LoggedProcess(
             [
                 str(exe),
                 "--blobHost",
@@ -122,38 +118,22 @@ class AzuriteServer:
                 "--disableTelemetry",
                 "--skipApiVersionCheck",
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
+            on_line=self._on_line,
         )
-        threading.Thread(target=self._read, daemon=True).start()
-        with self._cond:
-            ready = self._cond.wait_for(
-                lambda: self.endpoint or self._process.poll() is not None,  # type: ignore[union-attr]
-                timeout=START_TIMEOUT,
-            )
-        if not self.endpoint:
-            output = "\n".join(self._log[-40:])
+        if not process.wait_for(lambda: bool(self.endpoint), START_TIMEOUT):
+            why = "exited" if process.exited else "did not start in time"
+            output = process.tail()
             self.stop()
-            why = "did not start in time" if not ready else "exited"
             raise AzuriteUnavailable(f"Azurite ({exe}) {why}:\n{output}")
         return self
 
-    def _read(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        for line in self._process.stdout:  # drained always: a full pipe would stall Azurite
-            with self._cond:
-                self._log.append(line.rstrip("\n"))
-                if not self.endpoint and (found := _LISTENING.search(line)):
-                    self.endpoint = found.group(1)
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
+    def _on_line(self, line: str) -> None:
+        if not self.endpoint and (found := _LISTENING.search(line)):
+            self.endpoint = found.group(1)
 
     def stop(self) -> None:
         if self._process is not None:
-            stop_process(self._process)
+            self._process.stop()
             self._process = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -212,10 +192,11 @@ class AzuriteServer:
         helpers here only read, and what matters is what was stored, and how."""
         marker = f"log-marker-{uuid.uuid4().hex}"
         list(self.service().get_container_client(container).list_blobs(name_starts_with=marker))
-        with self._cond:
-            if not self._cond.wait_for(lambda: any(marker in x for x in self._log), timeout=30):
-                raise AssertionError("Azurite's access log did not show the marker request")
-            lines = list(self._log)
+        assert self._process is not None, "Azurite is not running"
+        log = self._process
+        if not log.wait_for(lambda: any(marker in x for x in log.lines), timeout=30):
+            raise AssertionError("Azurite's access log did not show the marker request")
+        lines = list(log.lines)
         out = []
         for line in lines:
             if found := _ACCESS.search(line):

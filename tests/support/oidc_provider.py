@@ -25,16 +25,14 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from tests.support.npm import install_pinned
-from tests.support.servers import stop_process
+from tests.support.servers import LoggedProcess
 
 REPO = Path(__file__).resolve().parents[2]
 OIDC_PROVIDER_VERSION = "9.13.3"
@@ -85,10 +83,8 @@ class OidcServer:
         self.max_assertion_age = max_assertion_age
         self.token_ttl = token_ttl
         self._initial_access_token = secrets.token_urlsafe(24)
-        self._process: subprocess.Popen[str] | None = None
-        self._log: list[str] = []
+        self._process: LoggedProcess | None = None
         self._events: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
         self.issuer = ""
 
     def start(self) -> OidcServer:
@@ -110,44 +106,23 @@ class OidcServer:
             "NODE_ENV": "test",
         }
         env.pop("DEBUG", None)
-        self._process = subprocess.Popen(
-            [node, str(SCRIPT)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        with self._cond:
-            ready = self._cond.wait_for(
-                lambda: self.issuer or self._process.poll() is not None,  # type: ignore[union-attr]
-                timeout=START_TIMEOUT,
-            )
-        if not self.issuer:
-            output = "\n".join(self._log[-40:])
+        self._process = process = LoggedProcess([node, str(SCRIPT)], env=env, on_line=self._on_line)
+        if not process.wait_for(lambda: bool(self.issuer), START_TIMEOUT):
+            why = "exited" if process.exited else "did not start in time"
+            output = process.tail()
             self.stop()
-            why = "did not start in time" if not ready else "exited"
             raise OidcProviderUnavailable(f"oidc-provider ({SCRIPT.name}) {why}:\n{output}")
         return self
 
-    def _read(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        for line in self._process.stdout:  # drained always: a full pipe would stall node
-            line = line.rstrip("\n")
-            with self._cond:
-                self._log.append(line)
-                if line.startswith("listening ") and not self.issuer:
-                    self.issuer = line.split(" ", 1)[1]
-                elif line.startswith("event "):
-                    self._events.append(json.loads(line[len("event ") :]))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
+    def _on_line(self, line: str) -> None:
+        if line.startswith("listening ") and not self.issuer:
+            self.issuer = line.split(" ", 1)[1]
+        elif line.startswith("event "):
+            self._events.append(json.loads(line[len("event ") :]))
 
     def stop(self) -> None:
         if self._process is not None:
-            stop_process(self._process)
+            self._process.stop()
             self._process = None
 
     def __enter__(self) -> OidcServer:
@@ -199,13 +174,13 @@ class OidcServer:
         def mine() -> list[dict[str, Any]]:
             return [e for e in self._events if e.get("client_id") == client_id]
 
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(mine()) >= count, timeout=timeout):
-                raise AssertionError(
-                    f"the server reported {len(mine())} of {count} token requests of "
-                    f"{client_id!r}:\n" + "\n".join(self._log[-20:])
-                )
-            return mine()[:count]
+        assert self._process is not None, "the server is not running"
+        if not self._process.wait_for(lambda: len(mine()) >= count, timeout=timeout):
+            raise AssertionError(
+                f"the server reported {len(mine())} of {count} token requests of "
+                f"{client_id!r}:\n{self._process.tail(20)}"
+            )
+        return mine()[:count]
 
     def public_jwks(self) -> dict[str, Any]:
         """The server's signing keys (to verify the JWT access tokens it issues)."""

@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,69 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class LoggedProcess:
+    """A server subprocess whose output (stdout and stderr) is read line by line as it comes,
+    always drained (a full pipe would stall it), so a test waits for a line, never sleeps.
+
+    Args:
+        argv, env: what to run.
+        on_line: called with each line (without its newline) under the lock, before waiters
+            are woken: parse readiness or events there.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> None:
+        self.lines: list[str] = []
+        self._on_line = on_line
+        self._cond = threading.Condition()
+        self._process: subprocess.Popen[str] | None = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        threading.Thread(target=self._read, args=(self._process,), daemon=True).start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            with self._cond:
+                self.lines.append(line)
+                if self._on_line is not None:
+                    self._on_line(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def exited(self) -> bool:
+        return self._process is None or self._process.poll() is not None
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait (under the lock, ``predicate`` may read ``lines``) until ``predicate()``
+        holds, the process has exited, or ``timeout`` seconds passed; ``predicate()``."""
+        with self._cond:
+            self._cond.wait_for(lambda: predicate() or self.exited, timeout=timeout)
+            return predicate()
+
+    def tail(self, count: int = 40) -> str:
+        with self._cond:
+            return "\n".join(self.lines[-count:])
+
+    def stop(self) -> None:
+        if self._process is not None:
+            stop_process(self._process)
+            self._process = None
 
 
 def trusted_certificate(directory: Path) -> tuple[Path, Path]:

@@ -32,7 +32,7 @@ from airflow_provider_backendauth.core.auth.keys import (
     SUPPORTED_ALGORITHMS,
 )
 from airflow_provider_backendauth.core.auth.settings import ClientSettings
-from airflow_provider_backendauth.core.auth.tokens import TokenEndpoint
+from airflow_provider_backendauth.core.auth.tokens import AccessToken, TokenEndpoint
 from airflow_provider_backendauth.core.errors import (
     InvalidClientError,
     InvalidScopeError,
@@ -255,15 +255,22 @@ def test_a_short_lived_token_is_renewed_before_it_expires(server):
 # -- DPoP (RFC 9449) ------------------------------------------------------------------------
 
 
+def bound_token(server: OidcServer, client: BackendAuthClient) -> AccessToken:
+    """A token from ``client``, checked as bound by the server to the client's proof key
+    (the server's signed ``cnf.jkt``, RFC 9449 section 6.1)."""
+    token = client.get_token()
+    assert token.token_type == "DPoP" and token.dpop_bound
+    assert client.dpop is not None
+    assert claims_of(server, token.value)["cnf"] == {"jkt": client.dpop.thumbprint}
+    return token
+
+
 def test_a_client_that_requires_dpop_gets_a_token_bound_to_its_proof_key(server):
     key = generate_client_key("RSA")
     client_id = server.register(key.public_jwks, scope=SCOPE, dpop=True)
     client = connect(server, client_id, key.private_pem, dpop="on")
-    token = client.get_token()
-    assert token.token_type == "DPoP" and token.dpop_bound
+    bound_token(server, client)
     assert client.dpop is not None
-    # The server bound the token to the key of the proof it verified (RFC 9449 section 6.1).
-    assert claims_of(server, token.value)["cnf"] == {"jkt": client.dpop.thumbprint}
     assert client.dpop.thumbprint != client.key.thumbprint()  # never the assertion key
     (event,) = server.events(client_id, 1)
     assert event["kind"] == "token" and event["dpop"]
@@ -289,9 +296,7 @@ def test_auto_sends_a_proof_once_the_server_asks_with_a_fresh_assertion(server):
     key = generate_client_key("EC-P256")
     client_id = server.register(key.public_jwks, scope=SCOPE, dpop=True)
     client = connect(server, client_id, key.private_pem, dpop="auto")
-    token = client.get_token()
-    assert token.dpop_bound and client.dpop is not None
-    assert claims_of(server, token.value)["cnf"] == {"jkt": client.dpop.thumbprint}
+    bound_token(server, client)
     refused, issued = server.events(client_id, 2)
     # The server said only "invalid_grant" (its reason stays in its log): "auto" probed once
     # with a proof, and keeps sending proofs for this connection from then on.
@@ -301,7 +306,7 @@ def test_auto_sends_a_proof_once_the_server_asks_with_a_fresh_assertion(server):
     assert issued["jti"] != refused["jti"]  # the first assertion's jti was spent
     assert client.endpoint.dpop_active
     client.tokens.invalidate()
-    assert client.get_token().dpop_bound
+    bound_token(server, client)
     assert server.events(client_id, 3)[2]["kind"] == "token"  # no second refusal
 
 
@@ -310,7 +315,7 @@ def test_auto_with_server_nonces_gets_there_in_one_attempt(server):
     client_id = server.register(key.public_jwks, scope=SCOPE, dpop=True, require_dpop_nonce=True)
     client = connect(server, client_id, key.private_pem, dpop="auto")
     client.retry = RetryPolicy(attempts=1)  # the DPoP rounds are not retries
-    assert client.get_token().dpop_bound
+    bound_token(server, client)
     events = server.events(client_id, 3)
     assert [e.get("error") for e in events] == ["invalid_grant", "use_dpop_nonce", None]
     assert len({e["jti"] for e in events}) == 3
@@ -331,9 +336,7 @@ def test_use_dpop_nonce_is_answered_once_with_the_servers_nonce_and_a_fresh_asse
     key = generate_client_key("RSA")
     client_id = server.register(key.public_jwks, scope=SCOPE, dpop=True, require_dpop_nonce=True)
     client = connect(server, client_id, key.private_pem, dpop="on")
-    token = client.get_token()
-    assert token.dpop_bound and client.dpop is not None
-    assert claims_of(server, token.value)["cnf"] == {"jkt": client.dpop.thumbprint}
+    bound_token(server, client)
     challenged, issued = server.events(client_id, 2)
     assert challenged["error"] == "use_dpop_nonce"
     # The server spent the first assertion before it read the proof: resending that
@@ -341,5 +344,5 @@ def test_use_dpop_nonce_is_answered_once_with_the_servers_nonce_and_a_fresh_asse
     assert issued["kind"] == "token" and issued["jti"] != challenged["jti"]
     # The nonce is remembered: a renewal needs no second challenge.
     client.tokens.invalidate()
-    assert client.get_token().dpop_bound
+    bound_token(server, client)
     assert server.events(client_id, 3)[2]["kind"] == "token"
