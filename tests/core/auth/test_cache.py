@@ -136,3 +136,32 @@ def test_single_flight_cache_evicts_the_least_recently_used():
     cache.get("a", compute("a"))
     cache.get("b", compute("b"))
     assert calls == ["a", "b", "c", "b"]
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"assertion_lifetime": 120},
+        {"jku": "https://keys.example.org/jwks.json"},
+        {"verify_ssl": False},
+    ],
+    ids=["lifetime", "jku", "tls"],
+)
+def test_the_token_cache_is_shared_only_by_clients_that_sign_and_send_alike(changed):
+    # The process-wide token cache renews with the first client's endpoint: a client whose
+    # assertion or TLS setting differs must not get it (lowering 'assertion_lifetime' after
+    # a strict server refused 600 s kept signing 600 s in that process).
+    key = generate_client_key("EC-P384")
+    extra = {"profile": "custom", "auth_url": "https://auth.example.org/token"}
+
+    def client(**more: Any) -> BackendAuthClient:
+        settings = ClientSettings.from_connection_fields(
+            host="https://fhir.example.org",
+            login="c1",
+            password=key.private_pem,
+            extra={**extra, **more},
+        )
+        return BackendAuthClient(settings)
+
+    assert client().tokens is client().tokens  # same configuration: one cache, one token
+    assert client(**changed).tokens is not client().tokens
