@@ -199,6 +199,12 @@ CONN_FIELDS: dict[str, Any] = {
         "description": "Allow http:// URLs on non-loopback hosts (test setups only).",
         "schema": {"type": ["boolean", "null"], "default": False, "section": _NETWORK},
     },
+    "certificate_headers": _string(
+        "Certificate headers",
+        "Assertion header members from the certificate after the private key: space-separated "
+        "x5t#S256, x5t, x5c, e.g. x5t#S256 x5c. Empty: the profile's (x5t#S256 for Entra ID).",
+        section=_KEY,
+    ),
     "dpop_key_file": _string(
         "DPoP key file",
         "A PEM/JWK file on every worker holding the DPoP proof key, e.g. "

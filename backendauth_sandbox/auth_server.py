@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 import time
@@ -66,6 +67,21 @@ def _parse_compact(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise TokenRequestRejected("invalid_client", "client_assertion parts must be JSON objects")
     return header, claims
+
+
+def _x5c_thumbprint(header: dict[str, Any]) -> str | None:
+    """The SHA-256 thumbprint of the leaf certificate in an ``x5c`` header (RFC 7515 4.1.6:
+    standard base64 DER), compared like ``x5t#S256``; a malformed ``x5c`` is refused."""
+    chain = header.get("x5c")
+    if chain is None:
+        return None
+    try:
+        der = base64.b64decode(chain[0], validate=True)
+    except (TypeError, KeyError, IndexError, ValueError, binascii.Error):
+        raise TokenRequestRejected(
+            "invalid_client", "x5c must be a list of base64 DER certificates"
+        ) from None
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode("ascii")
 
 
 def _key_fits_alg(key: jwk.JWK, alg: str) -> bool:
@@ -368,7 +384,7 @@ class AuthServer:
                 raise TokenRequestRejected("invalid_client", f"no registered key has kid '{kid}'")
             candidates = by_kid or candidates
 
-        thumbprint = header.get("x5t#S256") or header.get("x5t")
+        thumbprint = header.get("x5t#S256") or header.get("x5t") or _x5c_thumbprint(header)
         if rules.x5t_required and not thumbprint:
             raise TokenRequestRejected(
                 "invalid_client",

@@ -25,6 +25,7 @@ class AssertionSpec:
         lifetime: seconds until ``exp``.
         typ: header ``typ`` or None to omit it.
         kid, jku, x5t, x5t_s256: optional header members.
+        x5c: the certificate chain (base64 DER, leaf first) for the ``x5c`` header.
         include_iat, include_nbf: add those claims.
         extra_claims: added as given; may not replace iss/sub/aud/exp/jti.
     """
@@ -38,6 +39,7 @@ class AssertionSpec:
     jku: str | None = None
     x5t: str | None = None
     x5t_s256: str | None = None
+    x5c: tuple[str, ...] = ()
     include_iat: bool = True
     include_nbf: bool = False
     extra_claims: Mapping[str, Any] = field(default_factory=dict)
@@ -64,6 +66,8 @@ class AssertionSpec:
         ):
             if value:
                 header[name] = value
+        if self.x5c:
+            header["x5c"] = list(self.x5c)
         return header
 
 

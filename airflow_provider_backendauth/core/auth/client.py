@@ -6,6 +6,7 @@ is checked in the constructor, so a bad connection fails before any request is m
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import hashlib
@@ -191,17 +192,31 @@ class BackendAuthClient:
             )
         return lifetime
 
-    def _certificate_headers(self) -> dict[str, str]:
-        wanted = self.profile.certificate_header
+    def _certificate_headers(self) -> dict[str, Any]:
+        """Header members from the key's certificate: the connection's ``certificate_headers``
+        or the profile's (Entra ID: ``x5t#S256``). Refused now when there is no certificate."""
+        wanted = self.settings.certificate_headers
         if wanted is None:
+            wanted = (self.profile.certificate_header,) if self.profile.certificate_header else ()
+        if not wanted:
             return {}
-        thumbprint = self.key.certificate_thumbprint(sha256=wanted == "x5t#S256")
-        if thumbprint is None:
+        certificate = self.key.certificate
+        if certificate is None:
             raise KeyLoadError(
-                f"Profile {self.profile.name!r} identifies the key by its certificate: put the "
+                f"The assertion needs {', '.join(wanted)} from the key's certificate: put the "
                 "certificate PEM after the private key in the password field (or key file)."
             )
-        return {"x5t_s256" if wanted == "x5t#S256" else "x5t": thumbprint}
+        headers: dict[str, Any] = {}
+        if "x5t#S256" in wanted:
+            headers["x5t_s256"] = self.key.certificate_thumbprint(sha256=True)
+        if "x5t" in wanted:
+            headers["x5t"] = self.key.certificate_thumbprint(sha256=False)
+        if "x5c" in wanted:
+            from cryptography.hazmat.primitives import serialization
+
+            der = certificate.public_bytes(serialization.Encoding.DER)
+            headers["x5c"] = (base64.b64encode(der).decode("ascii"),)  # standard base64
+        return headers
 
     def _dpop_proofs(self) -> DpopProofs | None:
         """The DPoP proof key: the configured one, else a fresh EC P-256 key shared by every

@@ -40,6 +40,7 @@ EXTRA_KEYS = (
     "allowed_hosts",
     "dpop",
     "dpop_key_file",
+    "certificate_headers",
 )
 
 # Old extra name -> new name. Still read, with a DeprecatedExtraWarning.
@@ -77,6 +78,8 @@ class ClientSettings:
             endpoint asks); None takes the profile's.
         dpop_key_file: the DPoP proof key (PEM/JWK file); None makes a fresh EC P-256 key
             per process (never the assertion key).
+        certificate_headers: assertion header members taken from the key's certificate
+            (``x5t#S256``, ``x5t``, ``x5c``); None takes the profile's (Entra ID: x5t#S256).
         timeout: seconds one request may take as a whole, from 1 to ``MAX_TIMEOUT``.
         retries: retries after a failed request, from 0 to ``MAX_RETRIES``.
 
@@ -108,6 +111,7 @@ class ClientSettings:
     allowed_hosts: tuple[str, ...] = ()
     dpop: str | None = None
     dpop_key_file: str | None = None
+    certificate_headers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_bounds("timeout", self.timeout, 1, MAX_TIMEOUT, whole=False)
@@ -169,6 +173,7 @@ class ClientSettings:
             allowed_hosts=_list(extra.get("allowed_hosts")),
             dpop=_choice(extra, "dpop", ("off", "on", "auto")),
             dpop_key_file=_text(extra, "dpop_key_file"),
+            certificate_headers=_certificate_headers(extra.get("certificate_headers")),
         )
 
     @classmethod
@@ -327,11 +332,27 @@ def _claims(value: Any) -> Mapping[str, Any]:
     return dict(value)
 
 
-def _list(value: Any) -> tuple[str, ...]:
+CERTIFICATE_HEADERS = ("x5t#S256", "x5t", "x5c")
+
+
+def _certificate_headers(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = _list(value, "certificate_headers")
+    unknown = [n for n in names if n not in CERTIFICATE_HEADERS]
+    if unknown:
+        raise ConfigurationError(
+            f"Extra 'certificate_headers' takes {', '.join(CERTIFICATE_HEADERS)}, not "
+            f"{', '.join(unknown)}."
+        )
+    return names
+
+
+def _list(value: Any, name: str = "allowed_hosts") -> tuple[str, ...]:
     if value is None or value == "":
         return ()
     if isinstance(value, str):
         return tuple(v.strip() for v in value.replace(",", " ").split() if v.strip())
     if isinstance(value, (list, tuple)):
         return tuple(str(v).strip() for v in value if str(v).strip())
-    raise ConfigurationError("Extra 'allowed_hosts' must be a list of origins or hosts.")
+    raise ConfigurationError(f"Extra {name!r} must be a list (or a space-separated string).")

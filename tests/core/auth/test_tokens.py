@@ -426,3 +426,46 @@ def test_fresh_reads_the_cached_token_without_waiting_for_a_renewal() -> None:
     stale = TokenCache(lambda: AccessToken("y", now + 10, obtained_at=now - 90), leeway=30)
     stale.get()
     assert stale.fresh() is None  # within the leeway: renew, don't use
+
+
+def test_certificate_headers_x5t_s256_and_x5c_from_the_connection(sandbox):
+    import base64
+
+    from cryptography import x509
+
+    key = generate_client_key("RSA", certificate=True)
+    sandbox.register_client("cert-app", key.public_jwks, vendor="smart")
+    settings = ClientSettings.from_connection_fields(
+        host=sandbox.fhir_base,
+        login="cert-app",
+        password=key.private_pem + "\n" + key.certificate_pem,
+        extra={"certificate_headers": "x5t#S256 x5c"},
+    )
+    client = BackendAuthClient(settings)
+    header = client.assertion_spec().headers()
+    assert header["x5t#S256"] == key.x5t_s256
+    leaf = x509.load_der_x509_certificate(base64.b64decode(header["x5c"][0]))
+    assert leaf == x509.load_pem_x509_certificate(key.certificate_pem.encode())
+    assert client.get_token().value  # the sandbox matched both against the registered x5c
+    other = generate_client_key("RSA", certificate=True)
+    wrong = ClientSettings.from_connection_fields(
+        host=sandbox.fhir_base,
+        login="cert-app",
+        password=key.private_pem + "\n" + other.certificate_pem,
+        extra={"certificate_headers": "x5c"},
+    )
+    with pytest.raises(InvalidClientError, match="thumbprint matches no registered certificate"):
+        BackendAuthClient(wrong).get_token()
+
+
+def test_certificate_headers_need_a_certificate_and_known_names(sandbox):
+    key = generate_client_key("RSA")
+    for extra, match in (
+        ({"certificate_headers": "x5c"}, "certificate PEM after the private key"),
+        ({"certificate_headers": "x5u"}, "takes x5t#S256, x5t, x5c"),
+    ):
+        with pytest.raises(ConfigurationError, match=match):
+            settings = ClientSettings.from_connection_fields(
+                host=sandbox.fhir_base, login="c", password=key.private_pem, extra=extra
+            )
+            BackendAuthClient(settings)
