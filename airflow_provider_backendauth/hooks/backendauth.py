@@ -98,15 +98,7 @@ class BackendAuthHook(BaseHook):
                 provider (e.g. ``{"stop": tenacity.stop_after_attempt(1)}`` for no retry).
             request_kwargs: passed to ``requests`` (params, json, data, headers, stream...).
         """
-        from airflow_provider_backendauth.core.fhir.rest import RestClient
-
-        rest = RestClient(
-            session or self.get_session(),
-            self.base_url,
-            retry=self.client.retry,
-            timeout=self.client.settings.timeout,
-            retry_args=retry_args,
-        )
+        rest = self.client.rest_client(retry_args=retry_args, session=session)
         return rest.request(method, self.url_for(endpoint), check=check_response, **request_kwargs)
 
     def test_connection(self) -> tuple[bool, str]:

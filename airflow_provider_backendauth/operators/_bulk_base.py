@@ -95,11 +95,11 @@ class _BulkBase(BaseOperator):
     ) -> BulkExportJob:
         from airflow_provider_backendauth.core.bulk.client import BulkExportClient
         from airflow_provider_backendauth.core.bulk.download import BulkDownloader
-        from airflow_provider_backendauth.core.bulk.job import BulkExportJob, bulk_http_for
+        from airflow_provider_backendauth.core.bulk.job import BulkExportJob
         from airflow_provider_backendauth.core.bulk.state import BulkStateStore
 
         hook = self._hook()
-        http = bulk_http_for(hook.client)
+        http = hook.client.authorized_sessions()
         client = BulkExportClient(
             http, self._base_url(hook), stop=self._stop, **dict(client_options or {})
         )

@@ -5,11 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, cast
-
-if TYPE_CHECKING:
-    from airflow_provider_backendauth.core.fhir.rest import RestClient
-    from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
+from typing import Any, TypeVar, cast
 
 
 def call_with_context(func: Callable[..., Any], first: Any, context: Mapping[str, Any]) -> Any:
@@ -23,22 +19,6 @@ def call_with_context(func: Callable[..., Any], first: Any, context: Mapping[str
         return func(first, **context)
     names = list(parameters)[1:]
     return func(first, **{name: context[name] for name in names if name in context})
-
-
-def rest_client_for(
-    hook: BackendAuthHook, retry_args: Mapping[str, Any] | None = None
-) -> RestClient:
-    """A ``RestClient`` over the hook's authenticated session, retrying as the connection's
-    ``retries`` and ``timeout`` extras say."""
-    from airflow_provider_backendauth.core.fhir.rest import RestClient
-
-    return RestClient(
-        hook.get_session(),
-        hook.base_url,
-        retry=hook.client.retry,
-        timeout=hook.client.settings.timeout,
-        retry_args=retry_args,
-    )
 
 
 def as_task_failure(exc: BaseException) -> BaseException:

@@ -206,7 +206,6 @@ class FhirSearchOperator(BaseOperator):
         return operator_lineage(self._input(), error=self._task_error)
 
     def _start_search(self) -> FhirSearch:
-        from airflow_provider_backendauth.core.fhir.search import FhirClient
         from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 
         hook = BackendAuthHook(self.backendauth_conn_id)
@@ -217,12 +216,7 @@ class FhirSearchOperator(BaseOperator):
                 f"Connection {self.backendauth_conn_id!r} has no host: set it to the FHIR base "
                 "URL (e.g. https://fhir.example.org/api/FHIR/R4)."
             )
-        client = FhirClient(
-            hook.get_session(),
-            hook.base_url,
-            retry=hook.client.retry,
-            timeout=hook.client.settings.timeout,
-            allowed_origins=hook.allowed_origins,
+        client = hook.client.fhir_client(
             retry_args=self.retry_args,
             **{
                 name: value

@@ -49,13 +49,15 @@ def merge_request(current: Mapping[str, Any], overrides: Mapping[str, Any]) -> d
 
 def default_result(response: requests.Response) -> Any:
     """The parsed JSON body when the response is JSON, else its text."""
+    from airflow_provider_backendauth.core.http.bodies import json_of, text_of
+
     content_type = response.headers.get("Content-Type", "")
     if "json" in content_type:
         try:
-            return response.json()
+            return json_of(response)
         except ValueError:
             pass
-    return response.text
+    return text_of(response)
 
 
 class BackendAuthHttpOperator(BaseOperator):
@@ -135,10 +137,9 @@ class BackendAuthHttpOperator(BaseOperator):
     @fails_fast
     def execute(self, context: Context) -> Any:
         from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
-        from airflow_provider_backendauth.operators._common import rest_client_for
 
         hook = BackendAuthHook(self.backendauth_conn_id)
-        rest = rest_client_for(hook, self.retry_args)
+        rest = hook.client.rest_client(retry_args=self.retry_args)
         request: dict[str, Any] = {
             "endpoint": self.endpoint,
             "data": self.data,
@@ -176,25 +177,29 @@ class BackendAuthHttpOperator(BaseOperator):
     def _send(self, rest: RestClient, request: Mapping[str, Any]) -> requests.Response:
         options = dict(request.get("extra_options") or {})
         check = bool(options.pop("check_response", True))
+        options.pop("stream", None)  # the body is read (bounded) for the result and the log
         kwargs: dict[str, Any] = {**options, "headers": dict(request.get("headers") or {})}
         data = request.get("data")
         if data:
             kwargs["params" if self.method in _QUERY_METHODS else "data"] = data
         if request.get("json") is not None:
             kwargs["json"] = request["json"]
+        from airflow_provider_backendauth.core.http.bodies import body_of, text_of
+
         response = rest.request(self.method, request.get("endpoint") or "", check=check, **kwargs)
         self.log.info(
             "%s %s answered %d (%d bytes)",
             self.method,
             response.url,
             response.status_code,
-            len(response.content),
+            len(body_of(response)),
         )
         if self.log_response:
             from airflow_provider_backendauth.core.redact import redact
 
             # The answer may echo the request (and its token), or carry control characters.
-            self.log.info("Response body (first 1000 characters): %s", redact(response.text[:1000]))
+            shown = redact(text_of(response)[:1000])
+            self.log.info("Response body (first 1000 characters): %s", shown)
         return response
 
     def process_response(

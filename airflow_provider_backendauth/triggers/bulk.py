@@ -214,15 +214,9 @@ class BulkExportTrigger(BaseTrigger):
 
     @staticmethod
     async def _http(client: BackendAuthClient) -> httpx.AsyncClient:
-        """This trigger's HTTP client, over the SSL context every trigger with the same TLS
-        settings shares (``async_client``); built in a thread, since the first one loads the
-        CA bundle (slow, blocking work)."""
-        from airflow_provider_backendauth.core.http.httpx_driver import async_client
-
-        settings = client.settings
-        return await asyncio.to_thread(
-            async_client, verify=settings.tls_verify, timeout=settings.timeout
-        )
+        """This trigger's HTTP client (``BackendAuthClient.async_http``: over the SSL context
+        every trigger with the same TLS settings shares; built in a thread)."""
+        return await client.async_http()
 
     async def _mask(self, token: str) -> None:
         if token not in self._masked:

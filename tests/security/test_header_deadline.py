@@ -112,10 +112,10 @@ def test_fhir_search(conn: Callable[..., str], drip: DripServer, tmp_path: Path)
 
 
 def bulk_http(conn_id: str) -> Any:
-    from airflow_provider_backendauth.core.bulk.job import bulk_http_for
+
     from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 
-    return bulk_http_for(BackendAuthHook(conn_id).client)
+    return BackendAuthHook(conn_id).client.authorized_sessions()
 
 
 def test_bulk_status_poll(conn: Callable[..., str], drip: DripServer) -> None:

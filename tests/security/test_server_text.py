@@ -56,14 +56,13 @@ def test_rest_error_diagnostics(good, connect, caplog) -> None:
 @pytest.mark.parametrize("body", ["plain", "outcome"])
 def test_a_502_body_and_a_kickoff_error(body, good, connect) -> None:
     from airflow_provider_backendauth.core.bulk.client import BulkExportClient
-    from airflow_provider_backendauth.core.bulk.job import bulk_http_for
     from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
     from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 
     payload: Any = FORGED if body == "plain" else outcome(FORGED)
     good.routes["/fhir/$export"] = Reply(502, {"Content-Type": "text/plain"}, payload)
     client = BulkExportClient(
-        bulk_http_for(BackendAuthHook(connect()).client),
+        BackendAuthHook(connect()).client.authorized_sessions(),
         f"{good.url}/fhir",
         poll_settings=PollSettings(max_transient_errors=0),
     )
@@ -105,7 +104,6 @@ def progress_then_done(good: HostileServer) -> Any:
 
 def test_x_progress_on_a_worker_and_in_the_triggerer(good, connect, caplog, capfd) -> None:
     from airflow_provider_backendauth.core.bulk.client import BulkExportClient
-    from airflow_provider_backendauth.core.bulk.job import bulk_http_for
     from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
     from airflow_provider_backendauth.triggers.bulk import BulkExportTrigger
 
@@ -113,7 +111,9 @@ def test_x_progress_on_a_worker_and_in_the_triggerer(good, connect, caplog, capf
     caplog.set_level(logging.DEBUG)
     good.routes["/status"] = progress_then_done(good)
     client = BulkExportClient(
-        bulk_http_for(BackendAuthHook(connect()).client), f"{good.url}/fhir", poll_settings=fast
+        BackendAuthHook(connect()).client.authorized_sessions(),
+        f"{good.url}/fhir",
+        poll_settings=fast,
     )
     client.wait(f"{good.url}/status")
     good.routes["/status"] = progress_then_done(good)

@@ -55,10 +55,9 @@ def peak_memory() -> Iterator[list[int]]:
 
 def bulk_client(conn_id: str, good: HostileServer, **options: Any) -> Any:
     from airflow_provider_backendauth.core.bulk.client import BulkExportClient
-    from airflow_provider_backendauth.core.bulk.job import bulk_http_for
     from airflow_provider_backendauth.hooks.backendauth import BackendAuthHook
 
-    http = bulk_http_for(BackendAuthHook(conn_id).client)
+    http = BackendAuthHook(conn_id).client.authorized_sessions()
     return BulkExportClient(http, f"{good.url}/fhir", **options)
 
 

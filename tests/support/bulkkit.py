@@ -19,7 +19,7 @@ from airflow_provider_backendauth.core.auth.client import BackendAuthClient
 from airflow_provider_backendauth.core.auth.settings import ClientSettings
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
 from airflow_provider_backendauth.core.bulk.download import BulkDownloader
-from airflow_provider_backendauth.core.bulk.job import BulkExportJob, bulk_http_for
+from airflow_provider_backendauth.core.bulk.job import BulkExportJob
 from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.bulk.state import BulkStateStore
 from airflow_provider_backendauth.core.retry import RetryPolicy
@@ -91,7 +91,7 @@ class BulkEnv:
     ) -> BulkExportJob:
         """A ``BulkExportJob`` with fast polling and quick retries."""
         destination = destination or self.tmp / "out"
-        http = bulk_http_for(self.auth_client(**(auth_extra or {})))
+        http = self.auth_client(**(auth_extra or {})).authorized_sessions()
         client = BulkExportClient(
             http, self.sb.fhir_base, poll_settings=fast_poll(**(client_options or {}))
         )

@@ -20,7 +20,6 @@ import pytest
 from airflow_provider_backendauth.core.auth.client import BackendAuthClient
 from airflow_provider_backendauth.core.auth.settings import ClientSettings
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
-from airflow_provider_backendauth.core.bulk.job import bulk_http_for
 from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.triggers.bulk import TRIGGERER_CALLS_ON_KILL, BulkExportTrigger
@@ -34,7 +33,7 @@ DEFAULT_EXECUTOR_THREADS = 4  # the loop's shared executor in the isolation test
 
 
 def kickoff(bulk_env: BulkEnv, **request: Any) -> str:
-    client = BulkExportClient(bulk_http_for(bulk_env.auth_client()), bulk_env.sb.fhir_base)
+    client = BulkExportClient(bulk_env.auth_client().authorized_sessions(), bulk_env.sb.fhir_base)
     return client.kickoff(BulkExportRequest.create(request.pop("level", "system"), **request))
 
 
@@ -196,7 +195,7 @@ def test_far_future_retry_after_is_a_timeout_event_at_once(bulk_env: BulkEnv) ->
     assert payload["status"] == "timeout"
     assert "asked to wait 2.0 h" in payload["message"]
     bulk_env.sb.faults.clear()
-    BulkExportClient(bulk_http_for(bulk_env.auth_client()), bulk_env.sb.fhir_base).cancel(
+    BulkExportClient(bulk_env.auth_client().authorized_sessions(), bulk_env.sb.fhir_base).cancel(
         status_url
     )
 
@@ -313,16 +312,14 @@ def test_a_held_token_endpoint_never_delays_another_connections_exports(
             ),
         )
         b_client = BulkExportClient(
-            bulk_http_for(
-                BackendAuthClient(
-                    ClientSettings.from_connection_fields(
-                        host=b.fhir_base,
-                        login="conn-b",
-                        password=bulk_env.key.private_pem,
-                        extra={"scope": "system/*.rs"},
-                    )
+            BackendAuthClient(
+                ClientSettings.from_connection_fields(
+                    host=b.fhir_base,
+                    login="conn-b",
+                    password=bulk_env.key.private_pem,
+                    extra={"scope": "system/*.rs"},
                 )
-            ),
+            ).authorized_sessions(),
             b.fhir_base,
         )
         b_url = b_client.kickoff(BulkExportRequest.create("system"))
@@ -424,7 +421,7 @@ def test_a_cancelled_trigger_cancels_the_export_only_when_the_task_left_deferral
             {"dag_id": "bulk_dag", "task_ids": ["export"], "run_ids": ["run-1"], "map_index": -1}
         ]
         assert bulk_env.sb.stats["bulk_cancels"] == (1 if cancels else 0)
-    BulkExportClient(bulk_http_for(bulk_env.auth_client()), bulk_env.sb.fhir_base).cancel(
+    BulkExportClient(bulk_env.auth_client().authorized_sessions(), bulk_env.sb.fhir_base).cancel(
         status_url
     )
 
@@ -434,7 +431,7 @@ def test_on_kill_can_be_turned_off(bulk_env: BulkEnv) -> None:
     status_url = kickoff(bulk_env)
     asyncio.run(trigger(status_url, cancel_on_kill=False).on_kill())
     assert bulk_env.sb.stats["bulk_cancels"] == 0
-    BulkExportClient(bulk_http_for(bulk_env.auth_client()), bulk_env.sb.fhir_base).cancel(
+    BulkExportClient(bulk_env.auth_client().authorized_sessions(), bulk_env.sb.fhir_base).cancel(
         status_url
     )
 

@@ -12,8 +12,8 @@ import functools
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Hashable
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -42,6 +42,13 @@ from airflow_provider_backendauth.core.http.sessions import plain_session
 from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.retry import RetryPolicy
 from airflow_provider_backendauth.core.urls import check_url, display_url, origin_of
+
+if TYPE_CHECKING:
+    import httpx
+
+    from airflow_provider_backendauth.core.fhir.rest import RestClient
+    from airflow_provider_backendauth.core.fhir.search import FhirClient
+    from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
 
 log = get_logger(__name__)
 
@@ -463,11 +470,74 @@ class BackendAuthClient:
         the network, which building an HTTP helper should not)."""
         return LazyTokens(self)
 
+    # -- what a connection makes: one builder each -------------------------------------
+
     def new_session(self) -> requests.Session:
         """A ``requests.Session`` that authenticates to the base URL's origin."""
         session = self.new_plain_session()
         session.auth = self.auth()
         return session
+
+    def rest_client(
+        self,
+        *,
+        retry_args: Mapping[str, Any] | None = None,
+        session: requests.Session | None = None,
+    ) -> RestClient:
+        """A ``RestClient`` over an authenticated session (``session``, else a new one),
+        relative to the base URL, retrying as the connection's ``retries`` and ``timeout``
+        say (``retry_args``: tenacity arguments that replace ours)."""
+        from airflow_provider_backendauth.core.fhir.rest import RestClient
+
+        return RestClient(
+            session or self.new_session(),
+            self.base_url,
+            retry=self.retry,
+            timeout=self.settings.timeout,
+            retry_args=retry_args,
+        )
+
+    def fhir_client(
+        self, *, retry_args: Mapping[str, Any] | None = None, **limits: int
+    ) -> FhirClient:
+        """A ``FhirClient`` (search paging) for the base URL, over an authenticated session;
+        ``limits``: ``max_page_bytes``, ``max_page_entries``."""
+        from airflow_provider_backendauth.core.fhir.search import FhirClient
+
+        assert self.base_url is not None
+        return FhirClient(
+            self.new_session(),
+            self.base_url,
+            retry=self.retry,
+            timeout=self.settings.timeout,
+            allowed_origins=self.allowed_origins,
+            retry_args=retry_args,
+            **limits,
+        )
+
+    def authorized_sessions(self, *, timeout: float | None = None) -> AuthorizedSessions:
+        """``AuthorizedSessions`` (one session per thread: bulk export, downloads) with this
+        client's token cache, allowed origins and TLS settings."""
+        from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
+
+        return AuthorizedSessions(
+            self.new_plain_session,
+            self.lazy_tokens(),
+            self.allowed_origins,
+            timeout=timeout or self.settings.timeout,
+            dpop=self.dpop,
+        )
+
+    async def async_http(self) -> httpx.AsyncClient:
+        """The triggerer's httpx client for this connection's TLS settings and timeout, built
+        in a thread (the first one per TLS setting loads the CA bundle: slow, blocking)."""
+        import asyncio
+
+        from airflow_provider_backendauth.core.http.httpx_driver import async_client
+
+        return await asyncio.to_thread(
+            async_client, verify=self.settings.tls_verify, timeout=self.settings.timeout
+        )
 
 
 class LazyTokens:

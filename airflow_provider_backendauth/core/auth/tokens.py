@@ -23,8 +23,9 @@ from airflow_provider_backendauth.core.errors import (
 )
 from airflow_provider_backendauth.core.http.bodies import (
     MAX_TOKEN_RESPONSE_BYTES,
-    parse_json,
+    json_of,
     read_body,
+    text_of,
 )
 from airflow_provider_backendauth.core.http.deadline import Deadline
 from airflow_provider_backendauth.core.http.policy import BearerPolicy, challenge_error
@@ -295,7 +296,7 @@ class TokenEndpoint:
 
     def _parse_success(self, response: requests.Response, started: float) -> AccessToken:
         try:
-            body = parse_json(response.content)
+            body = json_of(response)
         except ValueError:
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
@@ -442,7 +443,7 @@ def _read_error_body(response: requests.Response) -> tuple[str | None, str | Non
     error = description = None
     text = ""
     try:
-        body: Any = parse_json(response.content)
+        body: Any = json_of(response)
     except ValueError:
         body = None
     if isinstance(body, Mapping):
@@ -454,7 +455,7 @@ def _read_error_body(response: requests.Response) -> tuple[str | None, str | Non
             text = redact(json.dumps(body, ensure_ascii=False))[:300]
     else:
         # Some servers (Koppeltaal) answer failures in plain text such as "401 Access Denied".
-        text = redact(" ".join(response.text.split()))[:300]
+        text = redact(" ".join(text_of(response).split()))[:300]
     return error, redact(description) if description else None, text
 
 

@@ -46,7 +46,11 @@ from airflow_provider_backendauth.core.bulk.request import (
 )
 from airflow_provider_backendauth.core.errors import BulkExportError
 from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
-from airflow_provider_backendauth.core.http.bodies import MAX_ERROR_BODY_BYTES, MAX_STATUS_BYTES
+from airflow_provider_backendauth.core.http.bodies import (
+    MAX_ERROR_BODY_BYTES,
+    MAX_STATUS_BYTES,
+    body_of,
+)
 from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.urls import display_url
 
@@ -206,7 +210,7 @@ class BulkExportClient:
             return KickoffRetry(None, f"no answer ({type(exc).__name__})")
         with response:
             return interpret_kickoff(
-                response.status_code, response.headers, response.content, request_url=url
+                response.status_code, response.headers, body_of(response), request_url=url
             )
 
     def poll(self, status_url: str) -> StatusResult:
@@ -218,7 +222,7 @@ class BulkExportClient:
         except requests.RequestException as exc:
             return RetryLater(None, f"no answer ({type(exc).__name__})")
         with response:
-            return interpret_status(response.status_code, response.headers, response.content)
+            return interpret_status(response.status_code, response.headers, body_of(response))
 
     def poller(self, status_url: str, *, deadline: float | None = None) -> StatusPoller:
         """The sans-IO poller for ``status_url`` with this client's settings."""
@@ -295,7 +299,7 @@ class BulkExportClient:
             if response.status_code == 404:
                 log.info("Export job %s was already gone (404)", display_url(status_url))
                 return True
-            diagnostics, _ = error_details(response.status_code, response.content)
+            diagnostics, _ = error_details(response.status_code, body_of(response))
             log.warning(
                 "DELETE %s answered HTTP %d: %s",
                 display_url(status_url),

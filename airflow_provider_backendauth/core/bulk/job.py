@@ -61,7 +61,6 @@ from airflow_provider_backendauth.core.bulk.state import (
     utc_now,
 )
 from airflow_provider_backendauth.core.errors import BulkExportError
-from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
 from airflow_provider_backendauth.core.redact import get_logger, short_error
 from airflow_provider_backendauth.core.storage.atomic import atomic_writer
 from airflow_provider_backendauth.core.storage.leftovers import remove_partials
@@ -69,7 +68,7 @@ from airflow_provider_backendauth.core.storage.paths import StoragePath, as_path
 from airflow_provider_backendauth.core.urls import display_url, origin_of
 
 if TYPE_CHECKING:
-    from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+    pass
 
 log = get_logger(__name__)
 
@@ -578,17 +577,3 @@ class BulkExportJob:
             self.store.update_job(self.key, record, state=CANCELLED)
         except Exception:
             log.warning("Could not record the cancelled export in %s", self.store, exc_info=True)
-
-
-def bulk_http_for(
-    auth_client: BackendAuthClient, *, timeout: float | None = None
-) -> AuthorizedSessions:
-    """``AuthorizedSessions`` for a ``BackendAuthClient``: its token cache, its allowed
-    origins (the base URL's and the connection's ``allowed_hosts``) and its TLS settings."""
-    return AuthorizedSessions(
-        auth_client.new_plain_session,
-        auth_client.lazy_tokens(),
-        auth_client.allowed_origins,
-        timeout=timeout or auth_client.settings.timeout,
-        dpop=auth_client.dpop,
-    )

@@ -7,6 +7,7 @@ from typing import Any
 import requests
 
 from airflow_provider_backendauth.core.errors import ApiError, FhirError
+from airflow_provider_backendauth.core.http.bodies import error_body_of, parse_json
 from airflow_provider_backendauth.core.redact import redact
 
 
@@ -31,13 +32,14 @@ def check_response(response: requests.Response, what: str | None = None) -> requ
     when the server answered with an OperationOutcome, ``ApiError`` otherwise."""
     if response.ok:
         return response
+    raw = error_body_of(response)
     try:
-        body = response.json()
-    except ValueError:
+        body = parse_json(raw)
+    except (ValueError, UnicodeDecodeError):
         body = None
     diagnostics, transient = operation_outcome_text(body)
     if diagnostics is None:
-        text = " ".join(response.text.split())[:300]
+        text = " ".join(raw.decode(response.encoding or "utf-8", "replace").split())[:300]
         diagnostics = redact(text) if text else None
     request = response.request
     target = what or f"{request.method} {response.url}"

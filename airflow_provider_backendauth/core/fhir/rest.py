@@ -20,7 +20,12 @@ import requests
 
 from airflow_provider_backendauth.core.errors import ApiError
 from airflow_provider_backendauth.core.fhir.outcome import check_response
-from airflow_provider_backendauth.core.http.bodies import DEFAULT_MAX_RESPONSE_BYTES, read_answer
+from airflow_provider_backendauth.core.http.bodies import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    body_of,
+    json_of,
+    read_answer,
+)
 from airflow_provider_backendauth.core.http.deadline import Deadline, total_seconds
 from airflow_provider_backendauth.core.redact import get_logger, short_error
 from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
@@ -229,14 +234,13 @@ class RestClient:
             )
         status = response.status_code
         if status in RETRYABLE_STATUS and (call.safe or status in _NOT_PROCESSED_STATUS):
-            response.content  # noqa: B018 - read the body so the connection can be reused
             raise TransientResponseError(response, f"HTTP {status}")
         if not call.parse_json or not response.ok:
             return None, response
         try:
             if call.loads is not None:
-                return call.loads(response.content), response
-            return response.json(), response
+                return call.loads(body_of(response)), response
+            return json_of(response), response
         except ValueError:
             raise TransientResponseError(response, "a body that is not valid JSON") from None
 

@@ -217,6 +217,48 @@ class BoundedDecoder:
             self.full = True
 
 
+def body_of(response: requests.Response) -> bytes:
+    """The body the transport read for ``response`` (within its cap). Modules outside
+    ``core/http/`` take a body through here, never from the response itself, so no body is
+    read without a cap (``tests/architecture`` checks it).
+
+    Raises:
+        RuntimeError: the body was streamed and not read by the transport (a bug).
+    """
+    if not getattr(response, "_content_consumed", False) and response.raw is not None:
+        raise RuntimeError(
+            "the answer's body was not read by the transport: read it with read_body/"
+            "read_answer (a cap) before using it"
+        )
+    return response.content
+
+
+def error_body_of(response: requests.Response) -> bytes:
+    """An error answer's body for quoting: the one the transport read, or (a streamed
+    answer) its first ``MAX_ERROR_BODY_BYTES``, read now."""
+    if not getattr(response, "_content_consumed", False) and response.raw is not None:
+        read_body(
+            response,
+            max_bytes=MAX_ERROR_BODY_BYTES,
+            deadline=None,
+            what="The error answer",
+            setting=FIXED_LIMIT,
+            truncate=True,
+        )
+    return body_of(response)
+
+
+def text_of(response: requests.Response) -> str:
+    """``body_of`` as text (the answer's charset, else UTF-8; undecodable bytes replaced)."""
+    body = body_of(response)
+    return body.decode(response.encoding or "utf-8", "replace")
+
+
+def json_of(response: requests.Response) -> Any:
+    """``body_of`` parsed as JSON (``parse_json``: deep nesting is a clear ``ValueError``)."""
+    return parse_json(body_of(response))
+
+
 def parse_json(body: bytes | str) -> Any:
     """``json.loads``, with a document nested too deeply for the parser (Python's recurses per
     level) refused with a clear ``ValueError`` instead of a ``RecursionError`` that breaks

@@ -75,10 +75,11 @@ class BackendAuth(AuthBase):
             replayable=replayable,
             has_body=body is not None and body not in (b"", ""),
         )
+        original = request.copy()  # every hop is built from it, by the policy's rules
         step = drive_tokens(flow, None, self.policy.tokens)
         assert step is not None  # a flow always starts with a Send
         _apply(request, step)
-        setattr(request, _FLOW_MARK, flow)
+        setattr(request, _FLOW_MARK, (flow, original))
         request.register_hook("response", self._on_response)
         return request
 
@@ -87,10 +88,11 @@ class BackendAuth(AuthBase):
             request = response.request
             # Hops that requests itself makes (copies of our request) carry this hook but not
             # our flow: leave them alone (they never carry the token: see below).
-            flow = getattr(request, _FLOW_MARK, None)
-            if flow is None:
+            mark = getattr(request, _FLOW_MARK, None)
+            if mark is None:
                 return response
             setattr(request, _FLOW_MARK, None)
+            flow, original = mark
             answer = answer_of(response.status_code, response.headers)
             try:
                 step = drive_tokens(flow, answer, self.policy.tokens)
@@ -104,13 +106,13 @@ class BackendAuth(AuthBase):
                     request.headers.pop("Authorization", None)
                     request.headers.pop("DPoP", None)
                 return response
-            following = request.copy()
+            following = original.copy()
             following.prepare_url(step.url, None)
             following.method = step.method
             if step.drop_body:
                 following.body = None
             _apply(following, step)
-            setattr(following, _FLOW_MARK, flow)
+            setattr(following, _FLOW_MARK, (flow, original))
             response.close()  # never read a body we are about to discard (it may be huge)
             new_response: requests.Response = response.connection.send(following, **kwargs)
             new_response.history = [*response.history, response]

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from airflow_provider_backendauth.core.bulk.client import BulkExportClient
-from airflow_provider_backendauth.core.bulk.job import bulk_http_for
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.poller import JITTER
 from airflow_provider_backendauth.core.bulk.protocol import Failed
@@ -24,7 +23,7 @@ ALL_TYPES = {"Patient", "Observation", "Condition", "Encounter"}
 
 def client(bulk_env: BulkEnv, **options: Any) -> BulkExportClient:
     return BulkExportClient(
-        bulk_http_for(bulk_env.auth_client()),
+        bulk_env.auth_client().authorized_sessions(),
         bulk_env.sb.fhir_base,
         poll_settings=fast_poll(**options),
     )
@@ -380,7 +379,7 @@ def test_kickoff_429_asking_beyond_the_budget_fails_at_once(bulk_env: BulkEnv) -
     bulk_env.sb.faults.add("/fhir/$export", status=429, retry_after=3600, times=None)
     now = [0.0]
     c = BulkExportClient(
-        bulk_http_for(bulk_env.auth_client()),
+        bulk_env.auth_client().authorized_sessions(),
         bulk_env.sb.fhir_base,
         poll_settings=fast_poll(kickoff_busy_budget=300),
         clock=lambda: now[0],
