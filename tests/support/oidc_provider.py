@@ -4,7 +4,8 @@
 Why: the sandbox shares the project's reading of the specifications; a certified server
 written by someone else checks the client against another one (private_key_jwt only,
 client_credentials, single-use assertion ``jti``, bounded assertion lifetime, DPoP with
-``use_dpop_nonce``, resource-bound JWT access tokens).
+``use_dpop_nonce``, resource-bound JWT access tokens), and a resource endpoint
+(``GET /fhir/...``) verifies DPoP-bound requests with jose, oidc-provider's JOSE library.
 
 Installed on first use into the project-local ``.cache/oidc-provider`` (``npm install`` of a
 pinned version; CI reaches the npm registry), or ahead of time with

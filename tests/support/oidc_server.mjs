@@ -11,12 +11,15 @@
 // - access tokens: JWTs (ES256) for one resource (the FHIR base), so a test can read what the
 //   server bound the token to (cnf.jkt) after checking the signature against /jwks.
 //
+// GET /fhir/... is a resource endpoint that accepts DPoP-bound tokens only, verified by jose.
+//
 // Configuration comes as JSON in the environment variable OIDC_TEST_CONFIG. The server binds
 // port 0 and prints one line `listening <issuer>` once it accepts connections; every token
 // request outcome is one JSON line `event {...}` on stdout (the reason the server keeps out of
 // its answer included), so a test can say why the server refused.
 import { createServer } from 'node:http';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 
 // The package is installed outside this folder (.cache/oidc-provider): its entry point comes
@@ -24,6 +27,8 @@ import { pathToFileURL } from 'node:url';
 const { default: Provider, errors } = await import(
   pathToFileURL(process.env.OIDC_PROVIDER_ENTRY).href
 );
+// jose (panva's JOSE library, oidc-provider's own dependency) verifies resource requests.
+const jose = createRequire(process.env.OIDC_PROVIDER_ENTRY)('jose');
 
 const config = JSON.parse(process.env.OIDC_TEST_CONFIG || '{}');
 const ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512'];
@@ -123,8 +128,62 @@ server.listen(0, '127.0.0.1', () => {
       ...assertionClaims(ctx),
     });
   });
-  server.on('request', provider.callback());
+  const handler = provider.callback();
+  const resource = resourceServer(issuer, jose.createLocalJWKSet({ keys: [publicJwk(jwk)] }));
+  server.on('request', (req, res) => (req.url.startsWith('/fhir/') ? resource(req, res) : handler(req, res)));
   process.stdout.write(`listening ${issuer}\n`);
 });
+
+function publicJwk({ d, ...rest }) {
+  return rest;
+}
+
+// A FHIR-like resource endpoint (GET /fhir/...) that accepts only DPoP-bound access tokens
+// (RFC 9449 section 7): the token's signature and audience, then the proof: its signature by
+// its embedded key, typ, htm, htu (no query), iat within 60 s, single-use jti, ath = hash of
+// the token, and the key's thumbprint = the token's cnf.jkt. Outcomes are `event` lines.
+function resourceServer(issuer, serverKeys) {
+  const seen = new Set();
+  return async (req, res) => {
+    const fail = (code, why, clientId = null) => {
+      emit('resource_refused', { client_id: clientId, why });
+      res.writeHead(401, { 'WWW-Authenticate': `DPoP error="${code}"`, 'Content-Type': 'application/json' });
+      res.end(JSON.stringify({ error: code, error_description: why }));
+    };
+    const [scheme, token] = (req.headers.authorization ?? '').split(' ');
+    if (scheme !== 'DPoP' || !token) return fail('invalid_token', `scheme ${scheme} is not DPoP`);
+    let access;
+    try {
+      ({ payload: access } = await jose.jwtVerify(token, serverKeys, { issuer, audience: config.resource }));
+    } catch (err) {
+      return fail('invalid_token', `access token: ${err.message}`);
+    }
+    const clientId = access.client_id;
+    try {
+      const { payload, protectedHeader } = await jose.jwtVerify(req.headers.dpop ?? '', jose.EmbeddedJWK, {
+        typ: 'dpop+jwt',
+        maxTokenAge: '60s',
+        clockTolerance: 5,
+      });
+      const target = `${issuer}${req.url.split('?')[0]}`;
+      const ath = createHash('sha256').update(token).digest('base64url');
+      const jkt = await jose.calculateJwkThumbprint(protectedHeader.jwk);
+      const wrong = [
+        payload.htm !== req.method && `htm ${payload.htm}`,
+        payload.htu !== target && `htu ${payload.htu}`,
+        payload.ath !== ath && 'ath',
+        jkt !== access.cnf?.jkt && 'jkt',
+        (typeof payload.jti !== 'string' || seen.has(payload.jti)) && 'jti reused',
+      ].filter(Boolean);
+      if (wrong.length) return fail('invalid_dpop_proof', `proof: ${wrong.join(', ')}`, clientId);
+      seen.add(payload.jti);
+      emit('resource', { client_id: clientId, jti: payload.jti, htu: payload.htu });
+      res.writeHead(200, { 'Content-Type': 'application/fhir+json' });
+      res.end(JSON.stringify({ resourceType: 'Bundle', type: 'searchset', total: 0 }));
+    } catch (err) {
+      return fail('invalid_dpop_proof', `proof: ${err.message}`, clientId);
+    }
+  };
+}
 
 process.on('SIGTERM', () => server.close(() => process.exit(0)));

@@ -21,6 +21,7 @@ from typing import Any
 
 import jwt
 import pytest
+import requests
 from jwcrypto import jwk
 
 from airflow_provider_backendauth.cli.main import main
@@ -54,11 +55,11 @@ def server() -> Iterator[OidcServer]:
 
 
 def connect(
-    server: OidcServer, client_id: str, private_key: str, **extra: Any
+    server: OidcServer, client_id: str, private_key: str, host: str = FHIR_RESOURCE, **extra: Any
 ) -> BackendAuthClient:
     """A connection as a user would configure it for this server (custom profile)."""
     settings = ClientSettings.from_connection_fields(
-        host=FHIR_RESOURCE,
+        host=host,
         login=client_id,
         password=private_key,
         extra={
@@ -346,3 +347,29 @@ def test_use_dpop_nonce_is_answered_once_with_the_servers_nonce_and_a_fresh_asse
     client.tokens.invalidate()
     bound_token(server, client)
     assert server.events(client_id, 3)[2]["kind"] == "token"
+
+
+def test_resource_requests_carry_a_fresh_proof_for_the_bound_token(server):
+    # The server's resource endpoint verifies with jose (panva's JOSE library): the token's
+    # signature and audience, the proof's signature, typ, htm, htu without the query, iat,
+    # single-use jti, ath and the key thumbprint against cnf.jkt.
+    key = generate_client_key("RSA")
+    client_id = server.register(key.public_jwks, scope=SCOPE, dpop=True, require_dpop_nonce=True)
+    client = connect(server, client_id, key.private_pem, host=f"{server.issuer}/fhir", dpop="on")
+    session = client.new_session()
+    for _ in range(3):
+        answer = session.get(f"{server.issuer}/fhir/Patient", params={"_count": 3}, timeout=30)
+        assert answer.status_code == 200, answer.text
+    events = server.events(client_id, 5)  # nonce challenge, token, three resource requests
+    assert [e["kind"] for e in events] == ["refused", "token", "resource", "resource", "resource"]
+    proofs = events[2:]
+    assert {e["htu"] for e in proofs} == {f"{server.issuer}/fhir/Patient"}
+    assert len({e["jti"] for e in proofs}) == 3
+    # The verifier is not a formality: the last proof sent again is refused.
+    replayed = requests.get(
+        f"{server.issuer}/fhir/Patient",
+        headers={k: answer.request.headers[k] for k in ("Authorization", "DPoP")},
+        timeout=30,
+    )
+    assert replayed.status_code == 401
+    assert replayed.json()["error_description"] == "proof: jti reused"
