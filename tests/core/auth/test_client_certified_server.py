@@ -235,7 +235,7 @@ def test_a_wrong_key_is_explained_as_such(server, same_kid, reason):
     assert event["detail"] == reason
 
 
-def test_a_short_lived_token_is_renewed_before_it_expires(server):
+def test_a_short_lived_token_is_renewed_once_a_quarter_of_its_life_is_left(server):
     key = generate_client_key("EC-P384")
     client_id = server.register(key.public_jwks, scope=SCOPE, token_ttl=2)
     client = connect(server, client_id, key.private_pem)
