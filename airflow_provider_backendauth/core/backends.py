@@ -1,6 +1,6 @@
 """Choosing among interchangeable implementations: the fastest one installed, or the one an
 environment variable names (to rule a binding out, or to compare them). Used for the gzip
-inflaters (``core/bulk/decode.py``) and the byte counters (``core/counting.py``).
+inflaters (``core/bulk/inflaters.py``) and the byte counters (``core/counting.py``).
 
 This module imports no Airflow.
 """

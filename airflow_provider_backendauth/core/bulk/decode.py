@@ -1,4 +1,4 @@
-"""Bounded decoding of bulk file bodies: gzip/deflate, line counting, completeness checks.
+"""Bounded decoding of bulk file bodies: the gzip/deflate layers and the size limits.
 
 A bulk file server is not trusted: a 1 MB gzip body may expand to a terabyte. Everything here
 works on pieces of bounded size, so memory stays about one input chunk plus one output piece
@@ -8,34 +8,29 @@ per download whatever the server sends:
   ``out_size`` output bytes per call (the ``max_length`` loop), never for "everything";
 * the decoded size of a file is capped (``max_file_bytes``) and so is its expansion ratio
   (``max_compression_ratio``, the signature of a decompression bomb);
-* a gzip stream must reach its end-of-stream marker, and the final line of an NDJSON file
-  must be JSON, so a body cut short is not taken for a complete file.
+* a gzip or deflate stream must reach its end-of-stream marker, so a body cut short is not
+  taken for a complete file (the final line's check is ``line_tally.py``'s).
 
-The inflater is the fastest one installed: ``isal`` (python-isal), then ``zlib-ng``, then the
-standard library's ``zlib`` (``pip install airflow-provider-backendauth[fast]`` brings the
-faster two). Measured per decoded MB of FHIR-like NDJSON, one thread: isal 0.43 ms, zlib-ng
-0.47 ms, zlib 1.11 ms. All three release the GIL while inflating, so downloads in threads
-decode in parallel.
-
-What holds the GIL is the line count. ``bytes.count`` scans a byte at a time (0.4-0.6 ms per
-MB): on plain NDJSON that alone held four download threads at 0.66x of what they reached
-without it (858 against 1,152 MB/s; 4 curl processes: 983). StringZilla's SIMD count (also in
-the ``[fast]`` extra) takes 0.03 ms/MB, so the count stops mattering; ``bytes.count`` stays
-the fallback (``core/counting.py`` chooses).
+Which inflater library runs is chosen in ``inflaters.py``; the decoded bytes are counted and
+their final line judged by ``line_tally.py``. This module owns the bounded decoding itself:
+the ``max_length`` loop, gzip members and padding, deflate's two framings, a gzip file served
+as is, and the size and ratio limits, so every limit is enforced in one place.
 
 This module imports no Airflow.
 """
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from airflow_provider_backendauth.core.backends import FastestInstalled
-from airflow_provider_backendauth.core.counting import ByteCounter, byte_counter
+from airflow_provider_backendauth.core.bulk.inflaters import (
+    Inflater,
+    StdlibInflater,
+    gzip_inflater_factory,
+)
 from airflow_provider_backendauth.core.errors import (
     BulkExportError,
     CorruptBodyError,
@@ -52,8 +47,6 @@ DEFAULT_MAX_COMPRESSION_RATIO = 200.0
 # Below this many decoded bytes the ratio is not judged: tiny, very regular files (a few
 # identical lines) compress far better than real data and are harmless anyway.
 RATIO_FLOOR_BYTES = 16 * 1024 * 1024
-# The final line is parsed as JSON up to this size; a longer one is checked for its braces.
-LAST_LINE_PARSE_LIMIT = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -76,92 +69,6 @@ class DecodeLimits:
             raise ValueError("max_file_bytes must be >= 0")
         if not self.max_compression_ratio >= 1:  # also refuses NaN
             raise ValueError("max_compression_ratio must be >= 1")
-
-
-# --- inflaters ------------------------------------------------------------------------------
-
-
-class Inflater(Protocol):
-    """The ``bz2``-style decompressor interface (``zlib._ZlibDecompressor`` of Python 3.12)."""
-
-    @property
-    def eof(self) -> bool: ...
-
-    @property
-    def needs_input(self) -> bool: ...
-
-    @property
-    def unused_data(self) -> bytes: ...
-
-    def decompress(self, data: Any, max_length: int = -1) -> bytes: ...
-
-
-class _StdlibInflater:
-    """The standard library's ``zlib.decompressobj`` behind the ``needs_input`` interface."""
-
-    def __init__(self, wbits: int) -> None:
-        self._d = zlib.decompressobj(wbits)
-        self.needs_input = True
-
-    @property
-    def eof(self) -> bool:
-        return self._d.eof
-
-    @property
-    def unused_data(self) -> bytes:
-        return self._d.unused_data
-
-    def decompress(self, data: Any, max_length: int = -1) -> bytes:
-        tail = self._d.unconsumed_tail
-        if tail:
-            data = tail + bytes(data) if len(data) else tail
-        out = self._d.decompress(data, max_length if max_length > 0 else 0)
-        # Output that filled max_length may have more behind it even with no input left.
-        self.needs_input = not self._d.unconsumed_tail and (
-            max_length <= 0 or len(out) < max_length
-        )
-        return out
-
-
-def _stdlib_gzip() -> Inflater:
-    return _StdlibInflater(16 + zlib.MAX_WBITS)
-
-
-def _isal_gzip() -> Inflater:
-    from isal import igzip_lib
-
-    if not hasattr(igzip_lib, "IgzipDecompressor"):
-        raise ImportError("isal too old: no igzip_lib.IgzipDecompressor")
-    inflater: Inflater = igzip_lib.IgzipDecompressor(igzip_lib.DECOMP_GZIP)
-    return inflater
-
-
-def _zlib_ng_gzip() -> Inflater:
-    from zlib_ng import zlib_ng
-
-    if not hasattr(zlib_ng, "_ZlibDecompressor"):
-        raise ImportError("zlib-ng too old: no _ZlibDecompressor")
-    inflater: Inflater = zlib_ng._ZlibDecompressor(16 + zlib_ng.MAX_WBITS)
-    return inflater
-
-
-INFLATER_ENV = "BACKENDAUTH_BULK_INFLATER"
-INFLATERS: FastestInstalled[Inflater] = FastestInstalled(
-    "inflater",
-    INFLATER_ENV,
-    {"isal": _isal_gzip, "zlib-ng": _zlib_ng_gzip, "zlib": _stdlib_gzip},
-)
-
-
-def inflater_names() -> list[str]:
-    """The gzip inflaters that can be used here, fastest first."""
-    return INFLATERS.names()
-
-
-def gzip_inflater_factory(name: str = "auto") -> tuple[str, Callable[[], Inflater]]:
-    """The named gzip inflater and its actual name. ``auto`` is the fastest installed, or
-    the one named by the ``BACKENDAUTH_BULK_INFLATER`` environment variable."""
-    return INFLATERS.choose(name)
 
 
 # --- layers ---------------------------------------------------------------------------------
@@ -230,7 +137,7 @@ class _DeflateLayer:
     def __init__(self, out_size: int, what: str) -> None:
         self._out = out_size
         self._what = what
-        self._d: _StdlibInflater | None = None
+        self._d: StdlibInflater | None = None
         self._head = b""
 
     def feed(self, data: Any) -> Iterator[bytes]:
@@ -240,7 +147,7 @@ class _DeflateLayer:
                 return
             first, second = self._head[0], self._head[1]
             wrapped = first & 0x0F == 8 and (first << 8 | second) % 31 == 0
-            self._d = _StdlibInflater(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+            self._d = StdlibInflater(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
             data, self._head = self._head, b""
         view = memoryview(data)
         for start in range(0, len(view), _IN_SLICE):
@@ -427,100 +334,3 @@ class BodyDecoder:
                 f"({decoded} bytes from {self.raw_bytes} received): a decompression bomb? "
                 f"Raise max_compression_ratio if such a file is expected."
             )
-
-
-# --- lines ------------------------------------------------------------------------------------
-
-
-def _blank(data: bytes | bytearray) -> bool:
-    """Empty or ASCII whitespace only (what ``strip()`` removes), without a copy."""
-    return not data or data.isspace()
-
-
-class LineTally:
-    """Counts NDJSON lines across pieces (a last line without newline counts too), and keeps
-    just enough of the end of the file to judge its final line."""
-
-    def __init__(self, counter: ByteCounter | None = None) -> None:
-        self._count_byte = counter or byte_counter()[1]
-        self.lines = 0
-        self.bytes = 0
-        self._tail = bytearray()  # bytes after the last newline (the first LIMIT of them)
-        self._tail_size = 0
-        self._tail_end = b""  # the last bytes of the tail, for a tail too long to keep
-        self._last: bytes | bytearray = b""  # the last complete non-blank line (capped so)
-        self._last_size = 0
-        self._last_end = b""
-
-    def feed(self, data: bytes | bytearray, end: int | None = None) -> None:
-        """Count ``data[:end]`` (``end`` lets a reused buffer be counted without a copy)."""
-        end = len(data) if end is None else end
-        if not end:
-            return
-        newlines = self._count_byte(data, b"\n", end)
-        self.bytes += end
-        if not newlines:
-            self._extend_tail(data, 0, end)
-            return
-        self.lines += newlines
-        last_nl = data.rfind(b"\n", 0, end)
-        before = data.rfind(b"\n", 0, last_nl)
-        # Each byte is copied at most once more (into the tail) and nothing is scanned again:
-        # with resources of hundreds of KB per line, copying and stripping every line a few
-        # times halved the download speed.
-        if before >= 0:
-            line = data[before + 1 : min(last_nl, before + 1 + LAST_LINE_PARSE_LIMIT)]
-            if not _blank(line):
-                self._last, self._last_size, self._last_end = (
-                    line,
-                    last_nl - before - 1,
-                    bytes(data[max(before + 1, last_nl - 8) : last_nl]),
-                )
-        else:
-            self._extend_tail(data, 0, last_nl)
-            if self._tail_has_content():
-                # The tail is done with: hand it over instead of copying it.
-                self._last, self._last_size, self._last_end = (
-                    self._tail,
-                    self._tail_size,
-                    self._tail_end,
-                )
-        self._tail, self._tail_size, self._tail_end = bytearray(), 0, b""
-        self._extend_tail(data, last_nl + 1, end)
-
-    def _tail_has_content(self) -> bool:
-        """Whether the bytes after the last newline hold more than whitespace."""
-        return bool(self._tail_size) and not (_blank(self._tail) and _blank(self._tail_end))
-
-    def _extend_tail(self, data: bytes | bytearray, start: int, end: int) -> None:
-        if end <= start:
-            return
-        room = LAST_LINE_PARSE_LIMIT - len(self._tail)
-        if room > 0:
-            self._tail += memoryview(data)[start : min(end, start + room)]  # one copy
-        self._tail_size += end - start
-        self._tail_end = (self._tail_end + bytes(data[max(start, end - 8) : end]))[-8:]
-
-    @property
-    def total(self) -> int:
-        return self.lines + (1 if self._tail_size else 0)
-
-    def final_line_problem(self) -> str | None:
-        """Why the final non-blank line is not a JSON object, or None if it is (or there
-        is none)."""
-        line: bytes | bytearray
-        if self._tail_has_content():
-            line, size, end = self._tail, self._tail_size, self._tail_end
-        elif self._last_size:
-            line, size, end = self._last, self._last_size, self._last_end
-        else:
-            return None
-        if size <= LAST_LINE_PARSE_LIMIT:
-            try:
-                value = json.loads(line)
-            except ValueError:
-                return f"its last line is not JSON (ends with {bytes(line[-40:])!r})"
-            return None if isinstance(value, dict) else "its last line is not a JSON object"
-        if line.lstrip()[:1] != b"{" or end.rstrip()[-1:] != b"}":
-            return f"its last line ({size} bytes) is not a JSON object (ends with {end!r})"
-        return None

@@ -33,10 +33,10 @@ from airflow_provider_backendauth.core.bulk.decode import (
     DEFAULT_OUT_SIZE,
     BodyDecoder,
     DecodeLimits,
-    LineTally,
-    gzip_inflater_factory,
 )
 from airflow_provider_backendauth.core.bulk.files import ExportFile, FileResult
+from airflow_provider_backendauth.core.bulk.inflaters import gzip_inflater_factory
+from airflow_provider_backendauth.core.bulk.line_tally import LineTally
 from airflow_provider_backendauth.core.bulk.protocol import error_details
 from airflow_provider_backendauth.core.errors import BulkExportError, CorruptBodyError
 from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions

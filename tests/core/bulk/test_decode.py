@@ -13,12 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_backendauth.core.bulk.decode import (
-    BodyDecoder,
-    DecodeLimits,
-    LineTally,
-    inflater_names,
-)
+from airflow_provider_backendauth.core.bulk.decode import BodyDecoder, DecodeLimits
+from airflow_provider_backendauth.core.bulk.inflaters import inflater_names
+from airflow_provider_backendauth.core.bulk.line_tally import LineTally
 from airflow_provider_backendauth.core.counting import byte_counter, counter_names
 from airflow_provider_backendauth.core.errors import CorruptBodyError, DecodeLimitError
 
@@ -201,7 +198,7 @@ def test_line_tally_of_a_reused_buffer() -> None:
 
 
 def test_a_long_last_line_is_judged_by_its_braces(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_provider_backendauth.core.bulk import decode as module
+    from airflow_provider_backendauth.core.bulk import line_tally as module
 
     monkeypatch.setattr(module, "LAST_LINE_PARSE_LIMIT", 16)
     line = b'{"data":"' + b"x" * 100 + b'"}'
@@ -211,7 +208,7 @@ def test_a_long_last_line_is_judged_by_its_braces(monkeypatch: pytest.MonkeyPatc
 
 
 def test_the_environment_may_name_the_inflater(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_provider_backendauth.core.bulk import decode as module
+    from airflow_provider_backendauth.core.bulk import inflaters as module
 
     monkeypatch.setattr(module.INFLATERS, "_auto", None)
     monkeypatch.setenv(module.INFLATER_ENV, "zlib")
