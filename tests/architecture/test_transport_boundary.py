@@ -8,8 +8,8 @@ the transport within a cap per purpose and handed on with ``body_of``/``text_of`
 variable's name (``response``, ``resp``, ``reply``, ``answer``, with a prefix or a plural),
 the project's spelling everywhere.
 
-One exception, named here: ``core/bulk/download.py``, the bulk file transfer engine, streams
-the raw body of export files itself, under its own limits (``max_file_bytes``,
+One exception, named here: ``core/bulk/wire.py``, the bulk file transfer engine's reader,
+streams the raw body of export files itself, under the downloader's limits (``max_file_bytes``,
 ``max_compression_ratio``, the bounded inflaters of ``core/bulk/decode.py``; see
 ``docs/bulk-export.md``).
 """
@@ -26,7 +26,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "airflow_provider_backendauth"
 TRANSPORT = PACKAGE / "core" / "http"
-EXCEPTIONS = {PACKAGE / "core" / "bulk" / "download.py": {"raw"}}
+EXCEPTIONS = {PACKAGE / "core" / "bulk" / "wire.py": {"raw"}}
 
 BODY_ATTRIBUTES = frozenset(
     {

@@ -1,4 +1,4 @@
-"""Bulk Data file downloads: safe names, parallel streaming, per-file retries, verification.
+"""Bulk Data file downloads: the parallel scheduler, per-file retries, Range resume, verification.
 
 Each file is streamed in chunks to a temporary sibling name and renamed only when complete,
 so memory stays flat whatever the file size and the destination never holds a partial file
@@ -8,6 +8,13 @@ under a final name. Lines are counted on the fly and checked against the manifes
 Parallel downloads share an adaptive limit: a 429 halves the number of concurrent
 downloads, successes grow it back (AIMD), so a throttling server gets fewer connections.
 
+This module owns the decisions: which files to fetch, in how many threads, when an attempt
+is retried, resumed with ``Range``, restarted or committed, and whether a finished file is
+complete. The pieces it drives live apart, one concept each: the limit
+(``adaptive_limit.py``), one file's uncommitted output and counts (``partial_file.py``), the
+raw-body reads (``wire.py``, the one module outside ``core/http/`` that reads a body) and the
+bounded decoding (``decode.py``).
+
 This module imports no Airflow.
 """
 
@@ -15,10 +22,9 @@ from __future__ import annotations
 
 import errno
 import http.client
-import re
 import ssl
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import NoReturn
 
@@ -26,7 +32,7 @@ import requests
 import tenacity
 import urllib3
 
-from airflow_provider_backendauth.core.bulk.compress import is_gzip_name, new_deflater
+from airflow_provider_backendauth.core.bulk.adaptive_limit import AdaptiveLimit
 from airflow_provider_backendauth.core.bulk.decode import (
     DEFAULT_MAX_COMPRESSION_RATIO,
     DEFAULT_MAX_FILE_BYTES,
@@ -36,13 +42,13 @@ from airflow_provider_backendauth.core.bulk.decode import (
 )
 from airflow_provider_backendauth.core.bulk.files import ExportFile, FileResult
 from airflow_provider_backendauth.core.bulk.inflaters import gzip_inflater_factory
-from airflow_provider_backendauth.core.bulk.line_tally import LineTally
+from airflow_provider_backendauth.core.bulk.partial_file import PartialFile
 from airflow_provider_backendauth.core.bulk.protocol import error_details
+from airflow_provider_backendauth.core.bulk.wire import Retryable, Wire, error_body, range_start
 from airflow_provider_backendauth.core.errors import BulkExportError, CorruptBodyError
 from airflow_provider_backendauth.core.http.authorized import AuthorizedSessions
 from airflow_provider_backendauth.core.redact import get_logger, redact, short_error
 from airflow_provider_backendauth.core.retry import RetryPolicy, parse_retry_after
-from airflow_provider_backendauth.core.storage.atomic import AtomicFile
 from airflow_provider_backendauth.core.storage.leftovers import Leftovers
 from airflow_provider_backendauth.core.storage.paths import StoragePath
 from airflow_provider_backendauth.core.urls import display_url
@@ -59,228 +65,9 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 # stays in a core's L2 cache while it is received, counted and written measured 1.2-1.6x
 # the throughput of a 1 MiB one on plain NDJSON (4 downloads on 2 cores, nginx, loopback).
 READ_SIZE = 256 * 1024
-ERROR_BODY_LIMIT = 64 * 1024
-
-
-# --- adaptive concurrency -----------------------------------------------------------------
-
-
-class AdaptiveLimit:
-    """A concurrency limit that halves on throttling and grows back by one after a run of
-    successes (additive increase, multiplicative decrease)."""
-
-    def __init__(self, maximum: int) -> None:
-        self.maximum = max(1, maximum)
-        self.limit = self.maximum
-        self.active = 0
-        self.lowest = self.maximum
-        self._successes = 0
-        self._cond = threading.Condition()
-
-    def acquire(self, stop: threading.Event | None = None) -> None:
-        with self._cond:
-            while self.active >= self.limit:
-                if stop is not None and stop.is_set():
-                    raise BulkExportError("Downloads were stopped.")
-                self._cond.wait(0.5)
-            self.active += 1
-
-    def release(self) -> None:
-        with self._cond:
-            self.active -= 1
-            self._cond.notify_all()
-
-    def throttled(self) -> None:
-        with self._cond:
-            before = self.limit
-            self.limit = max(1, self.limit // 2)
-            self.lowest = min(self.lowest, self.limit)
-            self._successes = 0
-            if self.limit != before:
-                log.warning(
-                    "The file server is throttling (429): %d parallel downloads instead of %d",
-                    self.limit,
-                    before,
-                )
-
-    def succeeded(self) -> None:
-        with self._cond:
-            self._successes += 1
-            if self.limit < self.maximum and self._successes >= self.limit:
-                self.limit += 1
-                self._successes = 0
-                self._cond.notify_all()
 
 
 # --- downloading --------------------------------------------------------------------------
-
-
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False):
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.throttled = throttled
-
-
-def _range_start(content_range: str | None) -> int | None:
-    """The first byte of ``Content-Range: bytes START-END/TOTAL``."""
-    match = re.match(r"\s*bytes\s+(\d+)-", content_range or "")
-    return int(match.group(1)) if match else None
-
-
-class _HeaderLines:
-    """Counts the header lines of an ``organizeOutputBy`` file: lines that start with a
-    ``Parameters`` resource (the only lines that do: a header leads each block). Only the
-    first bytes of each line are kept, so memory stays flat."""
-
-    PROBE = 64
-    LINE = re.compile(rb'\s*\{\s*"resourceType"\s*:\s*"Parameters"')
-
-    def __init__(self) -> None:
-        self.headers = 0
-        self._start = bytearray()
-
-    def feed(self, data: bytes | bytearray, end: int | None = None) -> None:
-        end = len(data) if end is None else end
-        position = 0
-        while position < end:
-            newline = data.find(b"\n", position, end)
-            stop = end if newline < 0 else newline
-            room = self.PROBE - len(self._start)
-            if room > 0:
-                self._start += data[position : min(stop, position + room)]
-            if newline < 0:
-                return
-            if self.LINE.match(self._start):
-                self.headers += 1
-            self._start = bytearray()
-            position = newline + 1
-
-    @property
-    def total(self) -> int:
-        """Header lines, the last one counted even without a final newline."""
-        return self.headers + (1 if self.LINE.match(self._start) else 0)
-
-
-class _PartialFile:
-    """A file being downloaded. Its uncommitted output (a local temporary file, or an
-    object-store upload whose parts are already stored) outlives a failed attempt, so that
-    the next attempt can ask for the rest only (``Range``) when the server supports it."""
-
-    def __init__(self, target: StoragePath, skip_headers: bool = False) -> None:
-        self.target = target
-        self._atomic: AtomicFile | None = None
-        # A planned name ending in .gz is stored gzipped (compress.py). The deflater lives
-        # as long as the uncommitted output, so a Range resume continues the same stream.
-        self._gzip = is_gzip_name(target.name)
-        self._deflater = new_deflater() if self._gzip else None
-        self.tally = LineTally()
-        self._skip_headers = skip_headers
-        self.headers = _HeaderLines() if skip_headers else None
-        self.resumable = False
-
-    @property
-    def offset(self) -> int:
-        return self.tally.bytes
-
-    def write(self, data: bytes | bytearray, end: int | None = None) -> None:
-        """Append ``data[:end]``. A reused buffer is passed with ``end`` and written through
-        a view: file objects copy what they are given before ``write`` returns."""
-        if self._atomic is None:
-            self._atomic = AtomicFile(self.target, "wb")
-        if self._deflater is not None:
-            self._atomic.handle.write(
-                self._deflater.compress(data if end is None else memoryview(data)[:end])
-            )
-        elif end is None or end == len(data):
-            self._atomic.handle.write(data)
-        else:
-            self._atomic.handle.write(memoryview(data)[:end])
-        self.tally.feed(data, end)
-        if self.headers is not None:
-            self.headers.feed(data, end)
-
-    @property
-    def resources(self) -> int:
-        """Lines, less ``organizeOutputBy`` header lines."""
-        return self.tally.total - (self.headers.total if self.headers is not None else 0)
-
-    def restart(self, why: str = "") -> None:
-        if self.offset and why:
-            log.warning(
-                "Restarting %s from byte 0 (%s); the %d bytes written so far are dropped",
-                self.target.name,
-                why,
-                self.offset,
-            )
-        self.discard()
-        self._deflater = new_deflater() if self._gzip else None
-        self.tally = LineTally()
-        self.headers = _HeaderLines() if self._skip_headers else None
-        self.resumable = False
-
-    def commit(self) -> None:
-        atomic, self._atomic = self._atomic, None
-        atomic = atomic or AtomicFile(self.target, "wb")  # an empty file is a file too
-        if self._deflater is not None:
-            atomic.handle.write(self._deflater.flush())  # the gzip trailer
-        atomic.commit()
-
-    def discard(self) -> None:
-        if self._atomic is not None:
-            self._atomic.discard()
-            self._atomic = None
-
-
-class _Wire:
-    """The bytes received for one streamed response, as they came (no urllib3 decoding),
-    read into one reusable buffer; checks the body against ``Content-Length``."""
-
-    def __init__(self, response: requests.Response, size: int) -> None:
-        self.buffer = bytearray(size)
-        self.received = 0
-        self.complete = False
-        self._response = response
-        raw = response.raw
-        fp = getattr(raw, "_fp", None)
-        # Reading the standard library's response directly saves urllib3's copy per chunk;
-        # anything else (or a body urllib3 already started) goes through urllib3.
-        self._direct = isinstance(fp, http.client.HTTPResponse) and not getattr(
-            raw, "_fp_bytes_read", 0
-        )
-        self._fp = fp
-        headers = response.headers
-        length = headers.get("Content-Length")
-        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-        self.length = int(length) if length and length.strip().isdigit() and not chunked else None
-
-    def __iter__(self) -> Iterator[tuple[bytes | bytearray, int]]:
-        """``(data, n)``: ``data[:n]`` are the next bytes; ``data`` may be the shared buffer."""
-        if self._direct:
-            assert self._fp is not None
-            readinto = self._fp.readinto
-            buffer = self.buffer
-            while n := readinto(buffer):
-                self.received += n
-                yield buffer, n
-        else:
-            read = self._response.raw.read
-            while chunk := read(len(self.buffer), decode_content=False):
-                self.received += len(chunk)
-                yield chunk, len(chunk)
-        if self.length is not None and self.received < self.length:
-            raise _Retryable(
-                f"the body ended after {self.received} of the {self.length} bytes its "
-                "Content-Length announced"
-            )
-        self.complete = True
-
-    def release(self) -> None:
-        """Give the connection back to the pool (the body was read to its end)."""
-        if self.complete and self._direct:
-            release = getattr(self._response.raw, "release_conn", None)
-            if release is not None:
-                release()
 
 
 class BulkDownloader:
@@ -429,7 +216,7 @@ class BulkDownloader:
         abort: threading.Event,
         leftovers: Leftovers | None,
     ) -> FileResult:
-        partial = _PartialFile(destination / file.name, skip_headers=file.organized)
+        partial = PartialFile(destination / file.name, skip_headers=file.organized)
         # A whole run shares one listing per folder; a single file lists only its own.
         if leftovers is None:
             leftovers = Leftovers(only=partial.target.name)
@@ -450,7 +237,7 @@ class BulkDownloader:
     def _attempts(
         self,
         file: ExportFile,
-        partial: _PartialFile,
+        partial: PartialFile,
         requires_access_token: bool,
         abort: threading.Event,
     ) -> FileResult:
@@ -466,18 +253,18 @@ class BulkDownloader:
                 with self._counter_lock:
                     self.attempts_made += 1
                 result = self._fetch(file, partial, requires_access_token, abort)
-            except _Retryable as exc:
+            except Retryable as exc:
                 if exc.throttled:
                     self.limit.throttled()
                 raise
             except CorruptBodyError as exc:
-                raise _Retryable(str(exc)) from None
+                raise Retryable(str(exc)) from None
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-                raise _Retryable(f"{type(exc).__name__}: {short_error(exc)}") from None
+                raise Retryable(f"{type(exc).__name__}: {short_error(exc)}") from None
             except (OSError, http.client.HTTPException) as exc:
                 if isinstance(exc, OSError) and not _is_network_error(exc):
                     raise  # a local disk or storage problem: not the server's
-                raise _Retryable(f"{type(exc).__name__}: {short_error(exc)}") from None
+                raise Retryable(f"{type(exc).__name__}: {short_error(exc)}") from None
             finally:
                 self.limit.release()
             self.limit.succeeded()
@@ -501,14 +288,14 @@ class BulkDownloader:
         retrying = tenacity.Retrying(
             sleep=sleep,
             **self.retry.tenacity_kwargs(
-                lambda exc: isinstance(exc, _Retryable),
-                lambda exc: exc.retry_after if isinstance(exc, _Retryable) else None,
+                lambda exc: isinstance(exc, Retryable),
+                lambda exc: exc.retry_after if isinstance(exc, Retryable) else None,
                 before_sleep=before_sleep,
             ),
         )
         try:
             return retrying(attempt)
-        except _Retryable as problem:
+        except Retryable as problem:
             raise BulkExportError(
                 f"Downloading {file.name} from {_shown(file.url)} failed after "
                 f"{attempts} attempts; last error: {problem}",
@@ -518,7 +305,7 @@ class BulkDownloader:
     def _fetch(
         self,
         file: ExportFile,
-        partial: _PartialFile,
+        partial: PartialFile,
         requires_access_token: bool,
         abort: threading.Event,
     ) -> FileResult:
@@ -542,11 +329,11 @@ class BulkDownloader:
             status = response.status_code
             encoding = response.headers.get("Content-Encoding")
             if status == 206 and resuming:
-                if _range_start(response.headers.get("Content-Range")) != partial.offset or (
+                if range_start(response.headers.get("Content-Range")) != partial.offset or (
                     encoding or "identity"
                 ).strip().lower() not in ("identity", ""):
                     partial.restart("the server answered a different byte range")
-                    raise _Retryable("the server answered a different byte range")
+                    raise Retryable("the server answered a different byte range")
                 log.info("Resuming %s at byte %d", file.name, partial.offset)
             elif status == 200:
                 # a whole body (even if we asked for the rest)
@@ -587,7 +374,7 @@ class BulkDownloader:
             problem = f"{file.name} looks cut short: {reason}"
         if problem:
             partial.restart()
-            raise _Retryable(problem)
+            raise Retryable(problem)
         partial.commit()
         return FileResult(file.name, file.kind, file.type, resources, tally.bytes)
 
@@ -596,11 +383,11 @@ class BulkDownloader:
         file: ExportFile,
         response: requests.Response,
         decoder: BodyDecoder,
-        partial: _PartialFile,
+        partial: PartialFile,
         abort: threading.Event,
     ) -> None:
         """Stream the body into ``partial``, decoding it within the limits."""
-        wire = _Wire(response, min(self.chunk_size, READ_SIZE))
+        wire = Wire(response, min(self.chunk_size, READ_SIZE))
         write = partial.write
         for data, size in wire:
             if self._stopped(abort):
@@ -623,12 +410,12 @@ class BulkDownloader:
     ) -> NoReturn:
         status = response.status_code
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        diagnostics, transient = error_details(status, _error_body(response))
+        diagnostics, transient = error_details(status, error_body(response))
         message = f"HTTP {status}: {diagnostics}"
         if status == 429:
-            raise _Retryable(message, retry_after, throttled=True)
+            raise Retryable(message, retry_after, throttled=True)
         if status in (408, 416, 425) or status >= 500 or transient:
-            raise _Retryable(message, retry_after)
+            raise Retryable(message, retry_after)
         if status == 401 and not requires_access_token:
             message += " (the manifest said requiresAccessToken=false, so no token was sent)"
         raise BulkExportError(
@@ -636,28 +423,6 @@ class BulkDownloader:
             status_code=status,
             diagnostics=diagnostics,
         )
-
-
-def _error_body(response: requests.Response, limit: int = ERROR_BODY_LIMIT) -> bytes:
-    """At most ``limit`` bytes of an error answer, decoded within bounds: enough for an
-    OperationOutcome, never a hostile server's gigabyte."""
-    decoder = BodyDecoder(
-        response.headers.get("Content-Encoding"),
-        sniff_gzip=False,
-        limits=DecodeLimits(max_file_bytes=limit, ratio_floor=limit),
-        what="the error answer",
-        out_size=limit,
-    )
-    out = bytearray()
-    try:
-        raw = response.raw.read(limit, decode_content=False) or b""
-        for piece in decoder.feed(raw):
-            out += piece
-    except (BulkExportError, OSError, http.client.HTTPException):  # CorruptBodyError too
-        pass  # a broken error answer: what arrived is still worth quoting
-    except (requests.RequestException, urllib3.exceptions.HTTPError):
-        pass
-    return bytes(out[:limit])
 
 
 def _is_network_error(exc: OSError) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_backendauth.core.bulk.download import AdaptiveLimit
+from airflow_provider_backendauth.core.bulk.adaptive_limit import AdaptiveLimit
 from airflow_provider_backendauth.core.bulk.files import (
     ErrorReport,
     FileResult,
@@ -497,20 +497,20 @@ def test_format_instant_naive_is_utc() -> None:
     assert format_instant("  ") is None
 
 
-def test_range_start() -> None:
-    from airflow_provider_backendauth.core.bulk.download import _range_start
+def testrange_start() -> None:
+    from airflow_provider_backendauth.core.bulk.wire import range_start
 
-    assert _range_start("bytes 100-199/200") == 100
-    assert _range_start(" bytes 0-9/*") == 0
-    assert _range_start("bytes */200") is None
-    assert _range_start(None) is None
+    assert range_start("bytes 100-199/200") == 100
+    assert range_start(" bytes 0-9/*") == 0
+    assert range_start("bytes */200") is None
+    assert range_start(None) is None
 
 
 def test_partial_file_commits_atomically_and_restarts(tmp_path: Path) -> None:
-    from airflow_provider_backendauth.core.bulk.download import _PartialFile
+    from airflow_provider_backendauth.core.bulk.partial_file import PartialFile
 
     target = tmp_path / "x" / "Patient.000.ndjson"
-    partial = _PartialFile(target)
+    partial = PartialFile(target)
     partial.write(b'{"a":1}\n{"b"')
     assert partial.offset == 12
     assert not target.exists()
@@ -520,6 +520,6 @@ def test_partial_file_commits_atomically_and_restarts(tmp_path: Path) -> None:
     partial.write(b'{"a":1}\n')
     partial.commit()
     assert target.read_bytes() == b'{"a":1}\n'
-    empty = _PartialFile(tmp_path / "Empty.000.ndjson")
+    empty = PartialFile(tmp_path / "Empty.000.ndjson")
     empty.commit()
     assert (tmp_path / "Empty.000.ndjson").read_bytes() == b""
