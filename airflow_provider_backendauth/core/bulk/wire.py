@@ -27,6 +27,9 @@ ERROR_BODY_LIMIT = 64 * 1024
 
 
 class Retryable(Exception):
+    """One download attempt failed in a way another attempt may cure (the retry loop's
+    signal; never raised out of ``download.py``)."""
+
     def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
