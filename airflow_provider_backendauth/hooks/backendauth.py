@@ -140,7 +140,7 @@ class BackendAuthHook(BaseHook):
             if token.dpop_bound and client.dpop is not None
             else "a Bearer token, not DPoP-bound"
         )
-        from airflow_provider_backendauth.core.auth.client import missing_scopes
+        from airflow_provider_backendauth.core.auth.scopes import missing_scopes
 
         missing = missing_scopes(client.scope, token.scope)
         narrower = f", which does not cover {' '.join(missing)}" if missing else ""

@@ -1,23 +1,26 @@
-"""The token exchange: post a signed assertion, get an access token, explain failures."""
+"""The token exchange: post a signed assertion, get an access token.
+
+Owns the request (the form, a bounded read within the deadline, retries, the DPoP rounds),
+the parsing of a token answer (``AccessToken``: type, value and lifetime checked) and
+``TokenCache`` (single flight). Why a refusal happened, in words, is ``token_errors.py``'s.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 
-from airflow_provider_backendauth.core.auth.dpop import DPOP_ERRORS, DpopProofs
+from airflow_provider_backendauth.core.auth.dpop import DpopProofs
+from airflow_provider_backendauth.core.auth.token_errors import explain_refusal
 from airflow_provider_backendauth.core.errors import (
     DpopError,
-    InvalidClientError,
-    InvalidScopeError,
     ResponseTooLargeError,
     TokenRequestError,
 )
@@ -25,19 +28,17 @@ from airflow_provider_backendauth.core.http.bodies import (
     MAX_TOKEN_RESPONSE_BYTES,
     json_of,
     read_body,
-    text_of,
 )
 from airflow_provider_backendauth.core.http.deadline import Deadline
-from airflow_provider_backendauth.core.http.policy import BearerPolicy, challenge_error
+from airflow_provider_backendauth.core.http.policy import BearerPolicy
 from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
 from airflow_provider_backendauth.core.http.sessions import plain_session
 from airflow_provider_backendauth.core.network import describe_network_error
 from airflow_provider_backendauth.core.redact import (
     get_logger,
-    redact,
     remember_secret,
 )
-from airflow_provider_backendauth.core.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
+from airflow_provider_backendauth.core.retry import RetryPolicy
 
 log = get_logger(__name__)
 
@@ -46,15 +47,6 @@ DEFAULT_EXPIRES_IN = 300
 # parses as infinity and overflows datetime arithmetic downstream).
 MAX_EXPIRES_IN = 86400.0
 MAX_TOKEN_LENGTH = 16384
-
-_INVALID_CLIENT_CHECKS = (
-    "the client id is exactly the one registered with the server",
-    "the private key is the pair of the public key/JWKS registered for this client",
-    "the signing algorithm is one the server accepts",
-    "the kid matches the registered key",
-    "the audience (aud) equals what the server expects (usually its token URL)",
-    "this machine's clock is correct (assertions are valid for minutes only)",
-)
 
 # The token request form (RFC 7523 section 2.2); the assertion itself is built in assertion.py.
 # Kept here, not there, so that what only sends tokens (downloads, REST) does not import the
@@ -199,7 +191,7 @@ class TokenEndpoint:
             response, started = self._post()
             if response.status_code == 200:
                 return self._parse_success(response, started)
-            failure = self._failure(response)
+            failure = explain_refusal(self, response)
             if round_ < 3 and self._retry_for_dpop(failure, response):
                 log.info(
                     "The token URL %s asked for DPoP (%s): asking again with a proof",
@@ -336,127 +328,6 @@ class TokenEndpoint:
             obtained_at=started,
             token_type=token_type,
         )
-
-    def _dpop_failure(
-        self, status: int, error: str | None, description: str | None, server_says: str
-    ) -> DpopError:
-        if self.dpop is None or self.dpop_mode == "off":
-            advice = (
-                "The server wants DPoP-bound tokens (RFC 9449): set the connection's 'dpop' "
-                "extra to 'on' (or 'auto': use DPoP when the server asks)."
-            )
-        elif not self.dpop_active:
-            advice = "The server asked for DPoP; the next request sends a proof."
-        elif error == "use_dpop_nonce":
-            advice = (
-                "It asked for a nonce again after the proof carried the one it had sent; if "
-                "this repeats, the server's nonces are not reaching this client (a proxy "
-                "stripping the DPoP-Nonce header?)."
-            )
-        else:
-            advice = (
-                "It refused the DPoP proof: check this machine's clock (a proof is valid for "
-                f"about a minute) and that the server accepts {self.dpop.algorithm} proofs "
-                "(set 'dpop_key_file' to a key of an algorithm it accepts)."
-            )
-        return DpopError(
-            f"The token URL {self.token_url} refused the token request for client id "
-            f"{self.client_id!r} over DPoP ({server_says}). {advice}",
-            status_code=status,
-            error=error,
-            error_description=description,
-        )
-
-    def _dpop_hint(self, error: str | None) -> tuple[str, ...]:
-        """For an invalid_grant while no proof was sent: strict servers refuse a missing
-        DPoP proof with just that (oidc-provider: "grant request is invalid"), so DPoP goes
-        on the checklist."""
-        if error != "invalid_grant" or self.dpop_active:
-            return ()
-        return (
-            "the server does not want DPoP-bound tokens (RFC 9449): some refuse a request "
-            "without a DPoP proof with only invalid_grant; try the 'dpop' extra 'auto'",
-        )
-
-    def _failure(self, response: requests.Response) -> TokenRequestError:
-        status = response.status_code
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        error, description, text = _read_error_body(response)
-        if status in RETRYABLE_STATUS:
-            what = "is rate-limiting token requests" if status == 429 else "had a server error"
-            detail = description or error or text
-            return TokenRequestError(
-                f"The token URL {self.token_url} {what} (HTTP {status}"
-                + (f": {detail}" if detail else "")
-                + ").",
-                status_code=status,
-                error=error,
-                error_description=description,
-                retryable=True,
-                retry_after=retry_after,
-            )
-        said = description or text
-        server_says = f"{error or 'HTTP ' + str(status)}" + (f": {said}" if said else "")
-        if _asks_for_dpop(error, description or text, response):
-            return self._dpop_failure(status, error, description, server_says)
-        if error == "invalid_scope":
-            return InvalidScopeError(
-                f"The server refused the requested scope {self.scope!r} ({server_says}). Ask "
-                "for a scope granted to this client, or set 'scope' to what the vendor documents.",
-                status_code=status,
-                error=error,
-                error_description=description,
-            )
-        if error in ("invalid_client", "invalid_grant", "unauthorized_client") or status in (
-            400,
-            401,
-            403,
-        ):
-            checks = "; ".join((*_INVALID_CLIENT_CHECKS, *self.hints, *self._dpop_hint(error)))
-            return InvalidClientError(
-                f"The token URL {self.token_url} rejected the client assertion for client id "
-                f"{self.client_id!r} ({server_says}). Check that: {checks}.",
-                status_code=status,
-                error=error,
-                error_description=description,
-            )
-        return TokenRequestError(
-            f"The token URL {self.token_url} answered HTTP {status} ({server_says}).",
-            status_code=status,
-            error=error,
-            error_description=description,
-        )
-
-
-def _asks_for_dpop(error: str | None, said: str, response: requests.Response) -> bool:
-    """Does this refusal concern DPoP (an RFC 9449 error, a DPoP challenge, or a server's
-    words naming DPoP, as some say "DPoP proof JWT not provided" under invalid_grant)?"""
-    return (
-        error in DPOP_ERRORS
-        or challenge_error(response.headers.get("WWW-Authenticate")) is not None
-        or "dpop" in said.lower()
-    )
-
-
-def _read_error_body(response: requests.Response) -> tuple[str | None, str | None, str]:
-    """(OAuth error, error_description, short plain text) from an error response."""
-    error = description = None
-    text = ""
-    try:
-        body: Any = json_of(response)
-    except ValueError:
-        body = None
-    if isinstance(body, Mapping):
-        error = str(body["error"]) if body.get("error") else None
-        description = str(body["error_description"]) if body.get("error_description") else None
-        if not error and not description:
-            # The parsed document, not the raw text: JSON escapes (\u002e...) would hide an
-            # assertion or a token from redaction.
-            text = redact(json.dumps(body, ensure_ascii=False))[:300]
-    else:
-        # Some servers (Koppeltaal) answer failures in plain text such as "401 Access Denied".
-        text = redact(" ".join(text_of(response).split()))[:300]
-    return error, redact(description) if description else None, text
 
 
 def _parse_expires_in(value: Any) -> float:

@@ -400,7 +400,7 @@ def test_no_scope_fallback_for_a_scope_the_user_chose(sandbox):
     ],
 )
 def test_smart_v1_scope_mapping(v2, v1):
-    from airflow_provider_backendauth.core.auth.client import smart_v1_scope
+    from airflow_provider_backendauth.core.auth.scopes import smart_v1_scope
 
     assert smart_v1_scope(v2) == v1
 

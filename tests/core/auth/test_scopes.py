@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_backendauth.core.auth.client import missing_scopes
+from airflow_provider_backendauth.core.auth.scopes import missing_scopes
 
 
 @pytest.mark.parametrize(
