@@ -61,8 +61,8 @@ def sandbox(sandbox_session: Any) -> Iterator[Any]:
 
 @pytest.fixture(autouse=True)
 def _fresh_token_caches() -> Iterator[None]:
-    from airflow_provider_backendauth.core.auth.client import clear_token_caches
     from airflow_provider_backendauth.core.auth.discovery import clear_discovery_cache
+    from airflow_provider_backendauth.core.auth.shared_tokens import clear_token_caches
 
     yield
     clear_token_caches()

@@ -1,18 +1,20 @@
 """``BackendAuthClient``: settings + profile -> signed assertions -> cached access tokens.
 
 Everything that can be checked without the network (key, algorithm, kid, URLs, lifetime)
-is checked in the constructor, so a bad connection fails before any request is made.
+is checked in the constructor, so a bad connection fails before any request is made; the
+signing choices themselves are ``signing_config.py``'s. Owns the token URL (fixed or
+discovered, with the audience check), the process-wide token cache per configuration and
+the builders of what a connection makes (sessions, REST/FHIR clients, the trigger's client).
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import functools
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -21,21 +23,26 @@ from airflow_provider_backendauth.core.auth.assertion import AssertionSpec, Clie
 from airflow_provider_backendauth.core.auth.discovery import SmartConfiguration, discover
 from airflow_provider_backendauth.core.auth.dpop import GENERATED_DPOP_KEYS, DpopProofs
 from airflow_provider_backendauth.core.auth.keys import (
-    SigningKey,
-    check_algorithm,
     compatible_algorithms,
-    load_signing_key,
     load_signing_key_file,
 )
 from airflow_provider_backendauth.core.auth.profiles import Profile, get_profile
 from airflow_provider_backendauth.core.auth.scopes import missing_scopes, smart_v1_scope
 from airflow_provider_backendauth.core.auth.settings import ClientSettings
+from airflow_provider_backendauth.core.auth.shared_tokens import LazyTokens, shared_token_cache
+from airflow_provider_backendauth.core.auth.signing_config import (
+    assertion_lifetime,
+    certificate_headers,
+    chosen_algorithm,
+    default_algorithm,
+    key_id,
+    load_key,
+)
 from airflow_provider_backendauth.core.auth.tokens import AccessToken, TokenCache, TokenEndpoint
 from airflow_provider_backendauth.core.errors import (
     BackendAuthError,
     ConfigurationError,
     InvalidScopeError,
-    KeyLoadError,
 )
 from airflow_provider_backendauth.core.http.policy import BearerPolicy
 from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
@@ -53,12 +60,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-# One token cache per (client configuration, process): hooks built for the same connection
-# in many tasks/threads of one worker share a token instead of each asking for their own.
-_shared_caches: dict[str, TokenCache] = {}
 # The longest assertion lifetime most servers accept (SMART Backend Services: 5 minutes).
 COMMON_MAX_LIFETIME = 300
-_shared_caches_lock = threading.Lock()
 
 
 class BackendAuthClient:
@@ -102,12 +105,13 @@ class BackendAuthClient:
             )
         if not settings.client_id:
             raise ConfigurationError("No client id: set the connection's Client ID (login) field.")
-        self.key = self._load_key()
-        self._explicit_algorithm = self._chosen_algorithm()
-        self.algorithm = self._explicit_algorithm or self._default_algorithm()
-        self.kid = self._key_id()
-        self.lifetime = self._lifetime()
-        self._certificate_headers()  # fail now if the profile needs a certificate
+        self.key = load_key(settings)
+        self._explicit_algorithm = chosen_algorithm(settings, self.profile, self.key)
+        self.algorithm = self._explicit_algorithm or default_algorithm(self.profile, self.key)
+        self.kid = key_id(settings, self.profile, self.key)
+        self.lifetime = assertion_lifetime(settings, self.profile)
+        # Fail now if the profile needs a certificate.
+        certificate_headers(settings, self.profile, self.key)
         self.scope = settings.scope if settings.scope is not None else self.profile.scope
         self.token_reuse = settings.token_reuse or self.profile.token_reuse
         self.retry = RetryPolicy.from_retries(settings.retries)
@@ -120,111 +124,6 @@ class BackendAuthClient:
         self._lock = threading.Lock()
 
     # -- configuration checks (no network) ---------------------------------------------
-
-    def _load_key(self) -> SigningKey:
-        s = self.settings
-        if s.private_key and s.private_key_file:
-            raise ConfigurationError(
-                "Both a private key (password field) and 'key_file' are set; keep one."
-            )
-        if s.private_key_file:
-            return load_signing_key_file(
-                s.private_key_file, passphrase=s.private_key_passphrase, kid=s.key_id
-            )
-        if not s.private_key:
-            raise KeyLoadError(
-                "No private key: paste the PEM/JWK into the connection's password field or set "
-                "the 'key_file' extra."
-            )
-        return load_signing_key(s.private_key, passphrase=s.private_key_passphrase, kid=s.key_id)
-
-    def _chosen_algorithm(self) -> str | None:
-        """The algorithm the connection or the key names, checked: the 'algorithm' extra,
-        else the key's own (a JWK ``alg``, keygen's note). A server that registered the key's
-        JWKS accepts only the algorithm pinned there, so a key naming an algorithm the
-        profile does not sign with, or an extra contradicting the key, is refused now rather
-        than by the server ("no applicable key")."""
-        named = self.key.named_alg
-        if named:
-            try:
-                named = check_algorithm(named, self.key)
-            except ConfigurationError as exc:
-                raise KeyLoadError(f"The key names algorithm {named!r} but: {exc}") from None
-        explicit = self.settings.algorithm
-        if explicit:
-            explicit = check_algorithm(explicit, self.key)
-            if named and explicit != named:
-                raise ConfigurationError(
-                    f"The 'algorithm' extra is {explicit} but the key names {named} (its JWK "
-                    "'alg', or the note keygen wrote above its PEM): a server that registered "
-                    "the key's JWKS accepts only that. Remove 'algorithm' or make them agree."
-                )
-            return explicit
-        if named and named not in self.profile.algorithms:
-            raise ConfigurationError(
-                f"The key names algorithm {named} (its JWK 'alg', or the note keygen wrote "
-                f"above its PEM), which profile {self.profile.name!r} does not sign with "
-                f"(allowed: {', '.join(self.profile.algorithms)}). Use a key made for this "
-                "profile ('backendauth keygen --profile "
-                f"{self.profile.name}'), or another profile."
-            )
-        return named
-
-    def _default_algorithm(self) -> str:
-        usable = compatible_algorithms(self.key, self.profile.algorithms)
-        if not usable:
-            raise KeyLoadError(
-                f"Profile {self.profile.name!r} signs with {', '.join(self.profile.algorithms)}, "
-                f"none of which works with the configured {self.key.describe()}. Use a key of "
-                "the right type, or set the 'algorithm' extra."
-            )
-        return usable[0]
-
-    def _key_id(self) -> str | None:
-        kid = self.settings.key_id or self.key.kid
-        if not kid and self.profile.kid_from_thumbprint:
-            kid = self.key.thumbprint()
-        if not kid and self.profile.kid_required:
-            raise ConfigurationError(
-                f"Profile {self.profile.name!r} requires a key id (kid): set the 'key_id' extra "
-                "to the kid registered with the vendor."
-            )
-        return kid
-
-    def _lifetime(self) -> int:
-        lifetime = self.settings.assertion_lifetime or self.profile.lifetime
-        if lifetime > self.profile.max_lifetime:
-            raise ConfigurationError(
-                f"assertion_lifetime {lifetime} s exceeds profile {self.profile.name!r}'s "
-                f"limit of {self.profile.max_lifetime} s; the server would reject it."
-            )
-        return lifetime
-
-    def _certificate_headers(self) -> dict[str, Any]:
-        """Header members from the key's certificate: the connection's ``certificate_headers``
-        or the profile's (Entra ID: ``x5t#S256``). Refused now when there is no certificate."""
-        wanted = self.settings.certificate_headers
-        if wanted is None:
-            wanted = (self.profile.certificate_header,) if self.profile.certificate_header else ()
-        if not wanted:
-            return {}
-        certificate = self.key.certificate
-        if certificate is None:
-            raise KeyLoadError(
-                f"The assertion needs {', '.join(wanted)} from the key's certificate: put the "
-                "certificate PEM after the private key in the password field (or key file)."
-            )
-        headers: dict[str, Any] = {}
-        if "x5t#S256" in wanted:
-            headers["x5t_s256"] = self.key.certificate_thumbprint(sha256=True)
-        if "x5t" in wanted:
-            headers["x5t"] = self.key.certificate_thumbprint(sha256=False)
-        if "x5c" in wanted:
-            from cryptography.hazmat.primitives import serialization
-
-            der = certificate.public_bytes(serialization.Encoding.DER)
-            headers["x5c"] = (base64.b64encode(der).decode("ascii"),)  # standard base64
-        return headers
 
     def _dpop_proofs(self) -> DpopProofs | None:
         """The DPoP proof key: the configured one, else a fresh EC P-256 key shared by every
@@ -329,7 +228,7 @@ class BackendAuthClient:
             include_iat=self.profile.include_iat,
             include_nbf=self.profile.include_nbf,
             extra_claims=self.settings.extra_claims,
-            **self._certificate_headers(),
+            **certificate_headers(self.settings, self.profile, self.key),
         )
 
     def _hints(self) -> tuple[str, ...]:
@@ -371,13 +270,9 @@ class BackendAuthClient:
     def tokens(self) -> TokenCache:
         """The process-wide token cache for this client configuration."""
         if self._tokens is None:
-            fingerprint = self._fingerprint()
-            with _shared_caches_lock:
-                cache = _shared_caches.get(fingerprint)
-                if cache is None:
-                    cache = TokenCache(self._request_token, reuse=self.token_reuse)
-                    _shared_caches[fingerprint] = cache
-            self._tokens = cache
+            self._tokens = shared_token_cache(
+                self._fingerprint(), self._request_token, reuse=self.token_reuse
+            )
         return self._tokens
 
     def _request_token(self) -> AccessToken:
@@ -539,37 +434,3 @@ class BackendAuthClient:
         return await asyncio.to_thread(
             async_client, verify=self.settings.tls_verify, timeout=self.settings.timeout
         )
-
-
-class LazyTokens:
-    """``client.tokens``, resolved when a token is first needed."""
-
-    def __init__(self, client: BackendAuthClient) -> None:
-        self._client = client
-
-    @property
-    def renewal_key(self) -> Hashable:
-        """Equal for every client of one connection configuration: an event loop renews
-        their tokens on one thread (``core/http/renewal.py``), however many policies, one
-        per request, and clients, one per trigger, are built over them."""
-        return self._client.settings_digest
-
-    def fresh(self) -> AccessToken | None:
-        """The cached token if fresh, without the network or a lock: None until the cache
-        was resolved (that may need discovery) or when it holds no fresh token."""
-        cache = self._client._tokens
-        return cache.fresh() if cache is not None else None
-
-    def get(self) -> AccessToken:
-        return self._client.tokens.get()
-
-    def invalidate(self, value: str | None = None) -> None:
-        self._client.tokens.invalidate(value)
-
-
-def clear_token_caches() -> None:
-    """Forget every cached token in this process, and the DPoP keys they were bound to
-    (tests; rotating keys)."""
-    with _shared_caches_lock:
-        _shared_caches.clear()
-    GENERATED_DPOP_KEYS.clear()
