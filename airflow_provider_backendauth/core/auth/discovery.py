@@ -16,14 +16,8 @@ import requests
 
 from airflow_provider_backendauth.core.auth.cache import CacheInfo, SingleFlightCache
 from airflow_provider_backendauth.core.errors import BackendAuthError, DiscoveryError
-from airflow_provider_backendauth.core.http.bodies import (
-    FIXED_LIMIT,
-    MAX_DISCOVERY_BYTES,
-    parse_json,
-    read_answer,
-)
-from airflow_provider_backendauth.core.http.policy import BearerPolicy
-from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
+from airflow_provider_backendauth.core.http.bodies import MAX_DISCOVERY_BYTES, parse_json
+from airflow_provider_backendauth.core.http.requests_auth import get_confined
 from airflow_provider_backendauth.core.http.sessions import plain_session
 from airflow_provider_backendauth.core.network import describe_network_error
 from airflow_provider_backendauth.core.urls import join_url, origin_of
@@ -95,26 +89,16 @@ def _fetch(
     timeout: float,
     origins: frozenset[str],
 ) -> SmartConfiguration:
-    http = session or plain_session()
-    confined = BackendAuth(
-        None, policy=BearerPolicy(None, origins, confined=True, error=DiscoveryError)
-    )
     try:
-        response = http.get(
+        response, body = get_confined(
+            session or plain_session(),
             url,
-            headers={"Accept": "application/json"},
+            origins,
             timeout=timeout,
-            stream=True,
-            allow_redirects=False,
-            auth=confined,
+            max_bytes=MAX_DISCOVERY_BYTES,
+            what="SMART discovery",
+            error=DiscoveryError,
         )
-        with response:
-            body = read_answer(
-                response,
-                max_bytes=MAX_DISCOVERY_BYTES,
-                what="SMART discovery",
-                setting=FIXED_LIMIT,
-            )
     except BackendAuthError as exc:
         raise DiscoveryError(
             f"Could not use {url} to discover the token URL: {exc} Set the connection's "

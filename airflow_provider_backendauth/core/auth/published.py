@@ -116,25 +116,18 @@ def fetch_jwks(url: str, *, session: Any, timeout: float) -> dict[str, Any]:
     """
     import requests
 
-    from airflow_provider_backendauth.core.http.bodies import FIXED_LIMIT, read_answer
-    from airflow_provider_backendauth.core.http.policy import BearerPolicy
-    from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
+    from airflow_provider_backendauth.core.http.requests_auth import get_confined
     from airflow_provider_backendauth.core.network import describe_network_error
 
-    confined = BackendAuth(None, policy=BearerPolicy(None, [url], confined=True))
     try:
-        response = session.get(
+        response, body = get_confined(
+            session,
             url,
-            headers={"Accept": "application/json"},
+            [url],
             timeout=timeout,
-            stream=True,
-            allow_redirects=False,
-            auth=confined,
+            max_bytes=MAX_JWKS_BYTES,
+            what="The JWKS at jku",
         )
-        with response:
-            body = read_answer(
-                response, max_bytes=MAX_JWKS_BYTES, what="The JWKS at jku", setting=FIXED_LIMIT
-            )
     except requests.RequestException as exc:
         raise BackendAuthError(
             f"Could not fetch the JWKS at {url}: {describe_network_error(exc)}."

@@ -5,6 +5,10 @@
 hop, sending each hop through the same connection adapter (so each is under its own
 deadline: ``core/http/deadline.py``). It only does I/O; every decision is the policy's.
 
+``get_confined`` is the one tokenless bounded GET of a document whose origin matters (SMART
+discovery, a published JWKS): redirects only within the given origins, the answer read
+within a cap.
+
 This module imports no Airflow.
 """
 
@@ -16,6 +20,8 @@ from typing import Any
 import requests
 from requests.auth import AuthBase
 
+from airflow_provider_backendauth.core.errors import BackendAuthError, UnsafeURLError
+from airflow_provider_backendauth.core.http.bodies import FIXED_LIMIT, read_answer
 from airflow_provider_backendauth.core.http.policy import (
     BearerPolicy,
     Send,
@@ -125,3 +131,37 @@ def _apply(request: requests.PreparedRequest, step: Send) -> None:
         request.headers.pop(name, None)
     for name, value in step.set_headers:
         request.headers[name] = value
+
+
+def get_confined(
+    session: requests.Session,
+    url: str,
+    origins: Iterable[str],
+    *,
+    timeout: float,
+    max_bytes: int,
+    what: str,
+    error: type[BackendAuthError] = UnsafeURLError,
+) -> tuple[requests.Response, bytes]:
+    """GET ``url`` as JSON with no token, following redirects only within ``origins``, and
+    read the answer within ``max_bytes`` (decoded; the cap for its status: ``read_answer``).
+
+    Returns the closed response (status, headers) and its body.
+
+    Raises:
+        requests.RequestException: the server could not be reached.
+        BackendAuthError: ``error`` for a redirect out of ``origins``; ``ResponseTooLargeError``
+            for an answer over the cap.
+    """
+    confined = BackendAuth(None, policy=BearerPolicy(None, origins, confined=True, error=error))
+    response = session.get(
+        url,
+        headers={"Accept": "application/json"},
+        timeout=timeout,
+        stream=True,
+        allow_redirects=False,
+        auth=confined,
+    )
+    with response:
+        body = read_answer(response, max_bytes=max_bytes, what=what, setting=FIXED_LIMIT)
+    return response, body
