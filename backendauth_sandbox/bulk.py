@@ -434,7 +434,14 @@ class BulkExports:
         configured = self.settings.bulk_retry_after
         wait = max(1.0, math.ceil(remaining)) if configured is None else configured
         response = Response(202)
-        response.header("X-Progress", f"in-progress: {int(done * 100)}% exported")
+        template = self.settings.bulk_progress_text
+        percent = str(int(done * 100))
+        progress = (
+            f"in-progress: {percent}% exported"
+            if template is None
+            else template.replace("{percent}", percent)
+        )
+        response.header("X-Progress", progress)
         response.header("Retry-After", self._retry_after(wait))
         return response
 

@@ -41,6 +41,9 @@ class SandboxSettings:
     bulk_retry_after_http_date: bool = False
     bulk_retry_after_epoch: bool = False
     bulk_complete_after_polls: int = 0
+    # The X-Progress of a 202 status answer ("{percent}" is replaced); None: "in-progress:
+    # N% exported". Raw: tests send control characters through it.
+    bulk_progress_text: str | None = None
     bulk_manifest_page_size: int | None = None
     bulk_error_counts: bool = False
     bulk_requires_access_token: bool = True

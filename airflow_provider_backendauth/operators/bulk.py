@@ -370,7 +370,10 @@ class FhirBulkExportOperator(_BulkBase):
 
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> Any:
         """Resumes after the trigger fired: download (or hand over) the files."""
-        from airflow_provider_backendauth.core.bulk.events import error_from_event
+        from airflow_provider_backendauth.core.bulk.events import (
+            error_from_event,
+            progress_trail,
+        )
         from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
         from airflow_provider_backendauth.core.errors import BulkExportError
 
@@ -384,6 +387,10 @@ class FhirBulkExportOperator(_BulkBase):
             event = dict(event or {})
             if event.get("progress"):  # logged by the triggerer; the task log shows it too
                 self.log.info("The server's last progress report: %s", event["progress"])
+            if job.needs_wait:  # the triggerer writes no log: its 202s arrive in the event
+                elog = job.export_log
+                for at, seen in progress_trail(event):
+                    elog.status_progress(seen.x_progress, seen.retry_after, at=at)
             if event.get("status") != "complete":
                 # The exception the wait would have raised in a worker (same class and flags).
                 raise error_from_event(event)

@@ -19,7 +19,10 @@ Event payloads (the operator's ``execute_complete`` receives them)::
 The manifest is included only when small (``inline_manifest_bytes``); otherwise the worker
 fetches it again from the status URL. A failure carries what the worker path's exception
 carries, so ``execute_complete`` raises the same one (``core/bulk/events.py``); ``progress``
-is the server's last ``X-Progress``. Server text in an event is redacted.
+is the server's last ``X-Progress``. Every event also has ``"progress_trail": {"count": n,
+"items": [{"at", "x_progress", "retry_after"}, ...]}``, the last 50 of the wait's 202 answers
+(``events.ProgressTrail``), which the worker writes to the export log as ``status_progress``
+events: the triggerer writes no log. Server text in an event is redacted.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     import httpx
 
     from airflow_provider_backendauth.core.auth.client import BackendAuthClient
+    from airflow_provider_backendauth.core.bulk.events import ProgressTrail
     from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
     from airflow_provider_backendauth.core.bulk.poller import StatusPoller
     from airflow_provider_backendauth.core.bulk.protocol import StatusResult
@@ -108,6 +112,7 @@ class BulkExportTrigger(BaseTrigger):
         self.inline_manifest_bytes = int(inline_manifest_bytes)
         self._client: BackendAuthClient | None = None
         self._poller: StatusPoller | None = None
+        self._trail: ProgressTrail | None = None
         self._masked: set[str] = set()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -144,6 +149,10 @@ class BulkExportTrigger(BaseTrigger):
             # Server text (OperationOutcome diagnostics, progress) may quote the token.
             if isinstance(payload.get(name), str):
                 payload[name] = redact(payload[name])
+        if self._trail is not None:  # the 202s, for the export log the worker writes
+            from airflow_provider_backendauth.core.bulk.events import TRAIL_KEY
+
+            payload[TRAIL_KEY] = self._trail.as_event()
         yield TriggerEvent(payload)
 
     def _last_progress(self) -> str | None:
@@ -152,7 +161,7 @@ class BulkExportTrigger(BaseTrigger):
     async def _wait(self) -> dict[str, Any]:
         """The asyncio driver of the shared ``StatusPoller``: it only performs the requests
         and sleeps the poller asks for."""
-        from airflow_provider_backendauth.core.bulk.events import failure_event
+        from airflow_provider_backendauth.core.bulk.events import ProgressTrail, failure_event
         from airflow_provider_backendauth.core.bulk.poller import (
             Action,
             Done,
@@ -163,6 +172,7 @@ class BulkExportTrigger(BaseTrigger):
         from airflow_provider_backendauth.core.redact import redact
         from airflow_provider_backendauth.core.urls import display_url
 
+        trail = self._trail = ProgressTrail()
         client = await self._auth_client()
         poller = self._poller = StatusPoller(
             self.status_url,
@@ -178,6 +188,8 @@ class BulkExportTrigger(BaseTrigger):
                 elif isinstance(action, Sleep):
                     for note in action.notes:  # may quote server text (X-Progress)
                         self.log.log(note.level, "%s", redact(note.message))
+                    if action.observed is not None:
+                        trail.add(action.observed, time.time())
                     await asyncio.sleep(action.seconds)
                     action = poller.start(time.time())
                 elif isinstance(action, Done):

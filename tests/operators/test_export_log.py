@@ -88,6 +88,11 @@ def names(events: list[dict[str, Any]]) -> list[str]:
     return [e["eventId"] for e in events]
 
 
+def milestones(events: list[dict[str, Any]]) -> list[str]:
+    """The event names without status_progress (how many 202s come depends on the load)."""
+    return [name for name in names(events) if name != "status_progress"]
+
+
 def only(events: list[dict[str, Any]], event_id: str) -> list[dict[str, Any]]:
     return [e["eventDetail"] for e in events if e["eventId"] == event_id]
 
@@ -102,7 +107,7 @@ def test_a_paged_export_logs_every_step(bulk_env: BulkEnv) -> None:
         allow_partial_manifests=True,
     ).execute(task_context())
     events = read_log(out, bulk_env)
-    order = names(events)
+    order = milestones(events)
     assert order[0] == "kickoff" and order[-1] == "export_complete"
     assert order[1] == "status_complete"
     (kickoff,) = only(events, "kickoff")
@@ -205,7 +210,7 @@ def test_mapped_downloads_write_their_own_parts_and_finalize_merges_them(
     out = bulk_env.tmp / "out"
     files = export_op(out, download=False).execute(task_context())
     after_export = read_log(out, bulk_env)
-    assert names(after_export)[:2] == ["kickoff", "status_complete"]
+    assert milestones(after_export)[:2] == ["kickoff", "status_complete"]
     store = BulkStateStore(out)
     key = job_key(dag_id="bulk_dag", task_id="export", run_id="run-1")
     # The mapped tasks run at once on different workers: each writes only its own part.
@@ -271,3 +276,104 @@ def test_a_refused_kickoff_is_logged_with_its_status(bulk_env: BulkEnv) -> None:
     assert event["eventId"] == "kickoff"
     assert event["eventDetail"]["errorCode"] == 400
     assert "bad _type" in event["eventDetail"]["errorBody"]
+
+
+# Three 202 answers, then the manifest, whatever the machine's load (the job completes on
+# the 4th poll); bulk-data-client logs one status_progress per 202, in order.
+THREE_PENDING = {"bulk_job_seconds": 0.0, "bulk_complete_after_polls": 4}
+# C0 (ESC), DEL, C1 (CSI) and a token. A CR or
+# LF never reaches the client: the HTTP layer refuses such an answer (a transient error).
+HOSTILE_PROGRESS = "\x1b[2J\x1b[31m{percent}%\x7fFAKE LINE\x9b0m access_token=s3cr3t"
+
+
+def _assert_progress(events: list[dict[str, Any]], percents: list[str]) -> list[str]:
+    """The status_progress events: between kick-off and status_complete, one per 202, in
+    order, with bulk-data-client's fields; returns their xProgress texts."""
+    order = names(events)
+    first, last = (
+        order.index("status_progress"),
+        len(order) - 1 - order[::-1].index("status_progress"),
+    )
+    assert order.index("kickoff") < first and last < order.index("status_complete")
+    progress = only(events, "status_progress")
+    assert len(progress) == len(percents)
+    stamps = [e["timestamp"] for e in events if e["eventId"] == "status_progress"]
+    assert stamps == sorted(stamps)
+    for detail, percent in zip(progress, percents, strict=True):
+        assert detail["body"] is None
+        assert float(detail["retryAfter"]) >= 1  # the sandbox's Retry-After: 1
+        assert percent in detail["xProgress"]
+    return [str(d["xProgress"]) for d in progress]
+
+
+def _assert_escaped(texts: list[str]) -> None:
+    for text in texts:
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text), text
+        assert "s3cr3t" not in text
+        assert "FAKE LINE" in text  # escaped, not dropped
+
+
+def test_a_worker_wait_logs_each_202_as_status_progress(bulk_env: BulkEnv) -> None:
+    bulk_env.sb.settings.update(**THREE_PENDING)
+    out = bulk_env.tmp / "out"
+    export_op(out).execute(task_context())
+    texts = _assert_progress(read_log(out, bulk_env), ["25%", "50%", "75%"])
+    assert texts == [f"in-progress: {p}% exported" for p in (25, 50, 75)]
+
+
+def test_a_worker_wait_escapes_a_hostile_x_progress(bulk_env: BulkEnv) -> None:
+    bulk_env.sb.settings.update(**THREE_PENDING, bulk_progress_text=HOSTILE_PROGRESS)
+    out = bulk_env.tmp / "out"
+    export_op(out).execute(task_context())
+    texts = _assert_progress(read_log(out, bulk_env), ["25", "50", "75"])
+    _assert_escaped(texts)
+    assert "\\x1b[31m" in texts[0] and "\\x7f" in texts[0].lower()
+
+
+def test_a_deferred_wait_carries_its_202s_to_the_log(bulk_env: BulkEnv) -> None:
+    """The triggerer writes no log: the event carries the 202s, execute_complete logs them."""
+    bulk_env.sb.settings.update(**THREE_PENDING)
+    out = bulk_env.tmp / "out"
+    with pytest.raises(TaskDeferred) as deferred:
+        export_op(out, deferrable=True).execute(task_context())
+    assert "status_progress" not in names(read_log(out, bulk_env))
+    event = drive(deferred.value)
+    assert event["progress_trail"]["count"] == 3
+    export_op(out, deferrable=True).execute_complete(task_context(), event)
+    texts = _assert_progress(read_log(out, bulk_env), ["25%", "50%", "75%"])
+    assert texts == [f"in-progress: {p}% exported" for p in (25, 50, 75)]
+
+
+def test_a_deferred_wait_escapes_a_hostile_x_progress(bulk_env: BulkEnv) -> None:
+    # The trigger's HTTP/1.1 parser refuses C0 controls in a header: C1 and the URL remain.
+    bulk_env.sb.settings.update(
+        **THREE_PENDING, bulk_progress_text="\x9b31m{percent}% FAKE LINE access_token=s3cr3t"
+    )
+    out = bulk_env.tmp / "out"
+    with pytest.raises(TaskDeferred) as deferred:
+        export_op(out, deferrable=True).execute(task_context())
+    event = drive(deferred.value)
+    assert "s3cr3t" not in json.dumps(event)
+    export_op(out, deferrable=True).execute_complete(task_context(), event)
+    texts = _assert_progress(read_log(out, bulk_env), ["25", "50", "75"])
+    _assert_escaped(texts)
+    assert "\\x9b31m" in texts[0]
+
+
+def test_progress_events_wait_for_a_milestone_not_the_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A multi-day wait polls thousands of times: its status_progress events are written
+    with the next milestone (or FLUSH_EVERY events), never one rewrite per poll."""
+    from airflow_provider_backendauth.core.bulk import exportlog
+
+    monkeypatch.setattr(exportlog, "FLUSH_SECONDS", 0.0)  # every event is "late"
+    elog = ExportLog(tmp_path / "log.ndjson", "abc")
+    for percent in range(10):
+        elog.status_progress(f"{percent}%\x1b[0m", 1.0, at=1_700_000_000.0 + percent)
+    assert not (tmp_path / "log.ndjson").exists()
+    elog.status_complete("2026-01-01T00:00:00Z")  # a milestone: written now, in order
+    lines = [json.loads(x) for x in (tmp_path / "log.ndjson").read_text().splitlines()]
+    assert [x["eventId"] for x in lines] == ["status_progress"] * 10 + ["status_complete"]
+    assert lines[0]["timestamp"] == "2023-11-14T22:13:20.000+00:00"  # when it was observed
+    assert lines[3]["eventDetail"] == {"body": None, "xProgress": "3%\\x1b[0m", "retryAfter": "1"}

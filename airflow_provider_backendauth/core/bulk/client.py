@@ -18,6 +18,7 @@ from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
 from airflow_provider_backendauth.core.bulk.poller import (
     Action,
     Done,
+    Observed,
     Poll,
     Sleep,
     StatusPoller,
@@ -55,6 +56,10 @@ from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.urls import display_url
 
 log = get_logger(__name__)
+
+# Called with each 202 status answer and when it came (``time.time()``): the export log's
+# ``status_progress`` events on the worker path.
+ProgressHook = Callable[[Observed, float], None]
 
 
 class BulkExportClient:
@@ -233,9 +238,16 @@ class BulkExportClient:
             shown_url=display_url(status_url),
         )
 
-    def wait_json(self, status_url: str, *, deadline: float | None = None) -> Done:
+    def wait_json(
+        self,
+        status_url: str,
+        *,
+        deadline: float | None = None,
+        on_progress: ProgressHook | None = None,
+    ) -> Done:
         """Poll until the URL answers 200 with a manifest (the blocking driver of
-        ``StatusPoller``); returns the poller's ``Done`` (manifest JSON, ``Expires``)."""
+        ``StatusPoller``); returns the poller's ``Done`` (manifest JSON, ``Expires``).
+        ``on_progress(observed, at)`` is called for every 202 (``at``: its ``time.time()``)."""
         poller = self.poller(status_url, deadline=deadline)
         action: Action = poller.start(time.time())
         while True:
@@ -244,6 +256,8 @@ class BulkExportClient:
             elif isinstance(action, Sleep):
                 for note in action.notes:
                     log.log(note.level, "%s", note.message)
+                if on_progress is not None and action.observed is not None:
+                    on_progress(action.observed, time.time())
                 self._sleep(action.seconds, "waiting for the export")
                 action = poller.start(time.time())
             elif isinstance(action, Done):
@@ -251,14 +265,21 @@ class BulkExportClient:
             else:
                 raise wait_error(action)
 
-    def wait(self, status_url: str, *, deadline: float | None = None) -> BulkManifest:
+    def wait(
+        self,
+        status_url: str,
+        *,
+        deadline: float | None = None,
+        on_progress: ProgressHook | None = None,
+    ) -> BulkManifest:
         """Poll until the export completes; returns its manifest.
 
         Args:
             status_url: from the kick-off.
             deadline: a ``time.time()`` after which to give up (None: ``poll.max_wait``).
+            on_progress: called with each 202 (see ``wait_json``).
         """
-        done = self.wait_json(status_url, deadline=deadline)
+        done = self.wait_json(status_url, deadline=deadline, on_progress=on_progress)
         return BulkManifest.from_json(done.manifest, expires=done.expires)
 
     def fetch_manifest(self, status_url: str) -> BulkManifest:

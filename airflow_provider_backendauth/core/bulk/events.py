@@ -16,18 +16,75 @@ provider (no ``retryable`` field) are read as they were then: only a timeout is 
 Every string in an event may quote the server (diagnostics, progress): the trigger redacts
 them before the event leaves it.
 
+The event also carries the wait's 202 answers for the export log (``status_progress``),
+which the triggerer must not write: ``ProgressTrail`` keeps the last ``TRAIL_LIMIT`` of them
+(when, ``X-Progress`` redacted, escaped and cut, ``Retry-After`` seconds) and how many there
+were, so the event stays small however long the wait; ``progress_trail`` reads them back on
+the worker, dropping any entry that is not of that shape. A wait longer than the limit logs
+only its last ``TRAIL_LIMIT`` answers; a trigger restarted by the triggerer starts a new trail.
+
 This module imports no Airflow and does no I/O.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_backendauth.core import errors
-from airflow_provider_backendauth.core.bulk.poller import Fail
+from airflow_provider_backendauth.core.bulk.poller import Fail, Observed
 from airflow_provider_backendauth.core.errors import BackendAuthError, BulkExportError
+from airflow_provider_backendauth.core.redact import redact
+
+TRAIL_LIMIT = 50  # 202 answers an event carries (the last ones)
+TRAIL_TEXT_CHARS = 200  # X-Progress characters kept per answer, after escaping
+TRAIL_KEY = "progress_trail"
+
+
+class ProgressTrail:
+    """The last ``TRAIL_LIMIT`` 202 answers of a wait, and how many there were in all."""
+
+    def __init__(self, limit: int = TRAIL_LIMIT) -> None:
+        self.count = 0
+        self._items: deque[dict[str, Any]] = deque(maxlen=limit)
+
+    def add(self, observed: Observed, at: float) -> None:
+        text = observed.x_progress
+        self.count += 1
+        self._items.append(
+            {
+                "at": at,
+                "x_progress": None if text is None else redact(text)[:TRAIL_TEXT_CHARS],
+                "retry_after": observed.retry_after,
+            }
+        )
+
+    def as_event(self) -> dict[str, Any]:
+        return {"count": self.count, "items": list(self._items)}
+
+
+def progress_trail(event: Mapping[str, Any]) -> list[tuple[float, Observed]]:
+    """The 202 answers an event carries, oldest first, as ``(when, Observed)``; entries of
+    another shape (an older event, a mangled one) are left out. Text is escaped again: the
+    event is read back from the metadata database."""
+    trail = event.get(TRAIL_KEY)
+    items = trail.get("items") if isinstance(trail, Mapping) else None
+    found: list[tuple[float, Observed]] = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, Mapping):
+            continue
+        at, text, retry = item.get("at"), item.get("x_progress"), item.get("retry_after")
+        if not isinstance(at, (int, float)) or isinstance(at, bool):
+            continue
+        if text is not None and not isinstance(text, str):
+            continue
+        if retry is not None and (not isinstance(retry, (int, float)) or isinstance(retry, bool)):
+            continue
+        shown = None if text is None else redact(text)[:TRAIL_TEXT_CHARS]
+        found.append((float(at), Observed(shown, None if retry is None else float(retry))))
+    return found[:TRAIL_LIMIT]
 
 
 def wait_error(fail: Fail) -> BulkExportError:

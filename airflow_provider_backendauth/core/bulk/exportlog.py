@@ -13,8 +13,10 @@ Guarantees:
   ``atomic_writer`` (object stores cannot append): readers see the previous version or the
   new one. Events are buffered and written at milestones (kick-off, manifest, each manifest
   page's downloads, failure, the end) and every ``FLUSH_EVERY`` events, so a long export
-  rewrites it a bounded number of times; a try killed between two writes loses the events
-  since the last one (the files' state is not affected).
+  rewrites it a bounded number of times (``status_progress``, one per 202 status answer, is
+  flushed by count only, never by time, so a multi-day wait is not a rewrite per poll); a
+  try killed between two writes loses the events since the last one (the files' state is
+  not affected).
 - **One writer per object**: the export task (or the finalize task) owns ``log.ndjson``;
   a mapped download task writes its events to its own part object in the job's state folder,
   which ``merge_parts`` folds into the log at the end. Concurrent writers therefore never
@@ -41,7 +43,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_backendauth.core.lineage import public_url
-from airflow_provider_backendauth.core.redact import get_logger, short_error
+from airflow_provider_backendauth.core.redact import get_logger, redact, short_error
 from airflow_provider_backendauth.core.storage.atomic import atomic_writer
 from airflow_provider_backendauth.core.storage.paths import StoragePath
 
@@ -51,6 +53,7 @@ LOG_NAME = "log.ndjson"
 LOG_VERSION = "2"  # the "logVersion" bulk-data-client's kick-off event carries
 FLUSH_EVERY = 200  # buffered events before the log is rewritten anyway
 FLUSH_SECONDS = 60.0  # ... or this long after the last write
+MAX_PROGRESS_CHARS = 200  # a status_progress event's xProgress, after escaping
 
 EVENT_IDS = (
     "kickoff",
@@ -73,8 +76,9 @@ def export_id(job_key: str, kicked_off_at: str) -> str:
     return hashlib.sha256(f"{job_key}\n{kicked_off_at}".encode()).hexdigest()[:20]
 
 
-def _timestamp() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+def _timestamp(at: float | None = None) -> str:
+    moment = datetime.now(timezone.utc) if at is None else datetime.fromtimestamp(at, timezone.utc)
+    return moment.isoformat(timespec="milliseconds")
 
 
 def _read_lines(path: StoragePath) -> list[bytes]:
@@ -123,13 +127,22 @@ class ExportLog:
     def __repr__(self) -> str:
         return f"ExportLog({str(self.path)!r})"
 
-    def record(self, event_id: str, detail: Mapping[str, Any]) -> None:
-        """Add one event (written at the next ``flush``, or now when many are waiting)."""
+    def record(
+        self,
+        event_id: str,
+        detail: Mapping[str, Any],
+        *,
+        at: float | None = None,
+        timed_flush: bool = True,
+    ) -> None:
+        """Add one event (written at the next ``flush``, or now when many are waiting).
+        ``at``: when it happened (``time.time()``; None: now). ``timed_flush=False``: the
+        event never makes the log due by time alone (``FLUSH_SECONDS``), only by count."""
         line = json.dumps(
             {
                 **self.metadata,
                 "exportId": self.export_id,
-                "timestamp": _timestamp(),
+                "timestamp": _timestamp(at),
                 "eventId": event_id,
                 "eventDetail": dict(detail),
             },
@@ -138,9 +151,8 @@ class ExportLog:
         ).encode()
         with self._lock:
             self._pending.append(line)
-            due = (
-                len(self._pending) >= FLUSH_EVERY
-                or time.monotonic() - self._last_flush >= FLUSH_SECONDS
+            due = len(self._pending) >= FLUSH_EVERY or (
+                timed_flush and time.monotonic() - self._last_flush >= FLUSH_SECONDS
             )
         if due:
             self.flush()
@@ -224,6 +236,27 @@ class ExportLog:
                 "responseHeaders": {},
                 "logVersion": LOG_VERSION,
             },
+        )
+
+    def status_progress(
+        self, x_progress: str | None, retry_after: float | None, *, at: float | None = None
+    ) -> None:
+        """One 202 status answer. ``x_progress`` is server text: redacted, control characters
+        escaped and cut to ``MAX_PROGRESS_CHARS`` here too, whoever passes it. ``retryAfter``
+        is the wait the server asked for, in seconds, as a string like the header's
+        delay-seconds (an HTTP-date arrives converted). The body of a 202 is not recorded
+        (``body`` is None). Progress events are buffered until a milestone or ``FLUSH_EVERY``
+        events, never flushed by time: a long wait does not rewrite the log on every poll."""
+        text = None if x_progress is None else redact(x_progress)[:MAX_PROGRESS_CHARS]
+        self.record(
+            "status_progress",
+            {
+                "body": None,
+                "xProgress": text,
+                "retryAfter": None if retry_after is None else f"{retry_after:g}",
+            },
+            at=at,
+            timed_flush=False,
         )
 
     def status_complete(self, transaction_time: str | None) -> None:

@@ -231,7 +231,15 @@ class BulkExportJob:
         """Block until the export completes (non-deferrable mode); returns the manifest."""
         if not self.needs_wait:
             return self.local_manifest()
-        return self.client.wait(self.status_url, deadline=deadline)
+        elog = self.export_log
+        # Each 202 becomes a status_progress event (buffered: written with the manifest).
+        return self.client.wait(
+            self.status_url,
+            deadline=deadline,
+            on_progress=lambda seen, at: elog.status_progress(
+                seen.x_progress, seen.retry_after, at=at
+            ),
+        )
 
     # -- the manifest ----------------------------------------------------------------
 

@@ -79,12 +79,25 @@ class Poll:
 
 
 @dataclass(frozen=True)
+class Observed:
+    """One ``202`` status answer, as the export log's ``status_progress`` event records it:
+    the server's ``X-Progress`` (already redacted and escaped by ``interpret_status``) and
+    its ``Retry-After`` in seconds (an HTTP-date converted), each None when absent."""
+
+    x_progress: str | None
+    retry_after: float | None
+
+
+@dataclass(frozen=True)
 class Sleep:
-    """Wait ``seconds``, then call ``start`` again. ``progress`` is new ``X-Progress`` text."""
+    """Wait ``seconds``, then call ``start`` again. ``progress`` is new ``X-Progress`` text;
+    ``observed``: the 202 that led here (None after a 429 or an error), which drivers report
+    on every poll, changed or not, as bulk-data-client logs every 202."""
 
     seconds: float
     notes: tuple[Note, ...] = ()
     progress: str | None = None
+    observed: Observed | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +264,7 @@ class StatusPoller:
             level=logging.INFO if progress or notes else logging.DEBUG,
             notes=notes,
             progress=progress,
+            observed=Observed(result.progress, result.retry_after),
         )
 
     def _after_error(self, result: RetryLater, now: float) -> Action:
@@ -301,6 +315,7 @@ class StatusPoller:
         level: int,
         notes: list[Note] | None = None,
         progress: str | None = None,
+        observed: Observed | None = None,
     ) -> Sleep | Fail:
         assert self.deadline is not None
         left = self.deadline - now
@@ -323,7 +338,7 @@ class StatusPoller:
         suffix = f" ({why})" if why else ""
         at_deadline = " (the deadline)" if seconds < stretched else ""
         message = f"{what}; next poll in {describe_seconds(seconds)}{at_deadline}{suffix}"
-        return Sleep(seconds, (*(notes or []), Note(level, message)), progress)
+        return Sleep(seconds, (*(notes or []), Note(level, message)), progress, observed)
 
     def _timeout(self, now: float, why: str) -> Fail:
         return Fail(

@@ -7,12 +7,17 @@ import json
 import pytest
 
 from airflow_provider_backendauth.core.bulk.events import (
+    TRAIL_KEY,
+    TRAIL_LIMIT,
+    TRAIL_TEXT_CHARS,
+    ProgressTrail,
     error_from_event,
     exception_event,
     failure_event,
+    progress_trail,
     wait_error,
 )
-from airflow_provider_backendauth.core.bulk.poller import Fail
+from airflow_provider_backendauth.core.bulk.poller import Fail, Observed
 from airflow_provider_backendauth.core.errors import (
     BulkExportError,
     ConfigurationError,
@@ -71,3 +76,38 @@ def test_an_event_names_only_the_providers_error_classes(name: str) -> None:
 def test_an_earlier_versions_event_reads_as_it_did() -> None:
     assert error_from_event({"status": "timeout", "message": "late"}).retryable
     assert not error_from_event({"status": "error", "message": "failed"}).retryable
+
+
+def test_the_progress_trail_keeps_the_last_answers_and_counts_all() -> None:
+    trail = ProgressTrail()
+    for n in range(TRAIL_LIMIT + 10):
+        trail.add(Observed(f"{n}%\x1b[2J" + "x" * 500, float(n % 3) or None), 1000.0 + n)
+    event = json.loads(json.dumps({TRAIL_KEY: trail.as_event()}))  # the event's JSON trip
+    assert event[TRAIL_KEY]["count"] == TRAIL_LIMIT + 10
+    read = progress_trail(event)
+    assert [at for at, _ in read] == [1000.0 + n for n in range(10, TRAIL_LIMIT + 10)]
+    first = read[0][1]
+    assert first.x_progress is not None and first.x_progress.startswith("10%\\x1b[2J")
+    assert len(first.x_progress) == TRAIL_TEXT_CHARS
+    assert (first.retry_after, read[1][1].retry_after) == (1.0, 2.0)
+
+
+def test_a_mangled_progress_trail_is_read_as_far_as_it_goes() -> None:
+    event = {
+        TRAIL_KEY: {
+            "count": 5,
+            "items": [
+                {"at": 1.0, "x_progress": "ok\r\nforged", "retry_after": 2},
+                {"at": "soon", "x_progress": "bad time", "retry_after": None},
+                {"at": 2.0, "x_progress": ["not", "text"], "retry_after": None},
+                {"at": 3.0, "x_progress": None, "retry_after": True},
+                "not an item",
+                {"at": 4.0, "x_progress": None, "retry_after": None},
+            ],
+        }
+    }
+    assert progress_trail(event) == [
+        (1.0, Observed("ok\\r\\nforged", 2.0)),
+        (4.0, Observed(None, None)),
+    ]
+    assert progress_trail({}) == progress_trail({TRAIL_KEY: "junk"}) == []
