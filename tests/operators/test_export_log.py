@@ -377,3 +377,48 @@ def test_progress_events_wait_for_a_milestone_not_the_clock(
     assert [x["eventId"] for x in lines] == ["status_progress"] * 10 + ["status_complete"]
     assert lines[0]["timestamp"] == "2023-11-14T22:13:20.000+00:00"  # when it was observed
     assert lines[3]["eventDetail"] == {"body": None, "xProgress": "3%\\x1b[0m", "retryAfter": "1"}
+
+
+def test_a_deferred_wait_that_times_out_logs_its_202s_before_the_error(
+    bulk_env: BulkEnv,
+) -> None:
+    """The trail rides the failure event too: the log shows the 202s, then why it failed."""
+    bulk_env.sb.settings.update(bulk_job_seconds=0.0, bulk_complete_after_polls=10_000)
+    out = bulk_env.tmp / "out"
+    with pytest.raises(TaskDeferred) as deferred:
+        export_op(out, deferrable=True, max_wait=3.0).execute(task_context())
+    event = drive(deferred.value)
+    assert event["status"] == "timeout" and event["progress_trail"]["count"] >= 1
+    with pytest.raises(BulkExportError, match="max_wait"):
+        export_op(out, deferrable=True, max_wait=3.0).execute_complete(task_context(), event)
+    events = read_log(out, bulk_env)
+    assert milestones(events) == ["kickoff", "status_error"]
+    assert names(events)[-1] == "status_error"
+    progress = only(events, "status_progress")
+    assert len(progress) == event["progress_trail"]["count"]
+    assert all(p["xProgress"] == "in-progress: 0% exported" for p in progress)
+
+
+def test_a_202_while_fetching_a_manifest_page_is_a_status_progress(bulk_env: BulkEnv) -> None:
+    """bulk-data-client follows a page's ``next`` link with the same status polling, and
+    logs its 202s too: here the page after the first answers 202 once."""
+    bulk_env.sb.settings.update(**PAGED, bulk_job_seconds=0.0)
+    out = bulk_env.tmp / "out"
+    op = export_op(out, deferrable=True, allow_partial_manifests=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(task_context())
+    event = drive(deferred.value)  # the first page, inline
+    assert event["manifest"] and event["progress_trail"]["count"] == 0
+    bulk_env.sb.faults.add(
+        "/fhir/_bulk/jobs", status=202, retry_after=1, headers={"X-Progress": "page pending"}
+    )
+    export_op(out, deferrable=True, allow_partial_manifests=True).execute_complete(
+        task_context(), event
+    )
+    events = read_log(out, bulk_env)
+    order = names(events)
+    assert only(events, "status_progress") == [
+        {"body": None, "xProgress": "page pending", "retryAfter": "1"}
+    ]
+    assert order.index("status_complete") < order.index("status_progress")
+    assert order.index("status_progress") < order.index("manifest_complete")

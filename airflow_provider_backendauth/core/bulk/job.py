@@ -48,6 +48,7 @@ from airflow_provider_backendauth.core.bulk.files import (
 )
 from airflow_provider_backendauth.core.bulk.manifest import BulkManifest
 from airflow_provider_backendauth.core.bulk.pages import plan_pages
+from airflow_provider_backendauth.core.bulk.poller import Observed
 from airflow_provider_backendauth.core.bulk.request import BulkExportRequest
 from airflow_provider_backendauth.core.bulk.state import (
     CANCELLED,
@@ -231,15 +232,12 @@ class BulkExportJob:
         """Block until the export completes (non-deferrable mode); returns the manifest."""
         if not self.needs_wait:
             return self.local_manifest()
-        elog = self.export_log
-        # Each 202 becomes a status_progress event (buffered: written with the manifest).
-        return self.client.wait(
-            self.status_url,
-            deadline=deadline,
-            on_progress=lambda seen, at: elog.status_progress(
-                seen.x_progress, seen.retry_after, at=at
-            ),
-        )
+        return self.client.wait(self.status_url, deadline=deadline, on_progress=self._progress)
+
+    def _progress(self, seen: Observed, at: float) -> None:
+        """A 202 while waiting (for the export or a manifest page): a status_progress event
+        (buffered: written with the next milestone)."""
+        self.export_log.status_progress(seen.x_progress, seen.retry_after, at=at)
 
     # -- the manifest ----------------------------------------------------------------
 
@@ -326,7 +324,7 @@ class BulkExportJob:
                 "server really keeps manifests there)."
             )
         log.info("Fetching manifest page %d from %s", page, display_url(url))
-        done = self.client.wait_json(url, deadline=deadline)
+        done = self.client.wait_json(url, deadline=deadline, on_progress=self._progress)
         manifest = BulkManifest.from_json(done.manifest, expires=done.expires)
         with atomic_writer(self.page_path(page), "wb") as handle:
             handle.write(json.dumps(manifest.raw, indent=1).encode())
