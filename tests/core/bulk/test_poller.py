@@ -14,6 +14,7 @@ from airflow_provider_backendauth.core.bulk.poller import (
     RETRY_AFTER_FLOOR,
     Done,
     Fail,
+    Observed,
     Poll,
     Sleep,
     StatusPoller,
@@ -208,3 +209,28 @@ def test_a_status_url_flapping_500_202_is_given_up_on() -> None:
     assert errors == PollSettings().max_poll_errors  # then the next error gives up
     assert "101 errors" in fail.message and "max_poll_errors=100" in fail.message
     assert fail.status_code == 500
+
+
+def test_every_202_is_observed_for_the_export_log_and_nothing_else_is() -> None:
+    """Drivers log each 202 as a status_progress (bulk-data-client logs every one, the same
+    text again too); a 429 or a failed poll is not one."""
+    actions = run(
+        poller(),
+        [
+            Pending(2.0, "10%"),
+            Pending(None, "10%"),  # unchanged text: observed again, not a new `progress`
+            Pending(3.0, None, throttled=True),
+            RetryLater(None, "HTTP 503", 503),
+            Pending(None, None),
+            Complete({"output": []}),
+        ],
+    )
+    observed = [a.observed if isinstance(a, Sleep) else a for a in actions]
+    assert observed[:5] == [
+        Observed("10%", 2.0),
+        Observed("10%", None),
+        None,
+        None,
+        Observed(None, None),
+    ]
+    assert [a.progress for a in actions[:2] if isinstance(a, Sleep)] == ["10%", None]
