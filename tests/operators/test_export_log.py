@@ -413,7 +413,8 @@ def test_a_202_while_fetching_a_manifest_page_is_a_status_progress(bulk_env: Bul
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(task_context())
     event = drive(deferred.value)  # the first page, inline
-    assert event["manifest"] and event["progress_trail"]["count"] == 0
+    # How many 202s the job answers before it completes depends on the load: none is asserted.
+    assert event["manifest"]
     bulk_env.sb.faults.add(
         "/fhir/_bulk/jobs", status=202, retry_after=1, headers={"X-Progress": "page pending"}
     )
@@ -421,9 +422,11 @@ def test_a_202_while_fetching_a_manifest_page_is_a_status_progress(bulk_env: Bul
         task_context(), event
     )
     events = read_log(out, bulk_env)
-    order = names(events)
-    assert only(events, "status_progress") == [
-        {"body": None, "xProgress": "page pending", "retryAfter": "1"}
+    order = [
+        e["eventId"] if e["eventDetail"].get("xProgress") != "page pending" else "page_202"
+        for e in events
     ]
-    assert order.index("status_complete") < order.index("status_progress")
-    assert order.index("status_progress") < order.index("manifest_complete")
+    page_202s = [e for e in only(events, "status_progress") if e["xProgress"] == "page pending"]
+    assert page_202s == [{"body": None, "xProgress": "page pending", "retryAfter": "1"}]
+    assert order.index("status_complete") < order.index("page_202")
+    assert order.index("page_202") < order.index("manifest_complete")
