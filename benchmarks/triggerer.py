@@ -13,13 +13,17 @@ measures:
 - RSS per deferred export: the process's RSS with the K triggers started and polling, less
   its RSS before (imports done, one trigger run to warm them), over K, after a full GC;
 - start-up CPU per export: the process CPU from starting the K coroutines until every one
-  has polled once (the sandbox's poll counter says when), over K;
+  has polled once (the sandbox's poll counter says when), over K; the triggers spread their
+  first polls over the shortest wait (2 s), so the start-up's seconds are about that;
 - CPU per poll, polls on schedule and loop lag over ``--window`` seconds after the start-up:
   polls counted by the sandbox; "on schedule" is polls over the polls K triggers make at
   the server's 2 s plus the poller's mean jitter (5%); loop lag is how late a 10 ms
   ``asyncio.sleep`` wakes (p50, p99, max);
-- open connections (established TCP connections from this process to the sandbox) and token
-  requests (the sandbox's counter) in the window;
+- poll round trips (each status request, from the trigger's side: p50, p99) and the
+  garbage collector's full collections in the window (count, longest pause): what adds to a
+  wait besides the loop's lag;
+- open connections (established TCP connections from this process to the sandboxes) at the
+  end of the window, and token requests (the sandbox's counter) in the window;
 - a slow token endpoint: K triggers on connection A and K on connection B (two sandboxes).
   A's tokens are expired and A's token endpoint held (the sandbox's fault controls hold the
   answer until released): A's triggers all need a new token and cannot get one. B's polls in
@@ -131,10 +135,12 @@ def parent(options: argparse.Namespace) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
         slow_k = options.slow_token_k
-        before = check(False, "slow token endpoint")
-        slow = child([*urls, "--k", str(slow_k), "--scenario", "slow-token"], env)
-        slow["load"] = span(before, Load.now())
-        print(json.dumps(slow), flush=True)
+        slow: dict[str, Any] = {}
+        if slow_k:
+            before = check(False, "slow token endpoint")
+            slow = child([*urls, "--k", str(slow_k), "--scenario", "slow-token"], env)
+            slow["load"] = span(before, Load.now())
+            print(json.dumps(slow), flush=True)
     end_load = Load.now()
     print(
         f"\nDeferred exports in one event loop (sandbox in its own process, Retry-After "
@@ -143,23 +149,27 @@ def parent(options: argparse.Namespace) -> int:
     )
     print(
         "| K | RSS KB/export | start-up CPU ms/export | start-up s | CPU ms/poll | polls on "
-        "schedule | loop lag p50/p99/max ms | open connections | token requests | load (1 min) |"
+        "schedule | loop lag p50/p99/max ms | poll round trip p50/p99 ms | full GCs (max ms) "
+        "| open connections | token requests | load (1 min) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['k']} | {r['rss_kb_per_export']:.0f} | {r['startup_cpu_ms_per_export']:.1f} "
             f"| {r['startup_s']:.1f} | {r['cpu_ms_per_poll']:.2f} | {r['on_schedule']:.3f} "
             f"| {r['lag_p50_ms']:.1f}/{r['lag_p99_ms']:.1f}/{r['lag_max_ms']:.0f} "
+            f"| {r['round_trip_p50_ms']:.1f}/{r['round_trip_p99_ms']:.1f} "
+            f"| {r['gc_full_collections']} ({r['gc_full_max_ms']:.0f}) "
             f"| {r['open_connections']} | {r['token_requests']} | {r['load']} |"
         )
-    print(
-        f"\nSlow token endpoint: {slow_k} exports on connection A (tokens expired, token endpoint "
-        f"held) beside {slow_k} on connection B: B's polls on schedule "
-        f"{slow['b_on_schedule_held']:.3f} while A was held (before: "
-        f"{slow['b_on_schedule_before']:.3f}); A's polls while held: {slow['a_polls_held']}; "
-        f"loop lag p99 {slow['lag_p99_ms']:.1f} ms; load (1 min) {slow['load']}"
-    )
+    if slow:
+        print(
+            f"\nSlow token endpoint: {slow_k} exports on connection A (tokens expired, token "
+            f"endpoint held) beside {slow_k} on connection B: B's polls on schedule "
+            f"{slow['b_on_schedule_held']:.3f} while A was held (before: "
+            f"{slow['b_on_schedule_before']:.3f}); A's polls while held: {slow['a_polls_held']}; "
+            f"loop lag p99 {slow['lag_p99_ms']:.1f} ms; load (1 min) {slow['load']}"
+        )
     if options.json:
         options.json.write_text(json.dumps({"scale": rows, "slow_token": slow}, indent=1))
     check(False, "the end of the run")
@@ -263,8 +273,61 @@ async def wait_for_polls(control: Sandboxes, which: str, target: int) -> None:
         await asyncio.sleep(0.2)
 
 
+class RoundTrips:
+    """How long each poll's request takes, from the trigger's side (wraps ``_send``): what
+    the server's answer adds to each wait, beside the loop's own lag."""
+
+    def __init__(self, trigger_class: Any) -> None:
+        self.samples: list[float] = []
+        send = trigger_class._send
+
+        async def timed(trigger: Any, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await send(trigger, *args, **kwargs)
+            finally:
+                self.samples.append(time.perf_counter() - started)
+
+        trigger_class._send = timed
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "round_trip_p50_ms": percentile(self.samples, 0.5) * 1000,
+            "round_trip_p99_ms": percentile(self.samples, 0.99) * 1000,
+        }
+
+
+class GcPauses:
+    """The garbage collector's pauses (``gc.callbacks``): a full collection walks every
+    object the process holds, and stops the loop while it does."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._started)
+
+    def reset(self) -> None:
+        self.pauses = {0: [], 1: [], 2: []}
+
+    def figures(self) -> dict[str, float]:
+        full = self.pauses[2]
+        return {
+            "gc_full_collections": len(full),
+            "gc_full_max_ms": max(full, default=0.0) * 1000,
+            "gc_ms_total": sum(sum(p) for p in self.pauses.values()) * 1000,
+        }
+
+
 async def scale(options: argparse.Namespace, urls: list[str], control: Sandboxes) -> dict:
     from airflow_provider_backendauth.triggers.bulk import BulkExportTrigger
+
+    trips = RoundTrips(BulkExportTrigger)
 
     # One trigger polls once first: the imports and first-use costs every trigger after it
     # is spared (the hook, httpx's transport, the connection's key) are not per export.
@@ -287,6 +350,8 @@ async def scale(options: argparse.Namespace, urls: list[str], control: Sandboxes
     rss1 = rss_kb()
     # The window: steady polling after the start-up.
     monitor.reset()
+    trips.samples = []
+    pauses = GcPauses()
     polls1, tokens1, cpu1 = await control.polls("a"), await control.tokens("a"), cpu_now()
     await asyncio.sleep(options.window)
     polls2, tokens2, cpu2 = await control.polls("a"), await control.tokens("a"), cpu_now()
@@ -308,6 +373,8 @@ async def scale(options: argparse.Namespace, urls: list[str], control: Sandboxes
         "open_connections": connections,
         "token_requests": tokens2 - tokens1,
         **monitor.figures(),
+        **trips.figures(),
+        **pauses.figures(),
     }
 
 

@@ -3,15 +3,16 @@
 Every origin decision (may this URL receive the bearer token? is this ``next`` link, manifest
 file URL, redirect ``Location`` or ``Content-Location`` on an allowed server?) goes through
 ``parse_url``. The danger it closes: two URL parsers reading one string differently. For
-``http://127.0.0.1:OTHER\\@127.0.0.1:GOOD/`` ``urllib.parse`` and httpx see host GOOD (with a
+``http://127.0.0.1:OTHER\\@127.0.0.1:GOOD/`` ``urllib.parse`` sees host GOOD (with a
 user-info part), while urllib3, which requests uses to *connect*, sees host OTHER. An origin
 check done with the first and a connection made with the second sends the token to OTHER.
 
 So a URL is accepted only when it is unambiguous: no backslash, whitespace or control
 character anywhere, no user info (``@``) and no percent-encoding in the authority, a plain
 host (letters, digits, ``.``, ``-``, ``_``; or an IP literal) and a numeric port; and then
-urllib, urllib3 (requests) and httpx must all agree on its scheme, host and port. Anything
-else is refused, never "cleaned up": a legitimate server has no reason to send such URLs.
+urllib, urllib3 (requests, on the workers) and yarl (aiohttp, in the triggerer) must all
+agree on its scheme, host and port. Anything else is refused, never "cleaned up": a
+legitimate server has no reason to send such URLs.
 """
 
 from __future__ import annotations
@@ -178,15 +179,13 @@ def _stacks_disagree(parsed: URL) -> str | None:
     except Exception as exc:  # LocationParseError and friends
         return f"urllib3: {type(exc).__name__}"
     try:
-        import httpx  # what the triggerer connects with; optional for core
-    except ImportError:  # pragma: no cover - httpx comes with Airflow
-        httpx = None  # type: ignore[assignment]
-    if httpx is not None:
-        try:
-            hx = httpx.URL(parsed.url)
-            reads["httpx"] = (hx.scheme.lower(), hx.host.lower(), hx.port or 0)
-        except Exception as exc:  # httpx.InvalidURL
-            return f"httpx: {type(exc).__name__}"
+        from yarl import URL as YarlURL  # what the triggerer connects with (aiohttp)
+
+        # As the triggerer sends it: encoded=True, the string taken as it is.
+        yu = YarlURL(parsed.url, encoded=True)
+        reads["yarl"] = ((yu.scheme or "").lower(), (yu.host or "").lower(), yu.port or 0)
+    except Exception as exc:  # ValueError and friends
+        return f"yarl: {type(exc).__name__}"
     for name, (scheme, host, port) in reads.items():
         with contextlib.suppress(ValueError):
             host = ipaddress.ip_address(host).compressed

@@ -16,7 +16,7 @@ that ``since="auto"`` finds the previous run's watermark.
 
 The heavy lifting lives in ``airflow_provider_backendauth.core.bulk.job`` (no Airflow imports);
 these classes are thin adapters, and importing this module imports neither requests nor
-httpx.
+aiohttp.
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
 """``BulkExportTrigger``: waits for a FHIR Bulk Data export in the triggerer, not a worker.
 
-A multi-day export costs no worker slot: the trigger polls the status URL with
-``httpx.AsyncClient``, sleeps with ``asyncio.sleep`` (honouring ``Retry-After`` within the
-poller's rules, jittered), reads the connection with the async API, and runs the (synchronous)
-token exchange on the connection's own renewal thread (``core/http/renewal.py``: never the
-loop's default executor, which every deferred task shares), so the triggerer's event loop is
-never blocked and one connection's slow token endpoint never delays another's polls. A 401
-renews the token and retries. The meaning of each status answer comes from the same sans-IO
-``interpret_status`` the non-deferrable path uses.
+A multi-day export costs no worker slot: the trigger polls the status URL through the event
+loop's shared ``aiohttp`` session (``core/http/aiohttp_driver.py``: connections reused across
+the loop's deferred exports), sleeps with ``asyncio.sleep`` (honouring ``Retry-After`` within
+the poller's rules, jittered; the first poll spread over the shortest wait, so hundreds of
+exports deferred at once do not poll in one burst), reads the connection with the async API,
+and runs the (synchronous) token exchange on the connection's own renewal thread
+(``core/http/renewal.py``: never the loop's default executor, which every deferred task
+shares), so the triggerer's event loop is never blocked and one connection's slow token
+endpoint never delays another's polls. A 401 renews the token and retries. The meaning of
+each status answer comes from the same sans-IO ``interpret_status`` the non-deferrable path
+uses.
 
 Event payloads (the operator's ``execute_complete`` receives them)::
 
@@ -36,14 +39,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 if TYPE_CHECKING:
-    import httpx
+    import aiohttp
 
     from airflow_provider_backendauth.core.auth.client import BackendAuthClient
     from airflow_provider_backendauth.core.bulk.events import ProgressTrail
     from airflow_provider_backendauth.core.bulk.poll_settings import PollSettings
     from airflow_provider_backendauth.core.bulk.poller import StatusPoller
     from airflow_provider_backendauth.core.bulk.protocol import StatusResult
-    from airflow_provider_backendauth.core.http.httpx_driver import Reply
+    from airflow_provider_backendauth.core.http.aiohttp_driver import Reply
+    from airflow_provider_backendauth.core.http.policy import BearerPolicy
 
 # Airflow 3.3 added BaseTrigger.on_kill and calls it when a user acts on the deferred task;
 # 3.1 and 3.2 only cancel the trigger's coroutine (see ``_on_cancelled``).
@@ -55,11 +59,8 @@ LARGE_BODY = 256 * 1024  # parse bigger status answers (manifests) off the event
 
 def _load_modules() -> None:
     """Import what the wait needs; run in a thread so first-time imports (cryptography,
-    pyjwt, httpx) never stall the triggerer's event loop."""
-    import anyio._backends._asyncio  # noqa: F401 - httpcore imports it on the first request
-    import httpx  # noqa: F401
-
-    import airflow_provider_backendauth.core.http.httpx_driver  # noqa: F401
+    pyjwt, aiohttp) never stall the triggerer's event loop."""
+    import airflow_provider_backendauth.core.http.aiohttp_driver  # noqa: F401
 
 
 def _make_client(conn: Any, extra: dict[str, Any]) -> BackendAuthClient:
@@ -114,6 +115,7 @@ class BulkExportTrigger(BaseTrigger):
         self._poller: StatusPoller | None = None
         self._trail: ProgressTrail | None = None
         self._masked: set[str] = set()
+        self._policy: BearerPolicy | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -180,7 +182,8 @@ class BulkExportTrigger(BaseTrigger):
             deadline=self.deadline,
             shown_url=display_url(self.status_url),
         )
-        async with await self._http(client) as http:
+        await asyncio.sleep(poller.first_spread())
+        async with client.async_session() as http:
             action: Action = poller.start(time.time())
             while True:
                 if isinstance(action, Poll):
@@ -224,12 +227,6 @@ class BulkExportTrigger(BaseTrigger):
         self._client = await asyncio.to_thread(_make_client, conn, extra)
         return self._client
 
-    @staticmethod
-    async def _http(client: BackendAuthClient) -> httpx.AsyncClient:
-        """This trigger's HTTP client (``BackendAuthClient.async_http``: over the SSL context
-        every trigger with the same TLS settings shares; built in a thread)."""
-        return await client.async_http()
-
     async def _mask(self, token: str) -> None:
         if token not in self._masked:
             from airflow_provider_backendauth._compat import amask_secret
@@ -239,7 +236,7 @@ class BulkExportTrigger(BaseTrigger):
 
     async def _send(
         self,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         client: BackendAuthClient,
         method: str,
         url: str,
@@ -249,23 +246,26 @@ class BulkExportTrigger(BaseTrigger):
         """One request through the connection's decision per hop (the same ``BearerPolicy``
         the workers use, driven by ``send_async``): token for allowed origins only, renewed
         once on 401, redirects by the one redirect rule, the body read within its cap."""
-        from airflow_provider_backendauth.core.errors import BulkExportError
-        from airflow_provider_backendauth.core.http.httpx_driver import send_async
+        from airflow_provider_backendauth.core.http.aiohttp_driver import send_async
 
+        if self._policy is None:
+            from airflow_provider_backendauth.core.errors import BulkExportError
+
+            self._policy = client.bearer_policy(error=BulkExportError)
         return await send_async(
             http,
-            client.bearer_policy(error=BulkExportError),
+            self._policy,
             method,
             url,
+            timeout=client.settings.timeout,
             headers={"Accept": "application/json"},
             max_bytes=max_bytes,
             on_token=self._mask,
         )
 
-    async def _poll(self, http: httpx.AsyncClient, client: BackendAuthClient) -> StatusResult:
-        import httpx
-
+    async def _poll(self, http: aiohttp.ClientSession, client: BackendAuthClient) -> StatusResult:
         from airflow_provider_backendauth.core.bulk.protocol import RetryLater, interpret_status
+        from airflow_provider_backendauth.core.http.aiohttp_driver import TRANSPORT_ERRORS
         from airflow_provider_backendauth.core.http.bodies import MAX_STATUS_BYTES
         from airflow_provider_backendauth.core.http.deadline import (
             Deadline,
@@ -274,7 +274,7 @@ class BulkExportTrigger(BaseTrigger):
         )
         from airflow_provider_backendauth.core.urls import display_url
 
-        # httpx's timeout bounds each read; the connection's 'timeout' bounds the whole
+        # The socket timeout bounds each read; the connection's 'timeout' bounds the whole
         # request (status line, headers, body), as on the workers.
         deadline = Deadline(client.settings.timeout)
         try:
@@ -283,10 +283,10 @@ class BulkExportTrigger(BaseTrigger):
                 self._send(http, client, "GET", self.status_url, max_bytes=MAX_STATUS_BYTES),
                 f"GET {display_url(self.status_url)}",
             )
-        except httpx.TransportError as exc:
-            return RetryLater(None, f"no answer ({type(exc).__name__})")
         except DeadlineExceededError as exc:
             return RetryLater(None, exc.reason)
+        except TRANSPORT_ERRORS as exc:
+            return RetryLater(None, f"no answer ({type(exc).__name__})")
         if len(reply.body) > LARGE_BODY:  # a big manifest: parse it off the loop
             return await asyncio.to_thread(
                 interpret_status, reply.status, reply.headers, reply.body
@@ -359,7 +359,7 @@ class BulkExportTrigger(BaseTrigger):
         client = await self._auth_client()
         from airflow_provider_backendauth.core.http.bodies import MAX_ERROR_BODY_BYTES
 
-        async with await self._http(client) as http:
+        async with client.async_session() as http:
             reply = await self._send(
                 http, client, "DELETE", self.status_url, max_bytes=MAX_ERROR_BODY_BYTES
             )

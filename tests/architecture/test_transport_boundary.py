@@ -1,8 +1,9 @@
 """The transport boundary (issue 17): every request goes through ``core/http/``.
 
 No module outside ``airflow_provider_backendauth/core/http/`` constructs a requests session
-or an httpx client, or reads a response's body itself (``.content``, ``.text``, ``.json()``,
-``.raw``, ``iter_content``/``iter_lines``, httpx's ``aread``/``aiter_*``): bodies are read by
+or an aiohttp (or httpx) client, or reads a response's body itself (``.content``, ``.text``,
+``.json()``, ``.raw``, ``iter_content``/``iter_lines``, aiohttp's ``read``, httpx's
+``aread``/``aiter_*``): bodies are read by
 the transport within a cap per purpose and handed on with ``body_of``/``text_of``/
 ``json_of``/``error_body_of``. Checked on the source (AST). A "response" is recognised by its
 variable's name (``response``, ``resp``, ``reply``, ``answer``, with a prefix or a plural),
@@ -43,6 +44,7 @@ BODY_ATTRIBUTES = frozenset(
         "aiter_raw",
         "aiter_lines",
         "aiter_text",
+        "read",
     }
 )
 RESPONSE_NAME = re.compile(r"(^|_)(response|resp|reply|answer)s?$", re.I)
@@ -51,6 +53,8 @@ CLIENT_CONSTRUCTORS = {
     ("requests", "session"),
     ("httpx", "Client"),
     ("httpx", "AsyncClient"),
+    ("aiohttp", "ClientSession"),
+    ("aiohttp", "TCPConnector"),
 }
 
 
@@ -103,7 +107,7 @@ def test_only_the_transport_makes_clients_and_reads_bodies(path: pathlib.Path) -
 def test_the_check_sees_a_violation(tmp_path: pathlib.Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(
-        "import requests, httpx\n"
+        "import aiohttp, requests, httpx\n"
         "def f(url):\n"
         "    session = requests.Session()\n"
         "    response = session.get(url)\n"
@@ -113,6 +117,10 @@ def test_the_check_sees_a_violation(tmp_path: pathlib.Path) -> None:
         "            reply = await client.get(url)\n"
         "            return reply.content, status_response.text\n"
         "    return response.raw.read(), [line for line in response.iter_lines()]\n"
+        "async def h(url):\n"
+        "    async with aiohttp.ClientSession() as session:\n"
+        "        answer = await session.get(url)\n"
+        "        return await answer.read()\n"
     )
     found = sorted(violations(probe))
     assert found == [
@@ -123,4 +131,6 @@ def test_the_check_sees_a_violation(tmp_path: pathlib.Path) -> None:
         (9, "reads status_response.text"),
         (10, "reads response.iter_lines"),
         (10, "reads response.raw"),
+        (12, "constructs aiohttp.ClientSession"),
+        (14, "reads answer.read"),
     ], found

@@ -1,7 +1,7 @@
 """Issue 17: every request goes through one transport (``core/http/``). Bodies are read with
 a cap per purpose, decoded size included, and a redirect's own body never; every redirect
 hop is judged by the one redirect rule. Each finding is tried on both drivers where both
-make the request: requests (workers) and httpx (the triggerer).
+make the request: requests (workers) and aiohttp (the triggerer).
 
 Memory is measured with tracemalloc (Python allocations: zlib's and the readers' buffers).
 """
@@ -70,7 +70,7 @@ def bulk_client(conn_id: str, good: HostileServer, **options: Any) -> Any:
 
 def trigger_event(conn_id: str, status_url: str) -> dict[str, Any]:
     """The first event of a ``BulkExportTrigger`` polling ``status_url`` (the triggerer's
-    httpx driver); transient answers end the wait at once."""
+    aiohttp driver); transient answers end the wait at once."""
     from airflow_provider_backendauth.triggers.bulk import BulkExportTrigger
 
     trigger = BulkExportTrigger(
@@ -262,15 +262,16 @@ def post_via(driver: str, conn_id: str, url: str) -> int:
     if driver == "requests":
         session = client.new_session()
         return int(session.post(url, json=PHI, timeout=10).status_code)
-    from airflow_provider_backendauth.core.http.httpx_driver import async_client, send_async
+    from airflow_provider_backendauth.core.http.aiohttp_driver import send_async, shared_session
 
     async def send() -> int:
-        async with async_client(verify=True, timeout=10) as http:
+        async with shared_session(True) as http:
             reply = await send_async(
                 http,
                 client.bearer_policy(),
                 "POST",
                 url,
+                timeout=10,
                 headers={"Content-Type": "application/fhir+json"},
                 content=json.dumps(PHI).encode(),
                 max_bytes=MB,
@@ -280,7 +281,7 @@ def post_via(driver: str, conn_id: str, url: str) -> int:
     return asyncio.run(send())
 
 
-@pytest.mark.parametrize("driver", ["requests", "httpx"])
+@pytest.mark.parametrize("driver", ["requests", "aiohttp"])
 @pytest.mark.parametrize("status", [307, 308])
 def test_a_body_is_never_resent_to_another_origin(driver, status, good, other, connect) -> None:
     good.routes["/fhir/Patient"] = Reply(status, {"Location": f"{other.url}/steal"})
@@ -289,7 +290,7 @@ def test_a_body_is_never_resent_to_another_origin(driver, status, good, other, c
     assert other.requests == []  # before: the PHI went to the other origin
 
 
-@pytest.mark.parametrize("driver", ["requests", "httpx"])
+@pytest.mark.parametrize("driver", ["requests", "aiohttp"])
 def test_a_307_loop_ends_with_a_clear_error(driver, good, connect) -> None:
     good.routes["/fhir/Patient"] = Reply(307, {"Location": "/fhir/Patient"})
     with pytest.raises(BackendAuthError, match="redirected more than 5 times"):
@@ -298,7 +299,7 @@ def test_a_307_loop_ends_with_a_clear_error(driver, good, connect) -> None:
     assert len(posts) == 6 and all(b"Secret-PHI" in r.body for r in posts)  # before: 31
 
 
-@pytest.mark.parametrize("driver", ["requests", "httpx"])
+@pytest.mark.parametrize("driver", ["requests", "aiohttp"])
 def test_a_302_after_a_post_is_a_get_without_the_body(driver, good, other, connect) -> None:
     good.routes["/fhir/Patient"] = Reply(302, {"Location": f"{other.url}/created"})
     other.routes["/created"] = Reply(200, body={"ok": True})

@@ -52,7 +52,9 @@ from airflow_provider_backendauth.core.retry import RetryPolicy
 from airflow_provider_backendauth.core.urls import check_url, display_url, origin_of
 
 if TYPE_CHECKING:
-    import httpx
+    from contextlib import AbstractAsyncContextManager
+
+    import aiohttp
 
     from airflow_provider_backendauth.core.fhir.rest import RestClient
     from airflow_provider_backendauth.core.fhir.search import FhirClient
@@ -424,13 +426,11 @@ class BackendAuthClient:
             dpop=self.dpop,
         )
 
-    async def async_http(self) -> httpx.AsyncClient:
-        """The triggerer's httpx client for this connection's TLS settings and timeout, built
-        in a thread (the first one per TLS setting loads the CA bundle: slow, blocking)."""
-        import asyncio
+    def async_session(self) -> AbstractAsyncContextManager[aiohttp.ClientSession]:
+        """The triggerer's HTTP session for this connection's TLS settings, while in use: the
+        event loop's shared session (``aiohttp_driver.shared_session``), whose connections
+        every trigger with the same TLS settings reuses. Send with ``aiohttp_driver.send_async``
+        and this connection's ``settings.timeout``."""
+        from airflow_provider_backendauth.core.http.aiohttp_driver import shared_session
 
-        from airflow_provider_backendauth.core.http.httpx_driver import async_client
-
-        return await asyncio.to_thread(
-            async_client, verify=self.settings.tls_verify, timeout=self.settings.timeout
-        )
+        return shared_session(self.settings.tls_verify)

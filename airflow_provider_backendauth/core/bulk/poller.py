@@ -186,6 +186,14 @@ class StatusPoller:
 
     # -- the driver's calls ------------------------------------------------------------
 
+    def first_spread(self) -> float:
+        """Seconds to wait before the first poll for a driver that starts many waits at once
+        (a triggerer restarting with hundreds of deferred exports, or hundreds deferred
+        together): a random part of ``poll_interval_min``. It spreads their polls over the
+        interval from the start; the per-wait jitter alone would take many rounds to, while
+        the server answers each round as one burst."""
+        return self._settings.poll_interval_min * self._random()
+
     def start(self, now: float) -> Poll | Fail:
         """The next step before a request: poll now, or fail when the deadline has passed."""
         if self.deadline is None:

@@ -1,5 +1,5 @@
 """The transport: every request the provider makes goes through here, for ``requests``
-(workers) and ``httpx`` (the triggerer) alike.
+(workers) and ``aiohttp`` (the triggerer) alike.
 
 - ``sessions``: the ``requests`` sessions (TLS, User-Agent, proxy environment once per origin);
 - ``deadline``: the connection's ``timeout`` as a total deadline per request;
@@ -7,7 +7,8 @@
 - ``redirects``: the one redirect rule (sans-IO);
 - ``policy``: the sans-IO decision per hop (which origin gets the token, redirects, 401 ->
   renew once, the headers of each hop), and its two drivers ``requests_auth``
-  (``BackendAuth``) and ``httpx_driver`` (``send_async``);
+  (``BackendAuth``) and ``aiohttp_driver`` (``send_async``, and the event loop's shared
+  session, ``shared_session``);
 - ``authorized``: per-thread authorized sessions (``AuthorizedSessions``), for parallel work.
 
 This package imports no Airflow.

@@ -1,13 +1,13 @@
 """Bounded reading of API answers: a size limit on the decoded body, per purpose, within the
 request's total deadline, for both drivers.
 
-``response.content`` (requests and httpx alike) decodes a gzip body whole: a 300 KB bomb
-becomes gigabytes in memory. ``read_body`` (requests) reads the decoded body in small steps,
-each a single socket read (urllib3 ``read1``, whose decoder output per call is bounded);
-``BoundedDecoder`` does the same for raw bytes (the httpx driver, ``core/http/httpx_driver.py``).
-Both stop with a clear error when the body grows past its cap, and ``read_body`` when the
-request's deadline passes (``core/http/deadline.py`` owns the deadline: it also bounds the
-status line and headers, which arrive before this reads).
+``response.content`` (requests, and aiohttp's ``read()`` alike) decodes a gzip body whole: a
+300 KB bomb becomes gigabytes in memory. ``read_body`` (requests) reads the decoded body in
+small steps, each a single socket read (urllib3 ``read1``, whose decoder output per call is
+bounded); ``BoundedDecoder`` does the same for raw bytes (the triggerer's
+``core/http/aiohttp_driver.py``). Both stop with a clear error when the body grows past its
+cap, and ``read_body`` when the request's deadline passes (``core/http/deadline.py`` owns the
+deadline: it also bounds the status line and headers, which arrive before this reads).
 
 The caps (``docs/security.md`` lists them with their settings):
 

@@ -1,7 +1,7 @@
 """The total deadline: a request's answer must be complete within the connection's
 ``timeout``, whatever rate the server sends it at.
 
-``requests``/urllib3 and httpx apply ``timeout`` to each socket read: a server that sends one
+``requests``/urllib3 and aiohttp apply ``timeout`` to each socket read: a server that sends one
 byte of its status line, headers or body every 0.9 s never trips ``timeout=1`` and holds the
 worker (or the triggerer's poll) as long as it likes. One ``Deadline`` per request, started
 when it is sent, bounds the whole answer:
@@ -15,7 +15,7 @@ when it is sent, bounds the whole answer:
   answers, REST/FHIR pages) is finished by ``core/http/bodies.py`` ``read_body`` against the
   same ``Deadline`` (``deadline_of``); bulk file bodies are long by nature and bounded per
   read and by size (``core/bulk/download.py``).
-- The triggerer (httpx): ``within(deadline, ...)`` bounds the whole awaited request.
+- The triggerer (aiohttp): ``within(deadline, ...)`` bounds the whole awaited request.
 
 A deadline is a timeout (``DeadlineExceededError`` is a ``requests.Timeout``): retried like any
 other. This module imports no Airflow.

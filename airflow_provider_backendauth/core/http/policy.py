@@ -21,7 +21,7 @@ whether the request carries the bearer token and what to send next:
   proof goes exactly where the token goes, never elsewhere.
 
 The drivers only do I/O: ``BackendAuth`` in ``core/http/requests_auth.py`` (a ``requests``
-``AuthBase``) and ``send_async`` in ``core/http/httpx_driver.py`` (the triggerer's httpx
+``AuthBase``) and ``send_async`` in ``core/http/aiohttp_driver.py`` (the triggerer's aiohttp
 requests). So the worker and the triggerer cannot drift apart.
 
 This module imports no Airflow and no HTTP client.
@@ -144,7 +144,7 @@ class Answer:
 
 def answer_of(status: int, headers: Any) -> Answer:
     """The ``Answer`` for a response's status and headers (any case-insensitive mapping:
-    requests' and httpx's both fit), as both drivers read it."""
+    requests' and aiohttp's both fit), as both drivers read it."""
     return Answer(
         status,
         headers.get("Location"),

@@ -1,6 +1,6 @@
 """The one redirect rule, sans-IO: whether a 3xx answer is followed, and how the next hop
 is sent. ``BearerPolicy.flow`` asks it at every hop, for both drivers (requests on the
-workers, httpx in the triggerer), so no request of the provider follows a redirect by an HTTP
+workers, aiohttp in the triggerer), so no request of the provider follows a redirect by an HTTP
 library's own rules.
 
 Every hop is judged on its own:

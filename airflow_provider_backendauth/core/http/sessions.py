@@ -37,7 +37,7 @@ USER_AGENT = "airflow-provider-backendauth"
 
 # What requests' environment lookup reads for http(s) URLs: the proxy variables in both
 # spellings, REQUEST_METHOD (a CGI process ignores HTTP_PROXY) and the CA bundle variables.
-_ENVIRONMENT_KEYS = (
+ENVIRONMENT_KEYS = (
     *(
         name
         for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
@@ -90,7 +90,7 @@ class ClientSession(requests.Session):
             self.verify,
             self.cert,
             tuple(sorted(self.proxies.items())),
-            tuple(os.environ.get(name) for name in _ENVIRONMENT_KEYS),
+            tuple(os.environ.get(name) for name in ENVIRONMENT_KEYS),
         )
         try:
             settings = self._environment.get(key)

@@ -1,7 +1,7 @@
 """DPoP (RFC 9449) in the client, against the sandbox's DPoP mode (which verifies proofs with
 jwcrypto): the token request with a proof, ``use_dpop_nonce`` answered with a fresh assertion,
 ``auto`` mode, DPoP errors explained as such, resource requests with ``Authorization: DPoP``
-and a proof per hop (requests and httpx), nonces per origin, rotation, and the token cache
+and a proof per hop (requests and aiohttp), nonces per origin, rotation, and the token cache
 keyed by the proof key."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from airflow_provider_backendauth.core.auth.client import BackendAuthClient
 from airflow_provider_backendauth.core.auth.settings import ClientSettings
 from airflow_provider_backendauth.core.errors import DpopError
-from airflow_provider_backendauth.core.http.httpx_driver import async_client, send_async
+from airflow_provider_backendauth.core.http.aiohttp_driver import send_async, shared_session
 from backendauth_sandbox.testing import generate_client_key
 from tests.support.clients import make_client, register
 
@@ -118,19 +118,21 @@ def test_a_configured_dpop_key_file_signs_the_proofs(sandbox, tmp_path):
     assert client.get_token().dpop_bound
 
 
-def test_the_triggers_httpx_driver_sends_dpop_proofs(sandbox):
+def test_the_triggers_driver_sends_dpop_proofs(sandbox):
     sandbox.settings.update(dpop_nonce=True)
     client = _dpop_client(sandbox)
     policy = client.bearer_policy()
     url = f"{sandbox.fhir_base}/Patient"
 
     async def fetch() -> list[int]:
-        async with async_client(verify=True, timeout=10) as http:
+        async with shared_session(True) as http:
             codes = []
             for _ in range(2):
-                codes.append((await send_async(http, policy, "GET", url, max_bytes=1 << 20)).status)
+                reply = await send_async(http, policy, "GET", url, timeout=10, max_bytes=1 << 20)
+                codes.append(reply.status)
             sandbox.rotate_dpop_nonce()  # the next proof's nonce is stale: one 401, resent
-            codes.append((await send_async(http, policy, "GET", url, max_bytes=1 << 20)).status)
+            reply = await send_async(http, policy, "GET", url, timeout=10, max_bytes=1 << 20)
+            codes.append(reply.status)
             return codes
 
     before = sandbox.stats["dpop"]["nonce_challenges"]

@@ -234,3 +234,12 @@ def test_every_202_is_observed_for_the_export_log_and_nothing_else_is() -> None:
         Observed(None, None),
     ]
     assert [a.progress for a in actions[:2] if isinstance(a, Sleep)] == ["10%", None]
+
+
+@pytest.mark.parametrize("draw", [0.0, 0.25, 0.999])
+def test_the_first_poll_is_spread_over_the_shortest_wait(draw: float) -> None:
+    """Hundreds of exports deferred at once (or a triggerer restart) start their waits in
+    one instant: each first poll waits a random part of poll_interval_min."""
+    poller = StatusPoller(URL, PollSettings(poll_interval_min=4), random=lambda: draw)
+    assert poller.first_spread() == pytest.approx(4 * draw)
+    assert 0 <= poller.first_spread() < 4

@@ -1,6 +1,6 @@
 """``BearerPolicy.flow`` and the one redirect rule, step by step (sans-IO), then the same
 scenarios through both drivers against real servers on loopback: requests (``BackendAuth``,
-the workers) and httpx (``send_async``, the triggerer) must send exactly the same hops."""
+the workers) and aiohttp (``send_async``, the triggerer) must send exactly the same hops."""
 
 from __future__ import annotations
 
@@ -177,13 +177,14 @@ def send(driver: str, policy: BearerPolicy, method: str, url: str, body: bytes |
             timeout=10,
         )  # fmt: skip
         return int(response.status_code)
-    from airflow_provider_backendauth.core.http.httpx_driver import async_client, send_async
+    from airflow_provider_backendauth.core.http.aiohttp_driver import send_async, shared_session
 
     async def run() -> int:
-        async with async_client(verify=True, timeout=10) as client:
+        async with shared_session(True) as session:
             reply = await send_async(
-                client, policy, method, url, headers=headers, content=body, max_bytes=1 << 20
-            )
+                session, policy, method, url, timeout=10, headers=headers, content=body,
+                max_bytes=1 << 20,
+            )  # fmt: skip
         return reply.status
 
     return asyncio.run(run())
@@ -222,7 +223,7 @@ def script(name: str, a: HostileServer, b: HostileServer) -> tuple[str, str]:
 def test_both_drivers_send_the_same_hops(name, servers) -> None:
     a, b = servers
     results = {}
-    for driver in ("requests", "httpx"):
+    for driver in ("requests", "aiohttp"):
         a.requests.clear()
         b.requests.clear()
         method, path = script(name, a, b)
@@ -230,7 +231,7 @@ def test_both_drivers_send_the_same_hops(name, servers) -> None:
         body = b'{"phi": true}' if method == "POST" else None
         status = send(driver, policy, method, f"{a.url}{path}", body)
         results[driver] = (status, seen(a, b))
-    assert results["requests"] == results["httpx"], results
+    assert results["requests"] == results["aiohttp"], results
     status, hops = results["requests"]
     assert status in (200, 201)
     for server, _method, _path, authorization, _body, cookie in hops:

@@ -4,11 +4,7 @@ direct when ``NO_PROXY`` or a changed environment says so."""
 
 from __future__ import annotations
 
-import ssl
-import threading
 import urllib.request
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import certifi
@@ -18,57 +14,6 @@ import requests
 from airflow_provider_backendauth.core.http import sessions
 from airflow_provider_backendauth.core.http.requests_auth import BackendAuth
 from airflow_provider_backendauth.core.http.sessions import USER_AGENT, ClientSession, plain_session
-from tests.support.servers import trusted_certificate
-
-PROXY_VARIABLES = [
-    name
-    for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-    for name in (base, base.upper())
-] + ["REQUEST_METHOD", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"]
-
-
-class _Answer(BaseHTTPRequestHandler):
-    """Says who answered: the proxy gets absolute URIs (``GET http://host/path``)."""
-
-    name = "server"
-    seen: list[str]
-
-    def do_GET(self) -> None:
-        self.seen.append(self.path)
-        body = self.name.encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _serve(name: str) -> tuple[ThreadingHTTPServer, list[str]]:
-    seen: list[str] = []
-    handler = type(f"{name}Handler", (_Answer,), {"name": name, "seen": seen})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, seen
-
-
-@pytest.fixture
-def servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str, list[str]]]:
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    target, _ = _serve("server")
-    proxy, proxied = _serve("proxy")
-    try:
-        yield (
-            f"http://127.0.0.1:{target.server_address[1]}/data",
-            f"http://127.0.0.1:{proxy.server_address[1]}",
-            proxied,
-        )
-    finally:
-        for server in (target, proxy):
-            server.shutdown()
-            server.server_close()
 
 
 def test_requests_follow_the_environment_as_it_changes(
@@ -147,7 +92,7 @@ def test_the_environment_is_read_once_per_origin(
 def test_the_settings_are_requests_own(
     environment: dict[str, str], url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in PROXY_VARIABLES:
+    for name in sessions.ENVIRONMENT_KEYS:
         monkeypatch.delenv(name, raising=False)
     ours = ClientSession()
     ours.merge_environment_settings(url, {}, None, None, None)  # fill the cache first
@@ -179,21 +124,6 @@ def test_plain_session_sets_tls_and_user_agent_and_no_token() -> None:
     assert session.auth.tokens is None
 
 
-@pytest.fixture
-def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """An HTTPS server with a self-signed certificate: (its URL, the certificate)."""
-    cert, key = trusted_certificate(tmp_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server, _ = _serve("tls")
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}/data", cert
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_the_connections_tls_setting_wins_over_the_ca_bundle_environment(
     https_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
@@ -210,14 +140,3 @@ def test_the_connections_tls_setting_wins_over_the_ca_bundle_environment(
         plain_session(True).get(url, timeout=10)  # the default follows the environment...
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
     assert plain_session(True).get(url, timeout=10).text == "tls"  # ...either way
-
-
-def test_triggers_clients_share_one_ssl_context_per_tls_setting() -> None:
-    # Loading the CA bundle per client cost every deferred export ~844 KB and ~31 ms.
-    from airflow_provider_backendauth.core.http.httpx_driver import async_client, ssl_context
-
-    first, second = (async_client(verify=True, timeout=30) for _ in range(2))
-    other = async_client(verify=False, timeout=30)
-    contexts = [c._transport._pool._ssl_context for c in (first, second, other)]  # type: ignore[attr-defined]
-    assert contexts[0] is contexts[1] is ssl_context(True)
-    assert contexts[2] is ssl_context(False) and contexts[2] is not contexts[0]
