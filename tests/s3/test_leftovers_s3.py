@@ -53,3 +53,19 @@ def test_only_the_runs_own_uploads_are_aborted(bulk_env: BulkEnv, bucket: Bucket
     assert bucket.server.operations(bucket.name)["ListMultipartUploads"] == 1
     aborted = [r.key for r in bucket.server.requests if r.operation == "AbortMultipartUpload"]
     assert sorted(aborted) == sorted(killed)
+
+
+def test_a_server_that_cannot_list_uploads_still_gets_the_export(
+    bulk_env: BulkEnv, bucket: Bucket, caplog
+) -> None:
+    """Some S3-compatible servers (s3rver, for one) answer ListMultipartUploads with 501
+    NotImplemented: nothing can be listed, so nothing is aborted, and the export goes on."""
+    bulk_env.sb.settings.update(bulk_lines_per_file=5)
+    bucket.server.fail("ListMultipartUploads", status=501, code="NotImplemented")
+    assert export_patients(bucket, "out") == 4
+    stored = bucket.server.objects(bucket.name, "out/")
+    patients = sorted(k for k in stored if k.startswith("out/Patient."))
+    assert patients == [f"out/Patient.00{n}.ndjson" for n in range(4)]
+    assert sum(stored[k].count(b"\n") for k in patients) == 20  # every Patient, whole
+    assert "out/manifest.json" in stored
+    assert "cannot list incomplete multipart uploads" in caplog.text

@@ -7,18 +7,23 @@ drop: what a killed upload left there is invisible and expires (docs/object-stor
 touches nothing but the leftovers of the files asked about.
 
 Limits: only call it when no other writer can be writing the files asked about (a live
-writer's temporary file or upload looks the same as a dead one's).
+writer's temporary file or upload looks the same as a dead one's). An S3-compatible server
+that does not implement ``ListMultipartUploads`` (s3rver answers 501 NotImplemented) cannot
+say what is left: nothing is aborted there and the write goes on, with a warning (a bucket
+lifecycle rule, ``AbortIncompleteMultipartUpload``, cleans up instead).
 
 This module imports no Airflow.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from contextlib import suppress
 from typing import Any
 
+from airflow_provider_backendauth.core.redact import get_logger
 from airflow_provider_backendauth.core.storage.paths import (
     PARTIAL_MARKER,
     StoragePath,
@@ -27,6 +32,8 @@ from airflow_provider_backendauth.core.storage.paths import (
     is_partial_name,
     remove_quietly,
 )
+
+log = get_logger(__name__)
 
 
 def remove_partials(directory: str | os.PathLike[str] | StoragePath) -> list[str]:
@@ -141,12 +148,26 @@ class Leftovers:
         markers: dict[str, str] = {}
         while True:  # S3 answers at most 1,000 uploads a page
             self.listings += 1
-            answer = fs.call_s3(
-                "list_multipart_uploads",
-                Bucket=bucket,
-                Prefix=prefix + (self._only or ""),
-                **markers,
-            )
+            try:
+                answer = fs.call_s3(
+                    "list_multipart_uploads",
+                    Bucket=bucket,
+                    Prefix=prefix + (self._only or ""),
+                    **markers,
+                )
+            except OSError as exc:
+                if exc.errno != errno.ENOSYS:  # s3fs's translation of NotImplemented
+                    raise
+                log.warning(
+                    "The S3 server at %s cannot list incomplete multipart uploads (%s): "
+                    "uploads that killed runs left under s3://%s/%s are not aborted here; a "
+                    "bucket lifecycle rule (AbortIncompleteMultipartUpload) removes them",
+                    getattr(fs, "endpoint_url", None) or "the configured endpoint",
+                    exc.strerror or "NotImplemented",
+                    bucket,
+                    prefix,
+                )
+                return found
             for upload in answer.get("Uploads", []):
                 name = str(upload.get("Key", ""))[len(prefix) :]
                 # This folder's own files only (a deeper key is another folder's).
