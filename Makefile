@@ -84,6 +84,7 @@ BENCH_IDLE = $(if $(filter require,$(IDLE)),--require-idle)
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py $(BENCH_IDLE)
 	$(PY) benchmarks/s3.py $(BENCH_IDLE)
+	$(PY) benchmarks/s3.py $(BENCH_IDLE) --server s3rver
 	$(PY) benchmarks/views.py $(BENCH_IDLE)
 	$(PY) benchmarks/tables.py $(BENCH_IDLE) $(if $(SOF_JS),--sof-js $(SOF_JS))
 	$(PY) benchmarks/triggerer.py $(BENCH_IDLE)

@@ -583,7 +583,10 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows: list[Row] = []
-    loads = [start_load]  # every one taken: the README says whether all were idle
+    # The load before each case: the README says whether all were idle. The load after a
+    # case is mostly the benchmark's own (four curl processes, the servers), so it is shown
+    # in each row's column but does not make the machine "busy".
+    loads = [start_load]
     raw: list[dict[str, Any]] = []
     warm = True
 
@@ -597,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         samples = measure(case, work, args, warm_up=warm)
         after = Load.now()
         case.load = span(before, after)
-        loads.extend((before, after))
+        loads.append(before)
         warm = False
         new = rows_for(case, samples, args.parallel)
         for row in new:
@@ -668,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Python {host['python']}, Linux {host['kernel']}, {host['curl']}, "
             f"{host['nginx']}, installed inflaters: {host['inflaters']}, newline counter: "
             f"{host['counter']}; load average {host['loadavg_start']} at the start, "
-            f"{host['loadavg_end']} at the end{note}; {idle_text(*loads, end_load)}. "
+            f"{host['loadavg_end']} at the end{note}; {idle_text(*loads)} before every case. "
             f"{args.files} files, {args.parallel} at a time, {args.repeat} rotating rounds. "
             f"A fresh process's start-up and imports (bytecode compiled, as installed): "
             f"{host['startup_ms']:.0f} ms, included in its rows. The last column is the "

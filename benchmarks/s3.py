@@ -2,16 +2,22 @@
 
     .venv/bin/python benchmarks/s3.py            # 200 MB export, 5 repetitions
     .venv/bin/python benchmarks/s3.py --quick    # 20 MB, 3 repetitions
+    .venv/bin/python benchmarks/s3.py --server s3rver   # against a second S3 server
 
-An S3 endpoint (moto's server, its own process) and the sandbox (its own process) on
-127.0.0.1. The export's files are downloaded once to local disk; then, each repetition in a
-rotating order:
+An S3 endpoint (moto's server, its own process; or with ``--server s3rver`` the npm
+package s3rver, a Node.js S3 server that writes objects to disk, as a second, faster
+S3-protocol server) and the sandbox (its own process) on 127.0.0.1. The export's files are
+downloaded once to local disk; then, each repetition in a rotating order:
 
 - ``BulkDownloader`` -> ``ObjectStoragePath("s3://aws_default@bucket/...")``: fetch from the
   sandbox and stream into S3 (what the export operator does);
 - ``boto3`` ``upload_file`` of the local copies (s3transfer: threads, multipart), N at once;
 - ``s3fs`` ``put`` of the local copies;
 - ``BulkDownloader`` -> local disk (the download alone).
+
+Each contender's row also gives the median CPU seconds per run of the three processes (this
+client, the S3 server, the sandbox): on 2 cores, whichever is near the run's seconds bounds
+it. The S3 request counts come from moto's request log (none with s3rver).
 
 The upload baselines only upload (their download is already done), so "vs fastest upload"
 near 1 means streaming into S3 costs nothing over an upload alone; "vs download then upload"
@@ -81,8 +87,14 @@ for line in sys.stdin:
 """
 
 
+S3RVER_VERSION = "3.7.1"
+
+
 class Moto:
     """moto's S3 in a child process (its CPU is not ours), with its request log."""
+
+    name = "moto"
+    key, secret = "testing", "testing"
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
@@ -111,14 +123,63 @@ class Moto:
         self.process.wait(30)
 
 
-def boto3_client(endpoint: str) -> Any:
+class S3rver:
+    """s3rver (npm, Node.js) in a child process, objects on a scratch disk; no request log."""
+
+    name = "s3rver"
+    key, secret = "S3RVER", "S3RVER"  # its default credentials
+
+    def __init__(self) -> None:
+        from servers import free_port
+
+        from tests.support.npm import install_pinned
+
+        cache = HERE.parent / ".cache" / "s3rver"
+        binary = install_pinned(
+            "s3rver",
+            S3RVER_VERSION,
+            cache / "node_modules" / ".bin" / "s3rver",
+            SystemExit,
+            "benchmarks/s3.py --server s3rver",
+        )
+        self.data = Path(tempfile.mkdtemp(prefix="bench-s3rver-"))
+        port = free_port()
+        self.process = subprocess.Popen(
+            [str(binary), "-d", str(self.data), "-a", "127.0.0.1", "-p", str(port), "--silent"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(self.endpoint, timeout=2)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise SystemExit("s3rver did not start") from None
+                time.sleep(0.1)
+
+    def log(self) -> list[dict[str, Any]]:
+        return []
+
+    def reset(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+def boto3_client(server: Moto | S3rver) -> Any:
     import boto3
 
     return boto3.client(
         "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        endpoint_url=server.endpoint,
+        aws_access_key_id=server.key,
+        aws_secret_access_key=server.secret,
         region_name="us-east-1",
     )
 
@@ -136,6 +197,30 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+class CpuMeter:
+    """CPU seconds (user + system) spent by this process and by each server's process during
+    a run: which of the three bounds a contender on a machine whose cores they share."""
+
+    def __init__(self, servers: dict[str, int]) -> None:
+        import psutil
+
+        self.processes = {name: psutil.Process(pid) for name, pid in servers.items()}
+
+    def now(self) -> dict[str, float]:
+        import resource
+
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        seconds = {"client": own.ru_utime + own.ru_stime}
+        for name, process in self.processes.items():
+            times = process.cpu_times()
+            seconds[name] = times.user + times.system
+        return seconds
+
+    @staticmethod
+    def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {name: after[name] - before[name] for name in before}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20 MB, 3 repetitions")
@@ -149,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="S3 parts uploading at once per file (default: core.storage.s3_parts's default)",
     )
+    parser.add_argument(
+        "--server", choices=("moto", "s3rver"), default="moto", help="the S3 server"
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     start_load = check(args.require_idle, "benchmarks/s3.py")
@@ -158,18 +246,18 @@ def main(argv: list[str] | None = None) -> int:
     repeat = args.repeat or (3 if args.quick else 5)
 
     scratch: Path | None = None
-    moto = Moto()
+    server: Moto | S3rver = S3rver() if args.server == "s3rver" else Moto()
     os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
         {
             "conn_type": "aws",
-            "login": "testing",
-            "password": "testing",
-            "extra": {"endpoint_url": moto.endpoint, "region_name": "us-east-1"},
+            "login": server.key,
+            "password": server.secret,
+            "extra": {"endpoint_url": server.endpoint, "region_name": "us-east-1"},
         }
     )
     from airflow.sdk import ObjectStoragePath
 
-    s3 = boto3_client(moto.endpoint)
+    s3 = boto3_client(server)
     bucket = f"bench-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     try:
@@ -257,27 +345,30 @@ def main(argv: list[str] | None = None) -> int:
             times: dict[str, list[float]] = {n: [] for n in names}
             # The 1-minute load before and after each contender's run: [(before, after)].
             loads: dict[str, list[tuple[Load, Load]]] = {n: [] for n in names}
+            meter = CpuMeter({"server": server.process.pid, "sandbox": sb.process.pid})
+            cpu: dict[str, list[dict[str, float]]] = {n: [] for n in names}
             ours(-1)  # warm-up: connections, imports, the sandbox's page cache
             ours_gzip(-1)  # and what gzip at rest stores
             stored = s3.list_objects_v2(Bucket=bucket, Prefix="gzip--1/")["Contents"]
             stored_gzip.append(sum(o["Size"] for o in stored if o["Key"].endswith(".gz")))
-            moto.reset()
+            server.reset()
             ours(0)
-            log = moto.log()  # the requests of one measured export into S3
+            log = server.log()  # the requests of one measured export into S3
             for rep in range(1, repeat + 1):
                 order = names[rep % len(names) :] + names[: rep % len(names)]
                 for name in order:
-                    before = Load.now()
+                    before, cpu_before = Load.now(), meter.now()
                     times[name].append(timed(lambda n=name, r=rep: contenders[n](r)))
                     loads[name].append((before, Load.now()))
-                    forget(rep)  # untimed: moto keeps every object in memory
+                    cpu[name].append(meter.spent(cpu_before, meter.now()))
+                    forget(rep)  # untimed: the server keeps every object
             copies = [r for r in log if r["operation"] in ("CopyObject", "UploadPartCopy")]
             # A copy stores its whole source again: size it by the object it made.
             copied_bytes = sum(
                 s3.head_object(Bucket=bucket, Key=r["key"])["ContentLength"] for r in copies
             )
     finally:
-        moto.stop()
+        server.stop()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)  # the local copies of the export
 
@@ -304,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
         "load_end": str(end_load),
         "load_1min": {n: load_range(pairs) for n, pairs in loads.items()},
         "mb_per_s": {n: round(total / MB / v, 1) for n, v in medians.items()},
+        # Median CPU seconds of each process per run: the client, the S3 server, the sandbox.
+        "cpu_s": {
+            n: {p: round(statistics.median(run[p] for run in runs), 3) for p in runs[0]}
+            for n, runs in cpu.items()
+        },
         "ours_vs_fastest_upload": round(baseline / medians["BulkDownloader -> S3"], 2),
         # Downloading and uploading one after the other would take the sum of the two.
         "ours_vs_download_then_upload": round(
@@ -311,22 +407,28 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "s3_requests_per_file": round(sum(ops.values()) / max(1, len(ours_keys)), 2),
         "s3_operations": dict(ops),
+        "server": server.name,
         "stored_bytes_plain": total,
         "stored_bytes_gzip": stored_gzip[-1],
         "copy_requests": copied,
         "server_side_bytes_copied_per_exported_byte": round(copied_bytes / max(1, total), 3),
     }
     print(
-        f"\nS3 (moto server) on 127.0.0.1: {figures['export_mb']} MB in {len(paths)} files of "
-        f"{figures['file_mb'][0]}-{figures['file_mb'][1]} MB, {figures['multipart_files']} "
-        f"multipart ({figures['part_mib']:g} MiB parts, {figures['parts_in_flight']} in flight "
-        f"per file); load average {start_load} at the start, {end_load} at the end on "
-        f"{end_load.cores} cores"
+        f"\nS3 ({server.name} server) on 127.0.0.1: {figures['export_mb']} MB in {len(paths)} "
+        f"files of {figures['file_mb'][0]}-{figures['file_mb'][1]} MB, "
+        f"{figures['multipart_files']} multipart ({figures['part_mib']:g} MiB parts, "
+        f"{figures['parts_in_flight']} in flight per file); load average {start_load} at the "
+        f"start, {end_load} at the end on {end_load.cores} cores"
     )
-    print(f"{'contender':28} {'median s':>9} {'MB/s':>8}  load (1 min): first -> last (range)")
+    print(
+        f"{'contender':28} {'median s':>9} {'MB/s':>8}  CPU s: client/{server.name}/sandbox  "
+        "load (1 min): first -> last (range)"
+    )
     for name in names:
+        used = figures["cpu_s"][name]
         print(
             f"{name:28} {medians[name]:9.3f} {figures['mb_per_s'][name]:8.1f}  "
+            f"{used['client']:6.2f}/{used['server']:5.2f}/{used['sandbox']:5.2f}        "
             f"{figures['load_1min'][name]}"
         )
     print(

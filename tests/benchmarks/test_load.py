@@ -53,5 +53,24 @@ def test_require_idle_refuses_a_busy_machine(
     load: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _machine(monkeypatch, 2.1, cores=4)
+    naps: list[float] = []
+    clock = iter(range(0, 10_000, 5))  # each reading 5 s after the last
+    monkeypatch.setattr(load.time, "sleep", naps.append)
+    monkeypatch.setattr(load.time, "monotonic", lambda: float(next(clock)))
     with pytest.raises(SystemExit, match=r"s3\.py: refusing to run \(--require-idle\)"):
         load.check(require_idle=True, what="s3.py")
+    # It gave the load SETTLE_SECONDS to fall first, then refused.
+    assert sum(naps) == pytest.approx(load.SETTLE_SECONDS, abs=5)
+
+
+def test_require_idle_waits_for_its_own_last_load_to_settle(
+    load: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load a benchmark's own last case leaves decays within a minute: the harness waits
+    for it instead of refusing its own next case."""
+    readings = iter([1.8, 1.5, 1.2, 0.9])
+    monkeypatch.setattr("os.getloadavg", lambda: (next(readings), 0.5, 0.25))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr(load.time, "sleep", lambda seconds: None)
+    measured = load.check(require_idle=True, what="the next case")
+    assert measured.idle and measured.one == 0.9
