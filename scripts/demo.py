@@ -205,7 +205,11 @@ def summary(
         and not p.name.startswith(".")
         and "tables" not in p.relative_to(OUTPUT).parts
     )
-    data = [p for p in files if p.suffix == ".ndjson"]
+    # The export log (bulk-data-client's log.ndjson) is NDJSON too, but no data.
+    from airflow_provider_backendauth.core.bulk.exportlog import LOG_NAME as EXPORT_LOG_NAME
+
+    logs = [p for p in files if p.name == EXPORT_LOG_NAME]
+    data = [p for p in files if p.suffix == ".ndjson" and p.name != EXPORT_LOG_NAME]
     for source in sorted({p.relative_to(OUTPUT).parts[0] for p in data}):
         counts: Counter[str] = Counter()
         for path in (p for p in data if p.relative_to(OUTPUT).parts[0] == source):
@@ -215,12 +219,12 @@ def summary(
         listed = ", ".join(f"{n} {rtype}" for rtype, n in sorted(counts.items()))
         print(f"  {source:<12} {listed}")
     state = [p for p in files if "_bulk_state" in p.parts]
-    manifests = len(files) - len(data) - len(state)
+    manifests = len(files) - len(data) - len(state) - len(logs)
     print(
         f"  files written under {OUTPUT.relative_to(REPO)}/: {len(data)} NDJSON, "
-        f"{manifests} bulk manifests, {len(state)} bulk state files"
+        f"{manifests} bulk manifests, {len(logs)} export logs, {len(state)} bulk state files"
     )
-    for path in data:
+    for path in data + logs:
         print(f"    {path.relative_to(OUTPUT)}  ({path.stat().st_size:,} bytes)")
     by_client = ", ".join(f"{c}: {n}" for c, n in stats["token_requests_by_client"].items())
     print(f"  token requests made: {stats['token_requests']} ({by_client})")
